@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv, generate the synthetic dataset, train + evaluate MAS-Net on it
+#   make test   set up .venv and run the test suite (what CI runs)
+# PyTorch is installed first, only if the venv has none: TORCH picks the build
+# (default: the pinned wheel, a CPU build where a local one exists; GPU users
+# may pass e.g. TORCH="torch==2.5.1" or pre-install their CUDA build in .venv).
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test demo bench figures clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	PYTHON=$(PY) bash scripts/demo.sh
+
+bench: setup
+	PYTHON=$(PY) bash scripts/bench.sh
+
+figures: setup
+	PYTHON=$(PY) bash scripts/figures.sh
+
+clean:
+	rm -rf $(VENV) experiments score .pytest_cache

@@ -1,0 +1,144 @@
+"""Checkpoint I/O, the one place for it: atomic saving, tolerant reading, strict loading.
+
+A checkpoint on disk is a dict with at least ``epoch``, ``arch``, ``state_dict`` and
+``best_prec1`` (the release's layout). Parameter names may carry the ``module.`` prefix
+that DataParallel/DistributedDataParallel add; every loader accepts both. Loading is
+strict: missing keys, unexpected keys and shape mismatches are reported together in one
+line (``CheckpointError``), never as a raw traceback and never as a silent partial load.
+"""
+import os
+import pickle
+import tempfile
+
+import torch
+
+WRAPPER_PREFIXES = ('module.',)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def save_checkpoint(state, path):
+    """Write `state` to `path` atomically: a crash mid-write never leaves a truncated file.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, and then
+    replaces `path` in one `os.replace`, so `path` holds either the old or the new checkpoint.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix='.tmp_', suffix='.pth.tar', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def read_checkpoint(path, map_location='cpu'):
+    """Read a checkpoint file into a dict that always has a ``state_dict`` entry.
+
+    Accepts the release layout (dict with ``state_dict``), a bare state dict, and
+    torchvision-style weight files. Raises CheckpointError for a missing, truncated or
+    non-PyTorch file.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        try:
+            data = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            # Older checkpoints may pickle numpy scalars or argparse objects; they are the
+            # user's own (or the authors' released) files, so fall back to full unpickling.
+            data = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated zip, wrong format, ...
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be read (truncated or not a PyTorch file): "
+            f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint '{path}' holds a {type(data).__name__}, not a dict")
+    if 'state_dict' not in data:
+        if not all(torch.is_tensor(v) for v in data.values()):
+            raise CheckpointError(f"checkpoint '{path}' has no 'state_dict' entry "
+                                  f"(keys: {', '.join(list(data)[:8])})")
+        data = {'state_dict': data}
+    data['state_dict'] = strip_wrapper_prefix(data['state_dict'])
+    return data
+
+
+def strip_wrapper_prefix(state_dict):
+    """Drop the ``module.`` prefix DataParallel/DDP add to every parameter name."""
+    stripped = {}
+    for key, value in state_dict.items():
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        stripped[key] = value
+    return stripped
+
+
+def _summarise(names, limit=4):
+    shown = ', '.join(names[:limit])
+    return shown + (f', ... (+{len(names) - limit} more)' if len(names) > limit else '')
+
+
+def load_state_dict_checked(model, state_dict, source='checkpoint', skip_prefixes=(),
+                            allow_missing=False):
+    """Copy `state_dict` into `model`, refusing anything that does not fit.
+
+    skip_prefixes: names starting with these are neither loaded nor required (e.g. ``new_fc.``
+        when fine-tuning on a dataset with another number of classes).
+    allow_missing: model parameters absent from `state_dict` keep their values, and
+        unexpected names are ignored (used for ImageNet initialisation of a larger model);
+        shape mismatches are still errors.
+    Returns the list of names that were loaded.
+    Raises CheckpointError naming the source and the offending keys.
+    """
+    state_dict = strip_wrapper_prefix(state_dict)
+    own = model.state_dict()
+
+    def skipped(name):
+        return any(name.startswith(p) for p in skip_prefixes)
+
+    wanted = [k for k in own if not skipped(k)]
+    offered = {k: v for k, v in state_dict.items() if not skipped(k)}
+    # BatchNorm's num_batches_tracked counter is absent from checkpoints of old PyTorch
+    # versions and unused in training with momentum; it never makes a checkpoint unfit.
+    missing = [k for k in wanted if k not in offered and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in offered if k not in own]
+    mismatched = [f'{k}: {tuple(offered[k].shape)} in file vs {tuple(own[k].shape)} in model'
+                  for k in wanted if k in offered and tuple(offered[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if mismatched:
+        problems.append(f'{len(mismatched)} shape mismatch(es) [{_summarise(mismatched)}]')
+    if not allow_missing:
+        if missing:
+            problems.append(f'{len(missing)} missing key(s) [{_summarise(missing)}]')
+        if unexpected:
+            problems.append(f'{len(unexpected)} unexpected key(s) [{_summarise(unexpected)}]')
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + '; '.join(problems))
+    loaded = [k for k in wanted if k in offered and k in own]
+    model.load_state_dict({k: offered[k] for k in loaded}, strict=False)
+    return loaded
+
+
+def load_model_weights(model, path, skip_prefixes=(), map_location='cpu'):
+    """Read `path` and load its weights into `model` strictly; returns the checkpoint dict."""
+    checkpoint = read_checkpoint(path, map_location=map_location)
+    load_state_dict_checked(model, checkpoint['state_dict'], source=f"checkpoint '{path}'",
+                            skip_prefixes=skip_prefixes)
+    return checkpoint
+
+
+def unwrap_model(model):
+    """The bare model inside DataParallel / DistributedDataParallel wrappers."""
+    while hasattr(model, 'module') and isinstance(model, (torch.nn.DataParallel,
+                                                          torch.nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
