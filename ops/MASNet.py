@@ -1,0 +1,160 @@
+"""MAS-Net: Motion Accumulation (MAM), Motion Selection (MSM) and Temporal Interaction (TIM).
+
+The three modules sit between conv1 and conv2 of every ResNet block:
+
+    out    = relu(bn1(conv1(x)))       # (N*T, C, H, W)
+    motion = MAM(out)                  # accumulated motion, (N*T, C, H, W)
+    out    = MSM(motion, out)          # per-position choice of motion vs appearance
+    out    = TIM(out)                  # learnable depthwise temporal conv (shift at init)
+    ...    conv2 / bn2 / (conv3 / bn3) / residual as in ResNet
+
+Parameter names and shapes are those of the authors' release, so its checkpoints load.
+The computation uses cheaper equivalent operations than the release: MSM's (1,3,3) Conv3d
+over a single time step runs as a 3x3 Conv2d on the same weight, the temporal mean is a
+mean over a view, the 2-way softmax is a sigmoid of the difference, and TIM is three
+channel-scaled adds of neighbouring frames instead of a permute + Conv1d.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from archs.resnet import BasicBlock, Bottleneck, build_resnet
+
+
+class MAM(nn.Module):
+    """Motion Accumulation Module.
+
+    A 1x1 conv reduces C to C/reduction channels, frame t is blended with frame t+1
+    (``(b[t] + alpha * b[t+1]) / (1 + alpha)``, the last frame kept as it is), and a 1x1 conv
+    projects back to C. Input/output ``(N*T, C, H, W)``.
+    """
+
+    def __init__(self, channels, num_segments, reduction=64, alpha=0.5):
+        super().__init__()
+        self.num_segments = num_segments
+        self.alpha = alpha
+        reduced = max(channels // reduction, 1)
+        self.conv1 = nn.Conv2d(channels, reduced, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(reduced)
+        self.conv3 = nn.Conv2d(reduced, channels, kernel_size=1, bias=False)
+
+    def forward(self, x):
+        b = self.bn1(self.conv1(x))  # (N*T, c, H, W)
+        nt, c, h, w = b.shape
+        b = b.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, c, H, W)
+        blended = (b[:, :-1] + self.alpha * b[:, 1:]) / (1 + self.alpha)  # (N, T-1, c, H, W)
+        a = torch.cat([blended, b[:, -1:]], dim=1).view(nt, c, h, w)  # (N*T, c, H, W)
+        return self.conv3(a)
+
+
+class MSM(nn.Module):
+    """Motion Selection Module (SK-style selective fusion, 'spatial' attention mode).
+
+    The temporal means of motion and appearance are summed, passed through two grouped 3x3
+    convs (C -> C/reduction -> 2C) and a softmax over the two branches gives, for every clip,
+    channel and position, the weight of motion vs appearance, shared by the T frames.
+
+    conv_fc1/conv_fc2 keep the release's Conv3d (1,3,3) weights and bn_fc1 its BatchNorm3d.
+    The release skipped bn_fc1 + relu when a batch held a single clip, which made a clip's
+    prediction depend on its batch; here they are always applied.
+    Inputs ``motion``, ``appearance``: ``(N*T, C, H, W)``; output ``(N*T, C, H, W)``.
+    """
+
+    def __init__(self, channels, num_segments, reduction=4, groups=4):
+        super().__init__()
+        self.num_segments = num_segments
+        self.groups = groups
+        hidden = channels // reduction
+        self.conv_fc1 = nn.Conv3d(channels, hidden, kernel_size=(1, 3, 3), padding=(0, 1, 1),
+                                  groups=groups, bias=False)
+        self.bn_fc1 = nn.BatchNorm3d(hidden)
+        self.conv_fc2 = nn.Conv3d(hidden, 2 * channels, kernel_size=(1, 3, 3), padding=(0, 1, 1),
+                                  groups=groups, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, motion, appearance):
+        nt, c, h, w = appearance.shape
+        n = nt // self.num_segments
+        m = motion.view(n, self.num_segments, c, h, w)  # (N, T, C, H, W)
+        a = appearance.view(n, self.num_segments, c, h, w)
+        s = m.mean(dim=1) + a.mean(dim=1)  # (N, C, H, W)
+        s = F.conv2d(s, self.conv_fc1.weight.squeeze(2), padding=1, groups=self.groups)
+        s = self.relu(self.bn_fc1(s.unsqueeze(2)).squeeze(2))  # (N, C/r, H, W)
+        s = F.conv2d(s, self.conv_fc2.weight.squeeze(2), padding=1, groups=self.groups)
+        s = s.view(n, 2, c, h, w)  # (N, 2, C, H, W): logits of motion / appearance
+        w_motion = torch.sigmoid(s[:, 0] - s[:, 1]).unsqueeze(1)  # softmax weight, (N, 1, C, H, W)
+        return (a + w_motion * (m - a)).view(nt, c, h, w)
+
+
+class TIM(nn.Module):
+    """Temporal Interaction Module: depthwise temporal conv, kernel 3, zero padding, no bias.
+
+    The weight ``(C, 1, 3)`` starts as TSM's shift: the first C/8 channels take frame t+1,
+    the next C/8 take frame t-1, the rest keep frame t. Input/output ``(N*T, C, H, W)``.
+    """
+
+    def __init__(self, channels, num_segments, fold_div=8):
+        super().__init__()
+        self.num_segments = num_segments
+        self.conv = nn.Conv1d(channels, channels, kernel_size=3, padding=1, groups=channels,
+                              bias=False)
+        fold = channels // fold_div
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:fold, 0, 2] = 1
+            self.conv.weight[fold:2 * fold, 0, 0] = 1
+            self.conv.weight[2 * fold:, 0, 1] = 1
+
+    def forward(self, x):
+        nt, c, h, w = x.shape
+        x = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, C, H, W)
+        k = self.conv.weight.view(c, 3).t().reshape(3, 1, c, 1, 1)  # taps for t-1, t, t+1
+        out = x * k[1]
+        out[:, 1:] += x[:, :-1] * k[0]  # frame t-1
+        out[:, :-1] += x[:, 1:] * k[2]  # frame t+1
+        return out.view(nt, c, h, w)
+
+
+class _MASMixin:
+    """The MAM -> MSM -> TIM chain shared by the basic and bottleneck MAS blocks."""
+
+    def _build_mas(self, planes, num_segments):
+        self.num_segments = num_segments
+        self.MAM = MAM(planes, num_segments)
+        self.MSM = MSM(planes, num_segments)
+        self.TIM = TIM(planes, num_segments)
+
+    def temporal(self, x):
+        return self.TIM(self.MSM(self.MAM(x), x))
+
+
+class MASBottleneck(_MASMixin, Bottleneck):
+    """ResNet bottleneck with MAM, MSM and TIM after conv1. Input/output ``(N*T, C, H, W)``."""
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, bias=True, num_segments=8):
+        super().__init__(inplanes, planes, stride, downsample, bias)
+        self._build_mas(planes, num_segments)
+
+
+class MASBasicBlock(_MASMixin, BasicBlock):
+    """ResNet basic block with MAM, MSM and TIM after conv1 (lighter MAS-ResNet-10/18/34)."""
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, bias=True, num_segments=8):
+        super().__init__(inplanes, planes, stride, downsample, bias)
+        self._build_mas(planes, num_segments)
+
+
+MAS_BLOCKS = {'basic': MASBasicBlock, 'bottleneck': MASBottleneck}
+
+
+def mas_resnet(arch, num_segments=8):
+    """MAS-ResNet of any arch in archs.resnet.ARCHS (fc still 1000-way, replaced by the head)."""
+    return build_resnet(arch, MAS_BLOCKS, num_segments=num_segments)
+
+
+def mas_resnet50(num_segments=8):
+    return mas_resnet('resnet50', num_segments)
+
+
+def mas_resnet101(num_segments=8):
+    return mas_resnet('resnet101', num_segments)

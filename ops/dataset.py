@@ -1,0 +1,296 @@
+"""TSN-style video dataset: list files, segment sampling, frame / video decoding.
+
+A list file has one video per line, ``<folder> <num_frames> <label>`` (frame folders,
+frames numbered from 1), or ``<file.mp4> <num_frames|-> <label>`` for video files, which
+are decoded on the fly with OpenCV.
+
+Sampling (T = num_segments, n = frames of the video, indices 1-based):
+    train  d = n // T; d > 0: i*d + randint(d); n > T: sorted random distinct picks;
+           else the n frames spread evenly over T.
+    val    tick = n / T, int(tick/2 + tick*i).
+    twice  the val indices followed by int(tick*i).
+    dense  test: K clips, starts linspace(0, tick-1, K), int(tick*i + start);
+           train/val: an I3D-style 64-frame window with stride 64 // T (random / central start).
+
+Bad input policy: a missing or corrupt frame is logged and replaced by the nearest readable
+frame of the same video. A video with no readable frame is logged and, in training, replaced
+by another random video (counted in ``num_replaced``); in evaluation it is an error naming the
+video, since scores of a substitute would be silently wrong.
+"""
+import logging
+import os
+import random
+
+import cv2
+import numpy as np
+from torch.utils.data import Dataset
+
+logger = logging.getLogger('masnet.data')
+
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
+DENSE_WINDOW = 64
+
+
+class DataError(RuntimeError):
+    """A list file or video that cannot be used."""
+
+
+class VideoRecord:
+    """One line of a list file."""
+
+    def __init__(self, path, num_frames, label):
+        self.path = path
+        self.num_frames = num_frames  # None: count when decoded (video files with '-')
+        self.label = label
+
+    @property
+    def is_video_file(self):
+        return self.path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def parse_list_file(list_file):
+    """VideoRecords of `list_file`; a malformed line raises DataError naming file and line."""
+    if not os.path.isfile(list_file):
+        raise DataError(f"list file '{list_file}' does not exist")
+    records = []
+    with open(list_file) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            try:
+                if len(parts) != 3:
+                    raise ValueError(f'expected 3 fields, got {len(parts)}')
+                path, num_frames, label = parts
+                is_video = path.lower().endswith(VIDEO_EXTENSIONS)
+                frames = None if (num_frames == '-' and is_video) else int(num_frames)
+                if frames is not None and frames < 1:
+                    raise ValueError('num_frames must be >= 1')
+                records.append(VideoRecord(path, frames, int(label)))
+            except ValueError as exc:
+                raise DataError(f"{list_file}:{line_no}: cannot parse '{line.strip()}' "
+                                f"(want '<folder> <num_frames> <label>': {exc})") from None
+    if not records:
+        raise DataError(f"list file '{list_file}' holds no video")
+    return records
+
+
+def _spread(num_frames, num_segments):
+    """0-based indices spreading `num_frames` frames evenly over `num_segments` slots."""
+    return (np.arange(num_segments) * num_frames) // num_segments
+
+
+def sample_train_indices(num_frames, num_segments, rng=np.random):
+    """TSN random-shift sampling: one random frame per equal segment (1-based)."""
+    d = num_frames // num_segments
+    if d > 0:
+        offsets = np.arange(num_segments) * d + rng.randint(d, size=num_segments)
+    elif num_frames > num_segments:
+        offsets = np.sort(rng.choice(num_frames, num_segments, replace=False))
+    else:
+        offsets = _spread(num_frames, num_segments)
+    return offsets + 1
+
+
+def sample_val_indices(num_frames, num_segments):
+    """The central frame of each of T equal segments (1-based)."""
+    tick = num_frames / num_segments
+    return np.array([int(tick / 2.0 + tick * i) for i in range(num_segments)]) + 1
+
+
+def sample_twice_indices(num_frames, num_segments):
+    """Two clips: the val indices, then the first frame of each segment (1-based)."""
+    tick = num_frames / num_segments
+    starts = [int(tick * i) for i in range(num_segments)]
+    return np.concatenate([sample_val_indices(num_frames, num_segments), np.array(starts) + 1])
+
+
+def sample_dense_test_indices(num_frames, num_segments, num_clips=10):
+    """`num_clips` uniformly shifted clips: starts linspace(0, tick-1, K), int(tick*i + start)."""
+    tick = num_frames / num_segments
+    starts = np.linspace(0, max(tick - 1, 0), num=num_clips)
+    offsets = [min(int(tick * i + start), num_frames - 1)
+               for start in starts for i in range(num_segments)]
+    return np.array(offsets) + 1
+
+
+def sample_dense_train_indices(num_frames, num_segments, rng=np.random, center=False):
+    """I3D-style dense sampling: T frames with stride 64 // T in a 64-frame window (1-based).
+
+    The window starts at random (train) or in the middle (``center``); videos shorter than
+    the window wrap around.
+    """
+    sample_pos = max(1, 1 + num_frames - DENSE_WINDOW)
+    stride = DENSE_WINDOW // num_segments
+    if sample_pos == 1:
+        start = 0
+    else:
+        start = (sample_pos - 1) // 2 if center else rng.randint(0, sample_pos - 1)
+    return np.array([(i * stride + start) % num_frames for i in range(num_segments)]) + 1
+
+
+def _decode_jpeg_file(path):
+    """RGB uint8 frame of an image file, or None if missing / truncated / undecodable."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    if path.lower().endswith(('.jpg', '.jpeg')):
+        tail = data[-32:].tobytes()
+        if b'\xff\xd9' not in tail:  # no end-of-image marker: truncated file
+            return None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_video_frames(path, wanted=None):
+    """Decode a video file with OpenCV; returns ``{index (1-based): RGB frame}``.
+
+    wanted: the set of 1-based indices to keep (all frames when None). Decoding stops after
+    the largest wanted index.
+    """
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        return {}
+    last = max(wanted) if wanted else None
+    frames = {}
+    index = 0
+    try:
+        while last is None or index < last:
+            ok, img = capture.read()
+            if not ok:
+                break
+            index += 1
+            if wanted is None or index in wanted:
+                frames[index] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+    return frames
+
+
+class TSNDataSet(Dataset):
+    """Clips of T frames sampled TSN-style from the videos of a list file.
+
+    Args:
+        root_path: folder holding the frame folders / video files named in the list.
+        list_file: the list file (see module docstring).
+        num_segments: T.
+        image_tmpl: frame file name template, e.g. '{:05d}.jpg'.
+        transform: ``(frames, label) -> (tensor, label)`` (ops.transforms.build_transform).
+        random_shift: training sampling (random); otherwise val sampling.
+        test_mode: evaluation with possibly several clips (twice / dense).
+        dense_sample: dense sampling (I3D window for train/val, K shifted clips in test).
+        twice_sample: two clips per video in test mode.
+        dense_sample_num: K, clips per video with dense test sampling.
+    Item: ``(Tensor (V*clips*T*3, H, W), label)``, the clips' frames concatenated.
+    """
+
+    def __init__(self, root_path, list_file, num_segments=8, image_tmpl='{:05d}.jpg',
+                 transform=None, random_shift=True, test_mode=False, dense_sample=False,
+                 twice_sample=False, dense_sample_num=10):
+        self.root_path = root_path
+        self.list_file = list_file
+        self.num_segments = num_segments
+        self.image_tmpl = image_tmpl
+        self.transform = transform
+        self.random_shift = random_shift
+        self.test_mode = test_mode
+        self.dense_sample = dense_sample
+        self.twice_sample = twice_sample
+        self.dense_sample_num = dense_sample_num
+        self.video_list = parse_list_file(list_file)
+        self.num_replaced = 0
+
+    @property
+    def num_clips(self):
+        if self.test_mode and self.twice_sample:
+            return 2
+        if self.test_mode and self.dense_sample:
+            return self.dense_sample_num
+        return 1
+
+    def sample_indices(self, num_frames):
+        """1-based frame indices of this dataset's mode for a video of `num_frames` frames."""
+        T = self.num_segments
+        if self.test_mode and self.twice_sample:
+            return sample_twice_indices(num_frames, T)
+        if self.test_mode and self.dense_sample:
+            return sample_dense_test_indices(num_frames, T, self.dense_sample_num)
+        if self.dense_sample:
+            return sample_dense_train_indices(num_frames, T, center=not self.random_shift)
+        if self.random_shift:
+            return sample_train_indices(num_frames, T)
+        return sample_val_indices(num_frames, T)
+
+    def _frame_path(self, record, index):
+        return os.path.join(self.root_path, record.path, self.image_tmpl.format(index))
+
+    def _load_frames(self, record):
+        """The sampled RGB frames of `record`, repairing unreadable ones (see module doc)."""
+        path = os.path.join(self.root_path, record.path)
+        if record.is_video_file:
+            num_frames = record.num_frames
+            if num_frames is None:
+                decoded = read_video_frames(path)
+                num_frames = len(decoded)
+                if num_frames == 0:
+                    raise DataError(f"video '{path}' has no decodable frame")
+                indices = self.sample_indices(num_frames)
+            else:
+                indices = self.sample_indices(num_frames)
+                decoded = read_video_frames(path, set(indices.tolist()))
+            read = decoded.get
+        else:
+            if not os.path.isdir(path):
+                raise DataError(f"frame folder '{path}' does not exist")
+            num_frames = record.num_frames
+            indices = self.sample_indices(num_frames)
+            cache = {}
+
+            def read(i):
+                if i not in cache:
+                    cache[i] = _decode_jpeg_file(self._frame_path(record, i))
+                return cache[i]
+
+        frames = []
+        for index in indices.tolist():
+            frame = read(index)
+            if frame is None:
+                frame = self._nearest_readable(record, read, index, num_frames)
+            frames.append(frame)
+        return frames
+
+    def _nearest_readable(self, record, read, index, num_frames):
+        where = (os.path.join(self.root_path, record.path) if record.is_video_file
+                 else self._frame_path(record, index))
+        for distance in range(1, num_frames):
+            for candidate in (index - distance, index + distance):
+                if 1 <= candidate <= num_frames:
+                    frame = read(candidate)
+                    if frame is not None:
+                        logger.warning("unreadable frame %s (frame %d): using frame %d instead",
+                                       where, index, candidate)
+                        return frame
+        raise DataError(f"video '{os.path.join(self.root_path, record.path)}' has no readable "
+                        f"frame (checked {num_frames} frames)")
+
+    def __getitem__(self, index):
+        record = self.video_list[index]
+        try:
+            frames = self._load_frames(record)
+        except DataError as exc:
+            if self.test_mode or not self.random_shift:
+                raise
+            self.num_replaced += 1
+            logger.error('%s; training on another video instead', exc)
+            return self[random.randrange(len(self.video_list))]
+        if self.transform is None:
+            return frames, record.label
+        return self.transform(frames, record.label)
+
+    def __len__(self):
+        return len(self.video_list)

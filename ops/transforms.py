@@ -1,0 +1,221 @@
+"""Group transforms: every frame of a clip gets the same geometry.
+
+Frames are ``(H, W, 3)`` uint8 RGB numpy arrays (decoded by OpenCV). Crops are numpy
+views; only the crop is resized (OpenCV, bilinear), and stacking + ImageNet normalisation
+happen once per clip in torch. ``build_transform`` assembles the train / val / test
+pipelines; each is a callable ``(frames, label) -> (tensor, label)`` where the tensor is
+``(V*F*3, H, W)`` float32 for V views (crops) of F frames, crop-major.
+"""
+import random
+
+import cv2
+import numpy as np
+import torch
+
+
+def _resize(img, width, height):
+    if img.shape[1] == width and img.shape[0] == height:
+        return img
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def fixed_offsets(image_w, image_h, crop_w, crop_h, more_fix_crop=True):
+    """The (x, y) crop corners of TSN's fixed-offset cropping.
+
+    Five offsets (four corners + center), or thirteen with ``more_fix_crop`` (adding the
+    edge midpoints and the four quarter points).
+    """
+    w_step = (image_w - crop_w) // 4
+    h_step = (image_h - crop_h) // 4
+    offsets = [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step),
+               (2 * w_step, 2 * h_step)]
+    if more_fix_crop:
+        offsets += [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 4 * h_step),
+                    (2 * w_step, 0), (1 * w_step, 1 * h_step), (3 * w_step, 1 * h_step),
+                    (1 * w_step, 3 * h_step), (3 * w_step, 3 * h_step)]
+    return offsets
+
+
+class GroupMultiScaleCrop:
+    """Random crop whose sides are picked from ``scales`` x short side, then resized.
+
+    Width and height scales differ by at most ``max_distort`` steps; the corner is one of
+    the 13 fixed offsets. Output frames are ``size x size``.
+    """
+
+    def __init__(self, size, scales=(1, .875, .75, .66), max_distort=1, more_fix_crop=True):
+        self.size = size
+        self.scales = scales
+        self.max_distort = max_distort
+        self.more_fix_crop = more_fix_crop
+
+    def crop_box(self, image_w, image_h, rng=random):
+        base = min(image_w, image_h)
+        sizes = [int(base * s) for s in self.scales]
+        sizes = [self.size if abs(s - self.size) < 3 else s for s in sizes]
+        pairs = [(w, h) for i, h in enumerate(sizes) for j, w in enumerate(sizes)
+                 if abs(i - j) <= self.max_distort]
+        crop_w, crop_h = rng.choice(pairs)
+        x, y = rng.choice(fixed_offsets(image_w, image_h, crop_w, crop_h, self.more_fix_crop))
+        return x, y, crop_w, crop_h
+
+    def __call__(self, frames):
+        h, w = frames[0].shape[:2]
+        x, y, cw, ch = self.crop_box(w, h)
+        return [_resize(f[y:y + ch, x:x + cw], self.size, self.size) for f in frames]
+
+
+class GroupRandomHorizontalFlip:
+    """Flip all frames with probability 0.5, mapping the label to its mirror class.
+
+    mirror_map: ``{label: mirrored label}`` for classes whose meaning a flip changes
+    (e.g. "from left to right" <-> "from right to left"); other labels stay.
+    """
+
+    def __init__(self, mirror_map=None, p=0.5):
+        self.mirror_map = mirror_map or {}
+        self.p = p
+
+    def __call__(self, frames, label):
+        if random.random() < self.p:
+            frames = [f[:, ::-1] for f in frames]
+            label = self.mirror_map.get(label, label)
+        return frames, label
+
+
+class GroupScale:
+    """Resize so that the short side is ``size`` (aspect ratio kept)."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, frames):
+        h, w = frames[0].shape[:2]
+        if w <= h:
+            new_w, new_h = self.size, int(self.size * h / w)
+        else:
+            new_w, new_h = int(self.size * w / h), self.size
+        return [_resize(f, new_w, new_h) for f in frames]
+
+
+class GroupCenterCrop:
+    """Center ``size x size`` crop."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, frames):
+        h, w = frames[0].shape[:2]
+        x = int(round((w - self.size) / 2.0))
+        y = int(round((h - self.size) / 2.0))
+        return [f[y:y + self.size, x:x + self.size] for f in frames]
+
+
+class GroupFullResSample:
+    """Three ``size x size`` crops along the long side: left/center/right (or top/center/bottom).
+
+    Returns a list of three frame lists.
+    """
+
+    def __init__(self, size):
+        self.size = size
+
+    def offsets(self, image_w, image_h):
+        if image_w >= image_h:
+            step, y = (image_w - self.size) // 4, (image_h - self.size) // 2
+            return [(0, y), (2 * step, y), (4 * step, y)]
+        step, x = (image_h - self.size) // 4, (image_w - self.size) // 2
+        return [(x, 0), (x, 2 * step), (x, 4 * step)]
+
+    def __call__(self, frames):
+        h, w = frames[0].shape[:2]
+        return [[f[y:y + self.size, x:x + self.size] for f in frames]
+                for x, y in self.offsets(w, h)]
+
+
+class GroupOverSample:
+    """Four corner crops + center (5 views), plus their horizontal flips with ``flip`` (10)."""
+
+    def __init__(self, size, flip=False):
+        self.size = size
+        self.flip = flip
+
+    def __call__(self, frames):
+        h, w = frames[0].shape[:2]
+        views = [[f[y:y + self.size, x:x + self.size] for f in frames]
+                 for x, y in fixed_offsets(w, h, self.size, self.size, more_fix_crop=False)]
+        if self.flip:
+            views += [[f[:, ::-1] for f in view] for view in views]
+        return views
+
+
+class ToNormalizedTensor:
+    """Stack views of frames into a ``(V*F*3, H, W)`` float32 tensor normalised by mean/std."""
+
+    def __init__(self, mean, std):
+        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
+        self.shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+
+    def __call__(self, views):
+        frames = [f for view in views for f in view]
+        stacked = torch.from_numpy(np.stack(frames))  # (V*F, H, W, 3) uint8
+        out = stacked.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        out.mul_(self.scale).sub_(self.shift)  # (V*F, 3, H, W)
+        return out.view(-1, *out.shape[2:])  # (V*F*3, H, W)
+
+
+class TrainTransform:
+    """Multi-scale crop -> resize -> (mirror-aware) random flip -> normalised tensor."""
+
+    def __init__(self, crop_size, mean, std, flip=True, mirror_map=None):
+        self.crop = GroupMultiScaleCrop(crop_size)
+        self.flip = GroupRandomHorizontalFlip(mirror_map) if flip else None
+        self.to_tensor = ToNormalizedTensor(mean, std)
+
+    def __call__(self, frames, label):
+        frames = self.crop(frames)
+        if self.flip is not None:
+            frames, label = self.flip(frames, label)
+        return self.to_tensor([frames]), label
+
+
+class EvalTransform:
+    """Scale the short side, take the crop views of ``num_crops``, normalise."""
+
+    def __init__(self, crop_size, scale_size, mean, std, num_crops=1):
+        if num_crops not in (1, 3, 5, 10):
+            raise ValueError(f'--test_crops must be 1, 3, 5 or 10, got {num_crops}')
+        self.scale = GroupScale(scale_size)
+        if num_crops == 1:
+            self.views = GroupCenterCrop(crop_size)
+        elif num_crops == 3:
+            self.views = GroupFullResSample(crop_size)
+        else:
+            self.views = GroupOverSample(crop_size, flip=num_crops == 10)
+        self.to_tensor = ToNormalizedTensor(mean, std)
+
+    def __call__(self, frames, label):
+        views = self.views(self.scale(frames))
+        if isinstance(self.views, GroupCenterCrop):
+            views = [views]
+        return self.to_tensor(views), label
+
+
+def build_transform(mode, crop_size, scale_size, mean, std, flip=True, mirror_map=None,
+                    num_crops=1):
+    """The clip transform of `mode` ('train', 'val' or 'test').
+
+    train: multi-scale crop (scales 1, .875, .75, .66 of the short side, 13 fixed offsets) to
+        crop_size, random flip (labels of mirror classes swapped) unless flip is False.
+    val:   short side to scale_size, center crop.
+    test:  short side to scale_size, then num_crops views: 1 center, 3 full-res
+        (left/center/right), 5 corners + center, 10 = 5 + flips.
+    Returns a callable ``(frames, label) -> (Tensor (V*F*3, crop, crop), label)``.
+    """
+    if mode == 'train':
+        return TrainTransform(crop_size, mean, std, flip=flip, mirror_map=mirror_map)
+    if mode == 'val':
+        return EvalTransform(crop_size, scale_size, mean, std, num_crops=1)
+    if mode == 'test':
+        return EvalTransform(crop_size, scale_size, mean, std, num_crops=num_crops)
+    raise ValueError(f"unknown transform mode '{mode}' (train, val or test)")
