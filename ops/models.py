@@ -181,3 +181,36 @@ class TemporalModel(nn.Module):
                        'normal_weight': (1, 1), 'normal_bias': (2, 0), 'bn': (1, 0)}
         return [{'params': groups[name], 'lr_mult': lr, 'decay_mult': decay, 'name': name}
                 for name, (lr, decay) in multipliers.items()]
+
+
+def model_from_checkpoint(checkpoint, path, num_class, num_segments=None, base_model=None,
+                          arch=None, input_size=None, full_res=False):
+    """Rebuild the TemporalModel a checkpoint was trained as, and load its weights.
+
+    The model's settings come from the flags given here, then from the checkpoint's
+    metadata ('type', 'arch', 'num_segments', 'input_size'; the release stores only
+    'arch'), then from the paper's defaults (MASNet, resnet50, 8 segments, 224 px).
+    Raises CheckpointError when the class count or segment count does not fit.
+    """
+    state_dict = checkpoint['state_dict']
+    fc_weight = state_dict.get('new_fc.weight')
+    if fc_weight is None:
+        raise CheckpointError(f"checkpoint '{path}' has no new_fc.weight: not a TemporalModel")
+    if fc_weight.shape[0] != num_class:
+        raise CheckpointError(f"checkpoint '{path}' has {fc_weight.shape[0]} classes, "
+                              f"the dataset has {num_class}")
+    trained_segments = checkpoint.get('num_segments')
+    if num_segments and trained_segments and num_segments != trained_segments:
+        raise CheckpointError(f"checkpoint '{path}' was trained with {trained_segments} segments, "
+                              f"not {num_segments}")
+    arch = arch or checkpoint.get('arch') or 'resnet50'
+    if arch not in ARCHS:
+        raise CheckpointError(f"checkpoint '{path}' names arch '{arch}', not one of "
+                              f"{', '.join(ARCHS)}; pass --arch")
+    model = TemporalModel(num_class, num_segments or trained_segments or 8,
+                          base_model or checkpoint.get('type') or 'MASNet', arch,
+                          partial_bn=False, pretrain='none',
+                          input_size=input_size or checkpoint.get('input_size') or 224,
+                          full_res=full_res)
+    load_state_dict_checked(model, state_dict, source=f"checkpoint '{path}'")
+    return model

@@ -39,20 +39,27 @@ _ARROW = np.array([(-1.0, -0.3), (0.3, -0.3), (0.3, -0.7), (1.0, 0.0), (0.3, 0.7
 
 
 def _background(rng, width, height):
-    """A static smooth random texture, (H, W, 3) float."""
-    coarse = rng.uniform(40, 200, size=(4, 5, 3)).astype(np.float32)
-    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    """A static, smooth, low-contrast grey texture, (H, W, 3) float."""
+    coarse = rng.uniform(80, 170, size=(4, 5)).astype(np.float32)
+    grey = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _colour(rng):
+    """A saturated colour: one channel full, one off, one random (in random order)."""
+    channels = np.array([255.0, 0.0, rng.uniform(0, 255)])
+    return tuple(float(c) for c in rng.permutation(channels))
 
 
 def _forward_clip(rng, motion, num_frames, width, height, noise=6.0):
     """Frames of one forward clip of `motion`, a list of (H, W, 3) uint8 BGR arrays."""
     background = _background(rng, width, height)
-    colour = tuple(float(c) for c in rng.uniform(0, 255, size=3))
-    size = rng.uniform(0.12, 0.18) * min(width, height)
+    colour = _colour(rng)
+    size = rng.uniform(0.16, 0.22) * min(width, height)
     angle = rng.uniform(0, 2 * np.pi)
     cx, cy = rng.uniform(0.35, 0.65) * width, rng.uniform(0.35, 0.65) * height
     steps = np.linspace(0.0, 1.0, num_frames)
-    travel = rng.uniform(0.35, 0.55)
+    travel = rng.uniform(0.4, 0.6)
     frames = []
     for s in steps:
         x, y, scale, theta = cx, cy, 1.0, angle
@@ -74,7 +81,7 @@ def _forward_clip(rng, motion, num_frames, width, height, noise=6.0):
     return frames
 
 
-def generate_synthetic(root, seed=0, train_per_class=40, val_per_class=12, width=128, height=96,
+def generate_synthetic(root, seed=0, train_per_class=48, val_per_class=12, width=128, height=96,
                        min_frames=10, max_frames=24):
     """Write the synthetic dataset into `root` (which must not exist yet)."""
     os.makedirs(os.path.join(root, 'frames'))

@@ -1,0 +1,13 @@
+"""Train MAS-Net (or the TSM / TSN baselines): see `python main.py --help` and the README."""
+from opts import parse_args
+from ops.experiment import exit_on_user_error
+from ops.training import run
+
+
+@exit_on_user_error
+def main(argv=None):
+    return run(parse_args(argv))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,97 @@
+"""Devices and processes: CPU, one GPU, DataParallel (--gpus) or torchrun (DDP).
+
+Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) every process owns
+one device (GPU ``LOCAL_RANK`` with nccl, or the CPU with gloo); otherwise one process uses
+the CPU, one GPU, or several through DataParallel.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    gpu_ids: tuple = ()  # DataParallel devices (single process)
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def setup_runtime(gpus=None):
+    """Pick the device(s) and, under torchrun, join the process group."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if world_size > 1:
+        rank = int(os.environ['RANK'])
+        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+        if torch.cuda.is_available():
+            device = torch.device('cuda', local_rank)
+            torch.cuda.set_device(device)
+            backend = 'nccl'
+        else:
+            device = torch.device('cpu')
+            backend = 'gloo'
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+        return Runtime(device, rank, world_size)
+    if not torch.cuda.is_available():
+        return Runtime(torch.device('cpu'))
+    gpu_ids = tuple(gpus) if gpus else tuple(range(torch.cuda.device_count()))
+    return Runtime(torch.device('cuda', gpu_ids[0]), gpu_ids=gpu_ids)
+
+
+def wrap_model(model, runtime):
+    """Move `model` to the runtime's device and wrap it for DDP / DataParallel."""
+    model = model.to(runtime.device)
+    if runtime.distributed:
+        ids = [runtime.device.index] if runtime.device.type == 'cuda' else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if len(runtime.gpu_ids) > 1:
+        return torch.nn.DataParallel(model, device_ids=list(runtime.gpu_ids))
+    return model
+
+
+def all_reduce_sum(values, runtime):
+    """Sum a list of numbers over all processes (identity in a single process)."""
+    if not runtime.distributed:
+        return list(values)
+    device = runtime.device if runtime.device.type == 'cuda' else torch.device('cpu')
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier(runtime):
+    if runtime.distributed:
+        dist.barrier()
+
+
+def cleanup(runtime):
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class ShardSampler(Sampler):
+    """Deterministic split of a dataset over processes without padding or duplicates.
+
+    Process r gets items r, r + W, r + 2W, ...; summed counts are exactly those of one process.
+    """
+
+    def __init__(self, dataset, rank=0, world_size=1):
+        self.indices = list(range(rank, len(dataset), world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)

@@ -1,0 +1,80 @@
+"""One training epoch and one validation pass, on any device / process layout."""
+import logging
+import time
+
+import torch
+from tqdm import tqdm
+
+from ops.distributed import all_reduce_sum
+from ops.utils import AverageMeter, accuracy
+
+logger = logging.getLogger('masnet')
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch, runtime, args, lr):
+    """Train for one epoch; returns (loss, top1, top5) averaged over all processes."""
+    batch_time, data_time = AverageMeter(), AverageMeter()
+    losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
+    model.train()
+    device = runtime.device
+    end = time.time()
+    bar = tqdm(loader, desc=f'train {epoch}', leave=False, disable=not runtime.is_main,
+               dynamic_ncols=True)
+    for i, (clips, labels) in enumerate(bar):
+        data_time.update(time.time() - end)
+        clips = clips.to(device, non_blocking=True)  # (N, T*3, H, W)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, enabled=args.amp):
+            output = model(clips)  # (N, num_class)
+            loss = criterion(output, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_gradient:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_gradient)
+        scaler.step(optimizer)
+        scaler.update()
+
+        prec1, prec5 = accuracy(output.detach().float(), labels, topk=(1, 5))
+        n = labels.size(0)
+        losses.update(loss.item(), n)
+        top1.update(prec1, n)
+        top5.update(prec5, n)
+        batch_time.update(time.time() - end)
+        end = time.time()
+        bar.set_postfix(loss=f'{losses.avg:.3f}', top1=f'{top1.avg:.1f}')
+        if i % args.print_freq == 0:
+            logger.info(f'Epoch: [{epoch}][{i}/{len(loader)}], lr: {lr:.5f}\t'
+                        f'Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t'
+                        f'Data {data_time.val:.3f} ({data_time.avg:.3f})\t'
+                        f'Loss {losses.val:.4f} ({losses.avg:.4f})\t'
+                        f'Prec@1 {top1.val:.3f} ({top1.avg:.3f})\t'
+                        f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})')
+    return _reduce_meters(losses, top1, top5, runtime)
+
+
+@torch.no_grad()
+def validate(model, loader, criterion, runtime, desc='val'):
+    """Evaluate single-view clips; returns (loss, top1, top5) over the whole (sharded) set."""
+    losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
+    model.eval()
+    device = runtime.device
+    for clips, labels in tqdm(loader, desc=desc, leave=False, disable=not runtime.is_main,
+                              dynamic_ncols=True):
+        clips = clips.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        output = model(clips).float()  # (N, num_class)
+        loss = criterion(output, labels)
+        prec1, prec5 = accuracy(output, labels, topk=(1, 5))
+        n = labels.size(0)
+        losses.update(loss.item(), n)
+        top1.update(prec1, n)
+        top5.update(prec5, n)
+    return _reduce_meters(losses, top1, top5, runtime)
+
+
+def _reduce_meters(losses, top1, top5, runtime):
+    """Exact averages over all processes from each process's sums and counts."""
+    sums = all_reduce_sum([losses.sum, top1.sum, top5.sum, losses.count], runtime)
+    count = max(sums[3], 1)
+    return sums[0] / count, sums[1] / count, sums[2] / count

@@ -1,0 +1,128 @@
+"""Multi-view evaluation and score files, shared by test.py and average_scores.py.
+
+A score file (npz) holds, for every video of a list, the class scores averaged over its
+views (crops x clips): ``scores`` (N, num_class), ``labels`` (N,), ``predictions`` (N,),
+``video_ids`` (N,), plus the settings that produced it.
+"""
+import os
+import tempfile
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ops.utils import class_accuracy
+
+DEFAULT_SCORE_DIR = 'score'
+
+
+class ScoreFileError(ValueError):
+    """Score files that cannot be read or do not describe the same videos."""
+
+
+def score_filename(dataset, model_type, arch, segments, crops, clips, size):
+    return f'{dataset}_{model_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px.npz'
+
+
+def save_scores(path, scores, labels, video_ids, **settings):
+    """Write a score file atomically."""
+    scores = np.asarray(scores, dtype=np.float32)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix='.npz', dir=folder)
+    with os.fdopen(fd, 'wb') as f:
+        np.savez(f, scores=scores, labels=np.asarray(labels, dtype=np.int64),
+                 predictions=scores.argmax(axis=1), video_ids=np.asarray(video_ids, dtype=str),
+                 **{k: np.asarray(v) for k, v in settings.items()})
+    os.replace(tmp, path)
+
+
+def load_scores(path):
+    """``{'scores', 'labels', 'video_ids', ...}`` of a score file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            loaded = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ScoreFileError(f"score file '{path}' cannot be read: {exc}") from None
+    missing = [k for k in ('scores', 'labels', 'video_ids') if k not in loaded]
+    if missing:
+        raise ScoreFileError(f"score file '{path}' lacks {', '.join(missing)}")
+    return loaded
+
+
+def softmax(scores):
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def check_same_videos(score_sets, paths):
+    """Refuse score files whose video ids, labels or class counts disagree."""
+    ref, ref_path = score_sets[0], paths[0]
+    for data, path in zip(score_sets[1:], paths[1:]):
+        if data['scores'].shape != ref['scores'].shape:
+            raise ScoreFileError(f"score files '{ref_path}' and '{path}' disagree in shape: "
+                                 f"{ref['scores'].shape} vs {data['scores'].shape}")
+        if not np.array_equal(data['video_ids'], ref['video_ids']):
+            raise ScoreFileError(f"score files '{ref_path}' and '{path}' list different videos")
+        if not np.array_equal(data['labels'], ref['labels']):
+            raise ScoreFileError(f"score files '{ref_path}' and '{path}' disagree in labels")
+
+
+def ensemble(score_list, weights=None, use_softmax=False):
+    """Weighted sum of score arrays (N, num_class), softmax-normalised first if asked."""
+    weights = [1.0] * len(score_list) if weights is None else list(weights)
+    if len(weights) != len(score_list):
+        raise ScoreFileError(f'{len(weights)} weights for {len(score_list)} score files')
+    total = 0.0
+    for scores, weight in zip(score_list, weights):
+        total = total + weight * (softmax(scores) if use_softmax else scores)
+    return total
+
+
+def summarize(scores, labels):
+    """(top-1, top-5, mean class accuracy) in percent."""
+    scores = torch.as_tensor(np.asarray(scores))
+    labels_t = torch.as_tensor(np.asarray(labels))
+    k = min(5, scores.shape[1])
+    top = scores.topk(k, dim=1).indices  # (N, k)
+    hits = top.eq(labels_t.view(-1, 1))
+    top1 = hits[:, 0].float().mean().item() * 100
+    top5 = hits.any(dim=1).float().mean().item() * 100
+    _, mean_class = class_accuracy(np.asarray(labels), top[:, 0].numpy(), scores.shape[1])
+    return top1, top5, mean_class
+
+
+@torch.no_grad()
+def evaluate_models(models, loaders, num_segments, device, use_softmax=False, max_num=None):
+    """Per-video scores of every model, averaged over its views (crops x clips).
+
+    models / loaders / num_segments: one entry per model; the loaders iterate the same
+    videos in the same order (shuffle off). Returns (list of (N, num_class) arrays, labels).
+    """
+    outputs = [[] for _ in models]
+    all_labels = []
+    total = len(loaders[0].dataset) if max_num is None else min(max_num, len(loaders[0].dataset))
+    seen = 0
+    bar = tqdm(total=total, desc='test', unit='video', dynamic_ncols=True)
+    for batches in zip(*loaders):
+        labels = batches[0][1]
+        for k, (model, (clips, _), segments) in enumerate(zip(models, batches, num_segments)):
+            n = clips.size(0)
+            clips = clips.to(device).view(-1, segments * 3, *clips.shape[-2:])  # (N*V, T*3, H, W)
+            scores = model(clips).float().view(n, -1, model_num_class(model))  # (N, V, C)
+            if use_softmax:
+                scores = scores.softmax(dim=2)
+            outputs[k].append(scores.mean(dim=1).cpu())  # (N, C)
+        all_labels.append(labels)
+        seen += labels.size(0)
+        bar.update(labels.size(0))
+        if max_num is not None and seen >= max_num:
+            break
+    bar.close()
+    labels = torch.cat(all_labels).numpy()[:total]
+    return [torch.cat(o).numpy()[:total] for o in outputs], labels
+
+
+def model_num_class(model):
+    return getattr(model, 'module', model).num_class

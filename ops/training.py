@@ -1,0 +1,147 @@
+"""The training run behind main.py: data, model, optimiser, resume, epochs, checkpoints, logs."""
+import logging
+import os
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ops.checkpoint import load_model_weights, save_checkpoint
+from ops.dataset import TSNDataSet
+from ops.dataset_config import get_dataset_config
+from ops.distributed import ShardSampler, cleanup, setup_runtime, wrap_model
+from ops.engine import train_one_epoch, validate
+from ops.experiment import default_store_name, run_folder, save_args, setup_logging
+from ops.lr_schedule import apply_lr, lr_at_epoch
+from ops.models import TemporalModel
+from ops.transforms import build_transform
+from ops.utils import set_seed
+
+logger = logging.getLogger('masnet')
+
+LATEST_NAME = 'ckpt.pth.tar'
+BEST_NAME = 'ckpt.best.pth.tar'
+
+
+def build_loaders(cfg, model, args, runtime):
+    """Train loader (shuffled per epoch through a seeded sampler) and sharded val loader."""
+    train_set = TSNDataSet(cfg.root_path, cfg.train_list, args.num_segments, cfg.image_tmpl,
+                           model.get_augmentation(flip=cfg.flip, mirror_map=cfg.mirror_map),
+                           random_shift=True, dense_sample=args.dense_sample)
+    val_transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
+                                    model.input_std)
+    val_set = TSNDataSet(cfg.root_path, cfg.val_list, args.num_segments, cfg.image_tmpl,
+                         val_transform, random_shift=False, dense_sample=args.dense_sample)
+    batch_size = max(args.batch_size // runtime.world_size, 1)
+    train_sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
+                                       shuffle=True, seed=args.seed)
+    pin = runtime.device.type == 'cuda'
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=train_sampler,
+                              num_workers=args.workers, pin_memory=pin,
+                              drop_last=len(train_sampler) > batch_size)
+    val_loader = DataLoader(val_set, batch_size=batch_size,
+                            sampler=ShardSampler(val_set, runtime.rank, runtime.world_size),
+                            num_workers=args.workers, pin_memory=pin)
+    return train_loader, val_loader, train_sampler
+
+
+def run(args):
+    """Train (or with --evaluate only validate) as the flags say; returns the best val top-1."""
+    runtime = setup_runtime(args.gpus)
+    set_seed(args.seed)
+    if not args.store_name:
+        args.store_name = default_store_name(args)
+    log_dir = os.path.join(run_folder(args.root_log, args), 'log')
+    ckpt_dir = os.path.join(run_folder(args.root_checkpoint, args), 'checkpoint')
+    setup_logging(os.path.join(log_dir, 'log.txt'), runtime.is_main)
+    cfg = get_dataset_config(args.dataset, args.dataset_path)
+    if runtime.is_main:
+        save_args(args, os.path.join(log_dir, 'args.json'))
+    logger.info(f'{cfg.name}: {cfg.num_class} classes; {args.type} {args.arch}, '
+                f'{args.num_segments} segments, {args.input_size}px; device {runtime.device}, '
+                f'{runtime.world_size} process(es)')
+
+    partial_bn = not args.no_partialbn
+    if partial_bn and args.pretrain == 'none':
+        logger.info('--pretrain none: partial BN off (it would freeze untrained BatchNorm layers)')
+        partial_bn = False
+    model = TemporalModel(cfg.num_class, args.num_segments, args.type, args.arch,
+                          dropout=args.dropout, consensus_type=args.consensus_type,
+                          partial_bn=partial_bn, pretrain=args.pretrain,
+                          input_size=args.input_size)
+    optimizer = torch.optim.SGD(model.get_optim_policies(), args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    use_scaler = args.amp and runtime.device.type == 'cuda'
+    scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
+    start_epoch, best_prec1 = args.start_epoch, 0.0
+    if args.resume:
+        checkpoint = load_model_weights(model, args.resume)
+        if 'optimizer' in checkpoint:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        if checkpoint.get('scaler') and use_scaler:
+            scaler.load_state_dict(checkpoint['scaler'])
+        start_epoch = int(checkpoint.get('epoch', 0))
+        best_prec1 = float(checkpoint.get('best_prec1', 0.0))
+        logger.info(f"resumed '{args.resume}' at epoch {start_epoch} (best top-1 {best_prec1:.2f})")
+    elif args.tune_from:
+        load_model_weights(model, args.tune_from, skip_prefixes=('new_fc.',))
+        logger.info(f"fine-tuning from '{args.tune_from}' (new_fc re-initialised)")
+
+    net = wrap_model(model, runtime)
+    train_loader, val_loader, train_sampler = build_loaders(cfg, model, args, runtime)
+    criterion = torch.nn.CrossEntropyLoss().to(runtime.device)
+
+    if args.evaluate:
+        loss, prec1, prec5 = validate(net, val_loader, criterion, runtime)
+        logger.info(f'Testing Results: Prec@1 {prec1:.3f} Prec@5 {prec5:.3f} Loss {loss:.5f}')
+        cleanup(runtime)
+        return prec1
+
+    writer = None
+    if runtime.is_main:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(log_dir), 'tensorboardX'))
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            set_seed(args.seed + epoch)  # an epoch's randomness depends only on (seed, epoch)
+            train_sampler.set_epoch(epoch)
+            lr = lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs)
+            apply_lr(optimizer, lr, args.weight_decay)
+            loss, prec1, prec5 = train_one_epoch(net, train_loader, criterion, optimizer, scaler,
+                                                 epoch, runtime, args, lr)
+            logger.info(f'Epoch {epoch} train: Loss {loss:.4f} Prec@1 {prec1:.3f} '
+                        f'Prec@5 {prec5:.3f} lr {lr:.6f}')
+            if writer:
+                writer.add_scalar('loss/train', loss, epoch)
+                writer.add_scalar('acc/train_top1', prec1, epoch)
+                writer.add_scalar('acc/train_top5', prec5, epoch)
+                writer.add_scalar('lr', lr, epoch)
+
+            is_best = False
+            if (epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1:
+                loss, prec1, prec5 = validate(net, val_loader, criterion, runtime)
+                is_best = prec1 > best_prec1
+                best_prec1 = max(prec1, best_prec1)
+                logger.info(f'Epoch {epoch} val: Loss {loss:.5f} Prec@1 {prec1:.3f} '
+                            f'Prec@5 {prec5:.3f} (best Prec@1 {best_prec1:.3f})')
+                if writer:
+                    writer.add_scalar('loss/test', loss, epoch)
+                    writer.add_scalar('acc/test_top1', prec1, epoch)
+                    writer.add_scalar('acc/test_top5', prec5, epoch)
+                    writer.add_scalar('acc/test_top1_best', best_prec1, epoch)
+
+            if runtime.is_main:
+                state = {'epoch': epoch + 1, 'arch': args.arch, 'type': args.type,
+                         'num_segments': args.num_segments, 'num_class': cfg.num_class,
+                         'dataset': cfg.name, 'input_size': args.input_size,
+                         'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                         'scaler': scaler.state_dict() if use_scaler else None,
+                         'best_prec1': best_prec1, 'args': vars(args)}
+                save_checkpoint(state, os.path.join(ckpt_dir, LATEST_NAME))
+                if is_best:
+                    save_checkpoint(state, os.path.join(ckpt_dir, BEST_NAME))
+    finally:
+        if writer:
+            writer.close()
+        cleanup(runtime)
+    logger.info(f'best Prec@1 {best_prec1:.3f}; checkpoints in {ckpt_dir}')
+    return best_prec1

@@ -1,0 +1,81 @@
+"""Command-line flags of main.py (training); the model flags are shared with test.py and CAM.py."""
+import argparse
+
+from archs import ARCHS, TEMPORAL_TYPES
+from ops.lr_schedule import LR_TYPES
+
+
+def add_data_args(parser, default_dataset='synthetic'):
+    parser.add_argument('--dataset', default=default_dataset,
+                        help="somethingv1, somethingv2, kinetics, ucf101, hmdb51, jester, "
+                             "diving48, synthetic (generated on first use), or a .json dataset "
+                             "file (default: %(default)s)")
+    parser.add_argument('--dataset_path', default='data',
+                        help='folder holding the dataset folders (default: %(default)s)')
+    parser.add_argument('-j', '--workers', default=8, type=int, help='data loading processes')
+
+
+def add_model_args(parser, defaults_from_checkpoint=False):
+    """--type/--arch/--input_size; with defaults_from_checkpoint they default to None (= read
+    from the checkpoint, then to MASNet/resnet50/224)."""
+    ckpt = defaults_from_checkpoint
+    parser.add_argument('--type', default=None if ckpt else 'MASNet', choices=TEMPORAL_TYPES,
+                        help='temporal modules: MASNet (MAM+MSM+TIM), TSM (shift) or TSN (none)')
+    parser.add_argument('--arch', default=None if ckpt else 'resnet50', choices=ARCHS,
+                        help='backbone')
+    parser.add_argument('--input_size', default=None if ckpt else 224, type=int,
+                        help='network input side in pixels (224 in the paper)')
+    parser.add_argument('--gpus', nargs='+', type=int, default=None,
+                        help='GPU ids for DataParallel (default: all visible GPUs, or CPU)')
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description='Train MAS-Net (or the TSM / TSN baselines) on video frame folders.')
+    add_data_args(parser)
+    add_model_args(parser)
+    parser.add_argument('--num_segments', type=int, default=8, help='frames sampled per clip (T)')
+    parser.add_argument('--consensus_type', default='avg', choices=['avg'])
+    parser.add_argument('--dropout', '--do', default=0.5, type=float, help='dropout before new_fc')
+    parser.add_argument('--pretrain', default='imagenet',
+                        help="'imagenet' (torchvision weights from the torch hub cache), 'none', "
+                             "or a weight file")
+    parser.add_argument('--no_partialbn', '--npb', action='store_true',
+                        help='train every BatchNorm (default: freeze all but the first, as TSN)')
+    parser.add_argument('--dense_sample', action='store_true',
+                        help='I3D-style dense sampling (64-frame window)')
+
+    parser.add_argument('--epochs', default=70, type=int)
+    parser.add_argument('-b', '--batch-size', default=32, type=int, help='clips per batch (all GPUs)')
+    parser.add_argument('--lr', '--learning-rate', default=0.01, type=float, help='base learning rate')
+    parser.add_argument('--lr_type', default='MAS_lr', choices=LR_TYPES,
+                        help='step_lr: x0.1 at each step; MAS_lr: x0.1, x0.1, x0.5, x0.2 at 4 '
+                             'steps; cos_lr: half cosine')
+    parser.add_argument('--lr_steps', default=[30, 40, 50, 60], type=float, nargs='+',
+                        help='epochs at which the lr decays')
+    parser.add_argument('--momentum', default=0.9, type=float)
+    parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float)
+    parser.add_argument('--clip-gradient', '--gd', default=20, type=float,
+                        help='clip gradients to this global norm (0: off)')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (autocast + GradScaler)')
+    parser.add_argument('--seed', default=0, type=int, help='seed of sampling, augmentation, init')
+
+    parser.add_argument('--print-freq', '-p', default=20, type=int, help='log every N iterations')
+    parser.add_argument('--eval-freq', '-ef', default=1, type=int, help='validate every N epochs')
+    parser.add_argument('--resume', default='', help='continue training from this checkpoint')
+    parser.add_argument('--tune_from', default='',
+                        help='initialise from a checkpoint of another dataset (new_fc not loaded)')
+    parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')
+    parser.add_argument('--start-epoch', default=0, type=int, help='first epoch (set by --resume)')
+
+    parser.add_argument('--store_name', default='', help='run name (default: from the settings)')
+    parser.add_argument('--root_log', default='experiments',
+                        help='root of log/ and tensorboardX/: '
+                             '<root_log>/<dataset>/<type>/<arch>/num_segments_<T>/<store_name>/')
+    parser.add_argument('--root_checkpoint', default='experiments',
+                        help='root of checkpoint/, laid out like --root_log')
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)

@@ -1,0 +1,299 @@
+"""Data pipeline: sampling formulas, group transforms, flips, video files, configs, bad input."""
+import json
+import logging
+import os
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ops import dataset as D
+from ops.dataset_config import DatasetError, get_dataset_config, mirror_pairs
+from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
+from ops.transforms import (GroupFullResSample, GroupMultiScaleCrop, build_transform,
+                            fixed_offsets)
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+# ---- sampling (SPEC 3.3; indices 1-based) ---------------------------------------------------
+
+@pytest.mark.parametrize('n', [80, 8, 3])
+def test_val_indices_formula(n):
+    T = 8
+    tick = n / T
+    expected = [int(tick / 2 + tick * i) + 1 for i in range(T)]
+    assert D.sample_val_indices(n, T).tolist() == expected
+    if n == 3:  # short video: frames spread, not all frame 1
+        assert D.sample_val_indices(n, T).tolist() == [1, 1, 1, 2, 2, 3, 3, 3]
+
+
+def test_train_indices_long_video_one_per_segment():
+    rng = np.random.RandomState(0)
+    idx = D.sample_train_indices(50, 8, rng)
+    d = 50 // 8
+    expected_rng = np.random.RandomState(0)
+    expected = np.arange(8) * d + expected_rng.randint(d, size=8) + 1
+    assert idx.tolist() == expected.tolist()
+    assert all(i * d + 1 <= v <= (i + 1) * d for i, v in enumerate(idx))
+
+
+def test_train_indices_exact_and_short():
+    assert D.sample_train_indices(8, 8, np.random.RandomState(1)).tolist() == list(range(1, 9))
+    assert D.sample_train_indices(3, 8, np.random.RandomState(1)).tolist() == [1, 1, 1, 2, 2, 2, 3, 3]
+    # n // T == 0 but n > T cannot happen; n between T and 2T: d = 1, one frame per segment
+    idx = D.sample_train_indices(12, 8, np.random.RandomState(2)).tolist()
+    assert idx == list(range(1, 9))
+
+
+def test_twice_indices():
+    n, T = 40, 8
+    tick = n / T
+    expected = [int(tick / 2 + tick * i) + 1 for i in range(T)] + [int(tick * i) + 1 for i in range(T)]
+    assert D.sample_twice_indices(n, T).tolist() == expected
+
+
+@pytest.mark.parametrize('n', [100, 5])
+def test_dense_test_indices(n):
+    T, K = 8, 10
+    tick = n / T
+    starts = np.linspace(0, max(tick - 1, 0), K)
+    expected = [min(int(tick * i + s), n - 1) + 1 for s in starts for i in range(T)]
+    got = D.sample_dense_test_indices(n, T, K).tolist()
+    assert got == expected and len(got) == K * T
+    assert min(got) >= 1 and max(got) <= n
+
+
+def test_dense_train_indices():
+    T = 8
+    stride = 64 // T
+    idx = D.sample_dense_train_indices(100, T, np.random.RandomState(0))
+    start = np.random.RandomState(0).randint(0, 100 - 64)
+    assert idx.tolist() == [(i * stride + start) % 100 + 1 for i in range(T)]
+    # shorter than the window: starts at 0 and wraps around
+    assert D.sample_dense_train_indices(20, T).tolist() == [(i * stride) % 20 + 1 for i in range(T)]
+    assert D.sample_dense_train_indices(100, T, center=True).tolist() == \
+        [(i * stride + 18) + 1 for i in range(T)]
+
+
+# ---- transforms -----------------------------------------------------------------------------
+
+def coordinate_frames(w=160, h=120, count=2):
+    """Frames whose red channel encodes x and green encodes y."""
+    xs = np.broadcast_to(np.arange(w, dtype=np.uint8)[None, :], (h, w))
+    ys = np.broadcast_to(np.arange(h, dtype=np.uint8)[:, None], (h, w))
+    frame = np.stack([xs, ys, np.zeros_like(xs)], axis=2).copy()
+    return [frame.copy() for _ in range(count)]
+
+
+def unnormalise(t):
+    t = t.view(-1, 3, *t.shape[-2:])
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return ((t * std + mean) * 255).round()
+
+
+def test_normalisation_values():
+    frames = [np.full((10, 10, 3), v, np.uint8) for v in (0, 128, 255)]
+    out, _ = build_transform('val', 8, 10, MEAN, STD)(frames, 0)
+    assert out.shape == (9, 8, 8)
+    for k, v in enumerate((0, 128, 255)):
+        for c in range(3):
+            assert out[3 * k + c, 0, 0].item() == pytest.approx((v / 255 - MEAN[c]) / STD[c], abs=1e-5)
+
+
+@pytest.mark.parametrize('crops,views', [(1, 1), (3, 3), (5, 5), (10, 10)])
+def test_test_crop_counts(crops, views):
+    frames = coordinate_frames(count=4)
+    out, label = build_transform('test', 64, 73, MEAN, STD, num_crops=crops)(frames, 3)
+    assert out.shape == (views * 4 * 3, 64, 64) and label == 3
+
+
+def test_three_crop_offsets_left_center_right():
+    frames = coordinate_frames(w=200, h=100, count=1)
+    views = GroupFullResSample(100)(frames)
+    lefts = [int(v[0][0, 0, 0]) for v in views]
+    assert lefts == [0, 50, 100]  # step (200-100)//4 = 25: 0, 2*25, 4*25
+    tall = [f.transpose(1, 0, 2).copy() for f in frames]  # 100 wide, 200 tall: red = y now
+    tops = [int(v[0][0, 0, 0]) for v in GroupFullResSample(100)(tall)]
+    assert tops == [0, 50, 100]
+
+
+def test_five_and_ten_crop_positions():
+    frames = coordinate_frames(w=100, h=80, count=1)
+    out, _ = build_transform('test', 40, 80, MEAN, STD, num_crops=10)(frames, 0)
+    img = unnormalise(out)  # (10, 3, 40, 40)
+    corners = [(int(img[v, 0, 0, 0]), int(img[v, 1, 0, 0])) for v in range(5)]
+    assert corners == [(0, 0), (60, 0), (0, 40), (60, 40), (30, 20)]
+    for v in range(5):  # views 5..9 are the mirrors of 0..4
+        assert torch.equal(img[5 + v], img[v].flip(-1))
+
+
+def test_multiscale_crop_uses_fixed_offsets_and_sizes():
+    crop = GroupMultiScaleCrop(64)
+    rng = random.Random(0)
+    for _ in range(50):
+        x, y, w, h = crop.crop_box(160, 120, rng)
+        sizes = {int(120 * s) for s in (1, .875, .75, .66)}
+        assert w in sizes and h in sizes
+        assert (x, y) in fixed_offsets(160, 120, w, h)
+    assert len(fixed_offsets(160, 120, 64, 64)) == 13
+    out, _ = build_transform('train', 64, 73, MEAN, STD, flip=False)(coordinate_frames(), 0)
+    assert out.shape == (6, 64, 64)
+
+
+def test_flip_swaps_only_mirror_classes():
+    frames = coordinate_frames(count=3)
+    mirror = mirror_pairs(SYNTHETIC_CLASSES)
+    assert mirror == {0: 1, 1: 0, 6: 7, 7: 6}
+    transform = build_transform('train', 64, 73, MEAN, STD, flip=True, mirror_map=mirror)
+    seen = {}
+    for label in range(8):
+        for trial in range(30):
+            random.seed(trial)
+            out, new_label = transform(frames, label)
+            img = unnormalise(out)
+            flipped = img[0, 0, 0, 0] > img[0, 0, 0, -1]  # x decreases to the right
+            assert new_label == (mirror.get(label, label) if flipped else label)
+            seen[(label, bool(flipped))] = True
+    assert all(seen.get((label, f)) for label in range(8) for f in (True, False))
+
+
+def test_something_v1_mirror_pairs():
+    names = ['class %d' % i for i in range(174)]
+    names[86], names[87] = 'Pulling something from left to right', 'Pulling something from right to left'
+    names[93], names[94] = 'Pushing something from left to right', 'Pushing something from right to left'
+    names[166] = 'Turning the camera left while filming something'
+    names[167] = 'Turning the camera right while filming something'
+    names[10] = 'Moving something and something closer to each other'
+    names[11] = 'Moving something and something away from each other'
+    names[12] = 'Lifting up one end of something without letting it drop down'
+    assert mirror_pairs(names) == {86: 87, 87: 86, 93: 94, 94: 93, 166: 167, 167: 166}
+
+
+# ---- datasets -------------------------------------------------------------------------------
+
+def test_synthetic_is_deterministic_and_balanced(tmp_path):
+    kw = dict(train_per_class=2, val_per_class=1, width=48, height=32, min_frames=4, max_frames=6)
+    a, b = generate_synthetic(str(tmp_path / 'a'), **kw), generate_synthetic(str(tmp_path / 'b'), **kw)
+    for name in ('category.txt', 'train.txt', 'valid.txt'):
+        assert open(os.path.join(a, name)).read() == open(os.path.join(b, name)).read()
+    first = open(os.path.join(a, 'train.txt')).readline().split()[0]
+    assert open(os.path.join(a, 'frames', first, '00001.jpg'), 'rb').read() == \
+        open(os.path.join(b, 'frames', first, '00001.jpg'), 'rb').read()
+    labels = [int(line.split()[2]) for line in open(os.path.join(a, 'train.txt'))]
+    assert sorted(labels) == sorted(list(range(8)) * 2)
+
+
+def test_synthetic_pairs_are_time_reversed(tmp_path):
+    """A right-to-left clip is a left-to-right clip played backwards: its object moves left."""
+    root = generate_synthetic(str(tmp_path / 's'), train_per_class=1, val_per_class=1, width=96,
+                              height=64, min_frames=8, max_frames=8)
+
+    def object_x(folder, index):
+        img = cv2.imread(os.path.join(root, 'frames', folder, f'{index:05d}.jpg')).astype(float)
+        sat = img.max(axis=2) - img.min(axis=2)  # the object is saturated, the background grey
+        return np.nonzero(sat > 120)[1].mean()
+    assert object_x('train_0_0000', 8) > object_x('train_0_0000', 1) + 10
+    assert object_x('train_1_0000', 8) < object_x('train_1_0000', 1) - 10
+
+
+def test_dataset_item_and_modes(tiny_data_root):
+    cfg = get_dataset_config('synthetic', tiny_data_root)
+    assert cfg.num_class == 8 and cfg.mirror_map == {0: 1, 1: 0, 6: 7, 7: 6}
+    t = build_transform('test', 32, 36, MEAN, STD, num_crops=3)
+    ds = D.TSNDataSet(cfg.root_path, cfg.val_list, 4, cfg.image_tmpl, t, random_shift=False,
+                      test_mode=True, twice_sample=True)
+    x, y = ds[0]
+    assert ds.num_clips == 2 and x.shape == (3 * 2 * 4 * 3, 32, 32)
+    assert y == ds.video_list[0].label
+
+
+def write_video(path, frames, fps=10):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps, (w, h))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def test_video_file_matches_frame_folder(tmp_path):
+    rng = np.random.RandomState(0)
+    frames = [cv2.resize(rng.randint(0, 255, (6, 8, 3)).astype(np.uint8), (64, 48),
+                         interpolation=cv2.INTER_CUBIC) for _ in range(12)]
+    os.makedirs(tmp_path / 'clip')
+    for i, f in enumerate(frames, 1):
+        cv2.imwrite(str(tmp_path / 'clip' / f'{i:05d}.jpg'), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    write_video(tmp_path / 'clip.avi', frames)
+    (tmp_path / 'list.txt').write_text('clip 12 0\nclip.avi 12 0\nclip.avi - 0\n')
+    ds = D.TSNDataSet(str(tmp_path), str(tmp_path / 'list.txt'), 4, '{:05d}.jpg', None,
+                      random_shift=False)
+    from_folder, from_video, counted = ds[0][0], ds[1][0], ds[2][0]
+    assert len(from_video) == 4
+    for a, b, c in zip(from_folder, from_video, counted):
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 10  # two lossy codecs
+        assert np.array_equal(b, c)
+
+
+def test_missing_and_truncated_frames_are_replaced(tmp_path, caplog):
+    os.makedirs(tmp_path / 'v')
+    for i in range(1, 9):
+        cv2.imwrite(str(tmp_path / 'v' / f'{i:05d}.jpg'), np.full((16, 16, 3), i * 20, np.uint8))
+    os.remove(tmp_path / 'v' / '00003.jpg')
+    data = (tmp_path / 'v' / '00006.jpg').read_bytes()
+    (tmp_path / 'v' / '00006.jpg').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'list.txt').write_text('v 8 0\n')
+    ds = D.TSNDataSet(str(tmp_path), str(tmp_path / 'list.txt'), 8, '{:05d}.jpg', None,
+                      random_shift=False)
+    with caplog.at_level(logging.WARNING, logger='masnet.data'):
+        frames, _ = ds[0]
+    values = [int(f[0, 0, 0]) for f in frames]
+    assert values[2] in (40, 80) and values[5] in (100, 140)  # neighbours of frames 3 and 6
+    assert '00003.jpg' in caplog.text and '00006.jpg' in caplog.text
+
+
+def test_unreadable_video_policy(tmp_path):
+    os.makedirs(tmp_path / 'empty')
+    os.makedirs(tmp_path / 'good')
+    for i in range(1, 5):
+        cv2.imwrite(str(tmp_path / 'good' / f'{i:05d}.jpg'), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / 'list.txt').write_text('empty 4 0\ngood 4 1\nmissing 4 2\n')
+    train = D.TSNDataSet(str(tmp_path), str(tmp_path / 'list.txt'), 4, '{:05d}.jpg', None)
+    random.seed(0)
+    for index in (0, 2):
+        frames, label = train[index]
+        assert label == 1 and len(frames) == 4  # replaced by the readable video
+    assert train.num_replaced >= 2
+    val = D.TSNDataSet(str(tmp_path), str(tmp_path / 'list.txt'), 4, '{:05d}.jpg', None,
+                       random_shift=False)
+    with pytest.raises(D.DataError, match='empty'):
+        val[0]
+    with pytest.raises(D.DataError, match='missing'):
+        val[2]
+
+
+def test_malformed_list_line_names_file_and_line(tmp_path):
+    path = tmp_path / 'list.txt'
+    path.write_text('a 10 1\nb ten 2\n')
+    with pytest.raises(D.DataError, match=r'list.txt:2'):
+        D.parse_list_file(str(path))
+
+
+def test_dataset_config_errors_and_custom_json(tmp_path):
+    with pytest.raises(DatasetError, match="unknown dataset 'nope'.*somethingv1"):
+        get_dataset_config('nope', str(tmp_path))
+    with pytest.raises(DatasetError, match='somethingv1/category.txt'):
+        get_dataset_config('somethingv1', str(tmp_path))
+    cfg = get_dataset_config('kinetics', str(tmp_path))
+    assert cfg.num_class == 400 and cfg.image_tmpl == 'img_{:05d}.jpg'
+    assert cfg.root_path == os.path.join(str(tmp_path), 'K400/img')
+
+    (tmp_path / 'cats.txt').write_text('Swiping Left\nSwiping Right\nWaving\n')
+    (tmp_path / 'mine.json').write_text(json.dumps({
+        'categories': 'cats.txt', 'train_list': 't.txt', 'val_list': 'v.txt',
+        'root_path': 'frames', 'image_tmpl': 'f{:04d}.png'}))
+    cfg = get_dataset_config(str(tmp_path / 'mine.json'), 'ignored')
+    assert cfg.num_class == 3 and cfg.mirror_map == {0: 1, 1: 0}
+    assert cfg.root_path == os.path.join(str(tmp_path), 'frames') and cfg.image_tmpl == 'f{:04d}.png'

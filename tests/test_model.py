@@ -1,0 +1,258 @@
+"""MAS-Net model: release parameter layout, equivalence with the plain formulation, head, init."""
+import os
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from archs.resnet import temporal_shift
+from ops.checkpoint import CheckpointError
+from ops.MASNet import MAM, MSM, TIM, MASBottleneck
+from ops.models import TemporalModel
+from tests.conftest import randomize_bn
+
+
+# ---- a plain reference written straight from SPEC 2.1 (the release's operations) -----------
+
+def ref_mam(mod, x, T):
+    b = mod.bn1(mod.conv1(x))
+    nt, c, h, w = b.shape
+    b = b.view(nt // T, T, c, h, w)
+    a = b.clone()
+    for t in range(T - 1):
+        a[:, t] = (b[:, t] + 0.5 * b[:, t + 1]) / 1.5
+    return mod.conv3(a.view(nt, c, h, w))
+
+
+def ref_msm(mod, motion, appearance, T):
+    nt, c, h, w = appearance.shape
+    n = nt // T
+    m5 = motion.view(n, T, c, h, w).permute(0, 2, 1, 3, 4)  # (N, C, T, H, W)
+    a5 = appearance.view(n, T, c, h, w).permute(0, 2, 1, 3, 4)
+    s = F.avg_pool3d(m5, (T, 1, 1)) + F.avg_pool3d(a5, (T, 1, 1))  # (N, C, 1, H, W)
+    s = F.relu(mod.bn_fc1(mod.conv_fc1(s)))  # Conv3d (1,3,3) over a single time step
+    s = mod.conv_fc2(s).view(n, 2, c, 1, h, w)
+    weights = F.softmax(s, dim=1)
+    out = m5 * weights[:, 0] + a5 * weights[:, 1]  # (N, C, T, H, W)
+    return out.permute(0, 2, 1, 3, 4).reshape(nt, c, h, w)
+
+
+def ref_tim(mod, x, T):
+    nt, c, h, w = x.shape
+    y = x.view(nt // T, T, c, h, w).permute(0, 3, 4, 2, 1).reshape(-1, c, T)  # (N*H*W, C, T)
+    y = F.conv1d(y, mod.conv.weight, padding=1, groups=c)
+    return y.view(nt // T, h, w, c, T).permute(0, 4, 3, 1, 2).reshape(nt, c, h, w)
+
+
+def ref_bottleneck(block, x, T):
+    identity = x if block.downsample is None else block.downsample(x)
+    out = F.relu(block.bn1(block.conv1(x)))
+    out = ref_tim(block.TIM, ref_msm(block.MSM, ref_mam(block.MAM, out, T), out, T), T)
+    out = F.relu(block.bn2(block.conv2(out)))
+    out = block.bn3(block.conv3(out))
+    return F.relu(out + identity)
+
+
+def ref_model(model, x):
+    T = model.num_segments
+    net = model.base_model
+    y = x.view(-1, 3, *x.shape[-2:])
+    y = net.maxpool(F.relu(net.bn1(net.conv1(y))))
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in layer:
+            y = ref_bottleneck(block, y, T)
+    y = net.avgpool(y).flatten(1)
+    return model.new_fc(y).view(x.size(0), T, -1).mean(1)
+
+
+def randomize_tim(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, TIM):
+            m.conv.weight.data.add_(0.2 * torch.randn(m.conv.weight.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize('T', [4, 8])
+def test_bottleneck_matches_reference(T):
+    torch.manual_seed(0)
+    block = MASBottleneck(128, 64, stride=2, num_segments=T,
+                          downsample=nn.Sequential(nn.Conv2d(128, 256, 1, 2), nn.BatchNorm2d(256)))
+    randomize_tim(randomize_bn(block)).eval()
+    x = torch.randn(2 * T, 128, 14, 14)
+    with torch.no_grad():
+        expected, got = ref_bottleneck(block, x, T), block(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('T', [4, 8])
+def test_model_matches_reference(T):
+    torch.manual_seed(0)
+    model = TemporalModel(10, T, 'MASNet', 'resnet50', pretrain='none', input_size=64)
+    randomize_tim(randomize_bn(model)).eval()
+    nn.init.normal_(model.new_fc.weight, 0, 0.1)
+    # float64: 16 random blocks amplify rounding differences of equivalent formulas a lot
+    model.double()
+    x = torch.randn(2, T * 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected, got = ref_model(model, x), model(x)
+    assert expected.abs().max() > 1e-3  # a real signal, not zeros
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_modules_match_reference_in_training_mode():
+    """Same outputs and gradients with batch statistics (training) as well."""
+    T = 4
+    torch.manual_seed(0)
+    mam, msm = MAM(64, T), MSM(64, T)
+    x = torch.randn(2 * T, 64, 8, 8, requires_grad=True)
+    out = msm(mam(x), x)
+    ref = ref_msm(msm, ref_mam(mam, x, T), x, T)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g1 = torch.autograd.grad(out.square().sum(), msm.conv_fc1.weight)[0]
+    g2 = torch.autograd.grad(ref.square().sum(), msm.conv_fc1.weight)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-4)
+
+
+def hand_shift(x, T):
+    """Temporal shift written by hand: channels [0, C/8) take t+1, [C/8, C/4) take t-1."""
+    nt, c, h, w = x.shape
+    fold = c // 8
+    v = x.view(nt // T, T, c, h, w)
+    out = torch.zeros_like(v)
+    for t in range(T):
+        if t + 1 < T:
+            out[:, t, :fold] = v[:, t + 1, :fold]
+        if t - 1 >= 0:
+            out[:, t, fold:2 * fold] = v[:, t - 1, fold:2 * fold]
+        out[:, t, 2 * fold:] = v[:, t, 2 * fold:]
+    return out.view(nt, c, h, w)
+
+
+def test_tim_initialised_as_shift():
+    T, C = 8, 64
+    tim = TIM(C, T)
+    w = tim.conv.weight
+    assert w.shape == (C, 1, 3)
+    assert torch.equal(w[:8, 0], torch.tensor([0., 0., 1.]).expand(8, 3))
+    assert torch.equal(w[8:16, 0], torch.tensor([1., 0., 0.]).expand(8, 3))
+    assert torch.equal(w[16:, 0], torch.tensor([0., 1., 0.]).expand(48, 3))
+    x = torch.randn(2 * T, C, 5, 5)
+    torch.testing.assert_close(tim(x), hand_shift(x, T))
+    torch.testing.assert_close(temporal_shift(x, T), hand_shift(x, T))
+
+
+RELEASE_SHAPES = {
+    'base_model.conv1.weight': (64, 3, 7, 7),
+    'base_model.conv1.bias': (64,),
+    'base_model.bn1.running_var': (64,),
+    'base_model.layer1.0.conv1.bias': (64,),
+    'base_model.layer1.0.conv3.weight': (256, 64, 1, 1),
+    'base_model.layer1.0.downsample.0.weight': (256, 64, 1, 1),
+    'base_model.layer1.0.downsample.0.bias': (256,),
+    'base_model.layer1.0.downsample.1.running_mean': (256,),
+    'base_model.layer1.0.MAM.conv1.weight': (1, 64, 1, 1),
+    'base_model.layer1.0.MAM.bn1.weight': (1,),
+    'base_model.layer1.0.MAM.conv3.weight': (64, 1, 1, 1),
+    'base_model.layer1.0.MSM.conv_fc1.weight': (16, 16, 1, 3, 3),
+    'base_model.layer1.0.MSM.bn_fc1.running_mean': (16,),
+    'base_model.layer1.0.MSM.conv_fc2.weight': (128, 4, 1, 3, 3),
+    'base_model.layer1.0.TIM.conv.weight': (64, 1, 3),
+    'base_model.layer4.2.MAM.conv1.weight': (8, 512, 1, 1),
+    'base_model.layer4.2.MSM.conv_fc2.weight': (1024, 32, 1, 3, 3),
+    'base_model.layer4.2.TIM.conv.weight': (512, 1, 3),
+    'base_model.layer3.5.conv2.weight': (256, 256, 3, 3),
+    'new_fc.weight': (174, 2048),
+    'new_fc.bias': (174,),
+}
+KEY_PATTERN = re.compile(
+    r'^(new_fc\.(weight|bias)|base_model\.(conv1\.(weight|bias)|bn1\.\w+|'
+    r'layer[1-4]\.\d+\.(conv[123]\.(weight|bias)|bn[123]\.\w+|downsample\.[01]\.\w+|'
+    r'MAM\.(conv1\.weight|bn1\.\w+|conv3\.weight)|MSM\.(conv_fc1\.weight|bn_fc1\.\w+|conv_fc2\.weight)|'
+    r'TIM\.conv\.weight)))$')
+
+
+def test_state_dict_has_release_layout():
+    model = TemporalModel(174, 8, 'MASNet', 'resnet50', pretrain='none')
+    sd = model.state_dict()
+    for key, shape in RELEASE_SHAPES.items():
+        assert tuple(sd[key].shape) == shape, key
+    bad = [k for k in sd if not KEY_PATTERN.match(k)]
+    assert not bad, bad[:5]
+    assert sum(1 for k in sd if k.endswith('TIM.conv.weight')) == 16
+    params = sum(p.numel() for p in model.parameters())
+    assert round(params / 1e6, 2) == 26.07
+
+
+def test_optim_policies_cover_every_parameter_once():
+    model = TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    groups = {g['name']: g for g in model.get_optim_policies()}
+    ids = [id(p) for g in groups.values() for p in g['params']]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert (groups['first_conv_weight']['lr_mult'], groups['first_conv_weight']['decay_mult']) == (1, 1)
+    assert (groups['first_conv_bias']['lr_mult'], groups['first_conv_bias']['decay_mult']) == (2, 0)
+    assert (groups['normal_bias']['lr_mult'], groups['normal_bias']['decay_mult']) == (2, 0)
+    assert (groups['bn']['lr_mult'], groups['bn']['decay_mult']) == (1, 0)
+    assert groups['first_conv_weight']['params'][0] is model.base_model.conv1.weight
+    assert groups['first_conv_bias']['params'][0] is model.base_model.conv1.bias
+    bn_ids = {id(p) for p in groups['bn']['params']}
+    msm = model.base_model.layer1[0].MSM
+    assert id(msm.bn_fc1.weight) in bn_ids  # BatchNorm3d
+    normal = {id(p) for p in groups['normal_weight']['params']}
+    assert {id(msm.conv_fc1.weight), id(model.base_model.layer1[0].TIM.conv.weight),
+            id(model.new_fc.weight)} <= normal
+
+    model.extra = nn.LayerNorm(4)
+    with pytest.raises(ValueError, match='extra'):
+        model.get_optim_policies()
+
+
+def test_partial_bn_freezes_all_but_first():
+    model = TemporalModel(5, 4, 'MASNet', 'resnet10', partial_bn=True, pretrain='none', input_size=64)
+    model.train()
+    norms = [m for m in model.base_model.modules() if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]
+    assert norms[0].training and norms[0].weight.requires_grad
+    assert all(not m.training and not m.weight.requires_grad for m in norms[1:])
+    model.partialBN(False)
+    model.train()
+    assert all(m.training and m.weight.requires_grad for m in norms)
+
+
+def _fake_torchvision_resnet18():
+    """A torchvision-layout resnet18 state dict (no conv biases), random values."""
+    plain = TemporalModel(1000, 1, 'TSN', 'resnet18', dropout=0, pretrain='none').base_model
+    g = torch.Generator().manual_seed(3)
+    sd = {}
+    for k, v in plain.state_dict().items():
+        if k.endswith('.bias') and not k.startswith('fc') and 'bn' not in k and 'downsample.1' not in k:
+            continue  # torchvision convs have no bias
+        sd[k] = torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+    sd['fc.weight'] = torch.randn(1000, 512, generator=g)
+    return sd
+
+
+def test_imagenet_pretrain_loads_from_torch_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    with pytest.raises(CheckpointError, match='--pretrain none'):
+        TemporalModel(5, 4, 'MASNet', 'resnet18', pretrain='imagenet')
+
+    sd = _fake_torchvision_resnet18()
+    os.makedirs(tmp_path / 'hub' / 'checkpoints')
+    torch.save(sd, tmp_path / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth')
+    model = TemporalModel(5, 4, 'MASNet', 'resnet18', pretrain='imagenet')
+    own = model.state_dict()
+    for k in ('conv1.weight', 'layer2.0.downsample.0.weight', 'layer4.1.bn2.running_var',
+              'layer3.1.conv2.weight'):
+        assert torch.equal(own['base_model.' + k], sd[k]), k
+    assert torch.count_nonzero(own['base_model.layer3.1.conv2.bias']) == 0
+    expected = sum(1 for k in sd if not k.startswith('fc.'))
+    assert model.num_pretrained_tensors == expected
+
+
+def test_pretrain_path_with_wrong_arch_names_shapes(tmp_path):
+    path = tmp_path / 'r18.pth'
+    torch.save(_fake_torchvision_resnet18(), path)
+    with pytest.raises(CheckpointError, match='shape mismatch'):
+        TemporalModel(5, 4, 'MASNet', 'resnet50', pretrain=str(path))
