@@ -34,8 +34,9 @@ def build_parser():
     add_model_args(parser, defaults_from_checkpoint=True)
     parser.add_argument('--weights', required=True,
                         help='checkpoint(s), comma-separated for an ensemble')
-    parser.add_argument('--test_segments', default='8',
-                        help='segments per model, comma-separated (one value for all)')
+    parser.add_argument('--test_segments', default=None,
+                        help='segments per model, comma-separated (one value for all; default: '
+                             'the checkpoint\'s, else 8)')
     parser.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
                         help='1 center, 3 full-res, 5 corners+center, 10 = 5 + flips')
     parser.add_argument('--batch_size', default=1, type=int, help='videos per batch')
@@ -57,6 +58,8 @@ def build_parser():
 
 
 def _split(text, cast, count, flag):
+    if text is None:
+        return [None] * count
     values = [cast(v) for v in str(text).split(',') if v != '']
     if len(values) == 1:
         values = values * count
@@ -78,9 +81,10 @@ def main(argv=None):
     list_file = args.test_list or cfg.val_list
 
     models, loaders, names = [], [], []
-    for path, num_segments in zip(weights, segments):
-        model = model_from_checkpoint(read_checkpoint(path), path, cfg.num_class, num_segments,
+    for k, path in enumerate(weights):
+        model = model_from_checkpoint(read_checkpoint(path), path, cfg.num_class, segments[k],
                                       args.type, args.arch, args.input_size, args.full_res)
+        num_segments = segments[k] = model.num_segments
         transform = build_transform('test', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std, num_crops=args.test_crops)
         dataset = TSNDataSet(cfg.root_path, list_file, num_segments, cfg.image_tmpl, transform,

@@ -48,6 +48,12 @@ class VideoRecord:
         return self.path.lower().endswith(VIDEO_EXTENSIONS)
 
 
+def count_frames(folder):
+    """Number of image files in a frame folder."""
+    return sum(1 for name in os.listdir(folder)
+               if name.lower().endswith(('.jpg', '.jpeg', '.png', '.bmp')))
+
+
 def parse_list_file(list_file):
     """VideoRecords of `list_file`; a malformed line raises DataError naming file and line."""
     if not os.path.isfile(list_file):
@@ -186,12 +192,13 @@ class TSNDataSet(Dataset):
         dense_sample: dense sampling (I3D window for train/val, K shifted clips in test).
         twice_sample: two clips per video in test mode.
         dense_sample_num: K, clips per video with dense test sampling.
+        video_list: VideoRecords to use instead of reading `list_file` (which may be None).
     Item: ``(Tensor (V*clips*T*3, H, W), label)``, the clips' frames concatenated.
     """
 
     def __init__(self, root_path, list_file, num_segments=8, image_tmpl='{:05d}.jpg',
                  transform=None, random_shift=True, test_mode=False, dense_sample=False,
-                 twice_sample=False, dense_sample_num=10):
+                 twice_sample=False, dense_sample_num=10, video_list=None):
         self.root_path = root_path
         self.list_file = list_file
         self.num_segments = num_segments
@@ -202,7 +209,7 @@ class TSNDataSet(Dataset):
         self.dense_sample = dense_sample
         self.twice_sample = twice_sample
         self.dense_sample_num = dense_sample_num
-        self.video_list = parse_list_file(list_file)
+        self.video_list = video_list if video_list is not None else parse_list_file(list_file)
         self.num_replaced = 0
 
     @property

@@ -1,0 +1,190 @@
+"""End to end on a tiny generated dataset: train, resume, evaluate, ensemble, errors."""
+import glob
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import average_scores
+import main as train_main
+import test as test_main
+from ops.checkpoint import read_checkpoint, save_checkpoint
+from ops.evaluation import load_scores, save_scores, summarize
+from ops.lr_schedule import apply_lr, lr_at_epoch
+from ops.models import TemporalModel
+from tests.conftest import ROOT
+
+
+# ---- lr schedules ---------------------------------------------------------------------------
+
+def test_mas_lr_values():
+    steps = [30, 40, 50, 60]
+    got = [lr_at_epoch('MAS_lr', 0.01, e, steps) for e in (0, 29, 30, 39, 40, 50, 60, 69)]
+    expected = [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 5e-5, 1e-5, 1e-5]
+    assert got == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match='MAS_lr needs 4 steps'):
+        lr_at_epoch('MAS_lr', 0.01, 0, [30, 40])
+
+
+def test_step_and_cosine_lr_values():
+    assert [lr_at_epoch('step_lr', 0.1, e, [10, 20]) for e in (0, 10, 25)] == \
+        pytest.approx([0.1, 0.01, 0.001])
+    assert lr_at_epoch('cos_lr', 0.1, 0, epochs=10) == pytest.approx(0.1)
+    assert lr_at_epoch('cos_lr', 0.1, 5, epochs=10) == pytest.approx(0.05)
+    assert lr_at_epoch('cos_lr', 0.1, 3, epochs=10) == pytest.approx(0.05 * (1 + math.cos(0.3 * math.pi)))
+
+
+def test_group_multipliers_applied():
+    model = TemporalModel(4, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    optimizer = torch.optim.SGD(model.get_optim_policies(), 0.1, momentum=0.9)
+    apply_lr(optimizer, 0.01, 5e-4)
+    by_name = {g['name']: (g['lr'], g['weight_decay']) for g in optimizer.param_groups}
+    assert by_name['first_conv_weight'] == pytest.approx((0.01, 5e-4))
+    assert by_name['first_conv_bias'] == pytest.approx((0.02, 0))
+    assert by_name['normal_bias'] == pytest.approx((0.02, 0))
+    assert by_name['bn'] == pytest.approx((0.01, 0))
+
+
+# ---- training runs --------------------------------------------------------------------------
+
+def train_args(data_root, out, *extra):
+    return ['--dataset', 'synthetic', '--dataset_path', data_root, '--arch', 'resnet10',
+            '--num_segments', '4', '--input_size', '32', '--pretrain', 'none', '-b', '8', '-j', '0',
+            '--lr', '0.01', '--lr_type', 'step_lr', '--lr_steps', '1', '--epochs', '2',
+            '--root_log', out, '--root_checkpoint', out, '--store_name', 'run', '-p', '1',
+            '--seed', '3', *extra]
+
+
+def run_dir(out):
+    return os.path.join(out, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'run')
+
+
+def read_scalars(event_dir):
+    from tensorboardX.proto import event_pb2
+    import struct
+    scalars = {}
+    for path in glob.glob(os.path.join(event_dir, 'events.out.tfevents.*')):
+        with open(path, 'rb') as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack('<Q', data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_data_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('exp'))
+    best = train_main.main(train_args(tiny_data_root, out))
+    return out, best
+
+
+def test_training_writes_logs_events_and_checkpoints(trained):
+    out, best = trained
+    folder = run_dir(out)
+    log = open(os.path.join(folder, 'log', 'log.txt')).read()
+    assert 'Epoch: [1][0/3], lr: 0.00100' in log and 'Prec@1' in log
+    assert os.path.isfile(os.path.join(folder, 'log', 'args.json'))
+    scalars = read_scalars(os.path.join(folder, 'tensorboardX'))
+    assert [s for s, _ in scalars['lr']] == [0, 1]
+    assert [v for _, v in scalars['lr']] == pytest.approx([0.01, 0.001])
+    for tag in ('loss/train', 'acc/train_top1', 'loss/test', 'acc/test_top1', 'acc/test_top5'):
+        assert len(scalars[tag]) == 2, tag
+    assert all(0 <= v <= 100 for _, v in scalars['acc/test_top1'])
+    assert max(v for _, v in scalars['acc/test_top1']) == pytest.approx(best)
+    ckpt = read_checkpoint(os.path.join(folder, 'checkpoint', 'ckpt.pth.tar'))
+    assert ckpt['epoch'] == 2 and ckpt['type'] == 'MASNet' and ckpt['num_segments'] == 4
+    assert ckpt['best_prec1'] == pytest.approx(best) and 'optimizer' in ckpt
+    assert os.path.isfile(os.path.join(folder, 'checkpoint', 'ckpt.best.pth.tar'))
+
+
+def test_resume_matches_uninterrupted_run(tiny_data_root, trained, tmp_path):
+    out, _ = trained
+    full = read_checkpoint(os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar'))
+    half_out = str(tmp_path / 'half')
+    train_main.main(train_args(tiny_data_root, half_out, '--epochs', '1'))
+    latest = os.path.join(run_dir(half_out), 'checkpoint', 'ckpt.pth.tar')
+    assert read_checkpoint(latest)['epoch'] == 1
+    train_main.main(train_args(tiny_data_root, half_out, '--resume', latest))
+    resumed = read_checkpoint(latest)
+    assert resumed['epoch'] == 2
+    for k, v in full['state_dict'].items():
+        torch.testing.assert_close(resumed['state_dict'][k], v, rtol=0, atol=1e-6, msg=k)
+
+
+def test_test_py_views_scores_and_average(tiny_data_root, trained, tmp_path):
+    out, _ = trained
+    weights = os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar')
+    score_dir = str(tmp_path / 'score')
+    common = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights', weights,
+              '--test_segments', '4', '-j', '0', '--save_scores', score_dir]
+    single = test_main.main(common + ['--test_crops', '1', '--batch_size', '4'])
+    multi = test_main.main(common + ['--test_crops', '3', '--twice_sample', '--full_res',
+                                     '--batch_size', '2', '--csv_file', str(tmp_path / 'sub.csv')])
+    files = sorted(glob.glob(os.path.join(score_dir, '*.npz')))
+    names = sorted(os.path.basename(f) for f in files)
+    assert names == ['synthetic_MASNet_resnet10_4f_1crop_1clip_32px.npz',
+                     'synthetic_MASNet_resnet10_4f_3crop_2clip_36px.npz']
+    a, b = load_scores(files[0]), load_scores(files[1])
+    assert a['scores'].shape == (16, 8) and list(a['video_ids']) == list(b['video_ids'])
+    assert summarize(a['scores'], a['labels']) == pytest.approx(single)
+    assert summarize(b['scores'], b['labels']) == pytest.approx(multi)
+    lines = open(tmp_path / 'sub.csv').read().splitlines()
+    assert len(lines) == 16 and ';' in lines[0]
+
+    combined, result = average_scores.main(files + ['--weights', '1', '3'])
+    by_hand = a['scores'] + 3 * b['scores']
+    np.testing.assert_allclose(combined, by_hand, rtol=1e-6)
+    assert result == pytest.approx(summarize(by_hand, a['labels']))
+    combined_default, _ = average_scores.main(['--score_dir', score_dir])
+    np.testing.assert_allclose(combined_default, a['scores'] + b['scores'], rtol=1e-6)
+
+
+def test_release_checkpoint_evaluates(tiny_data_root, tmp_path):
+    torch.manual_seed(0)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    path = str(tmp_path / 'release.pth.tar')
+    save_checkpoint({'epoch': 70, 'arch': 'resnet10', 'best_prec1': 0.0,
+                     'state_dict': {'module.' + k: v for k, v in model.state_dict().items()}}, path)
+    top1, top5, _ = test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root,
+                                    '--weights', f'{path},{path}', '--test_segments', '4',
+                                    '--input_size', '32', '-j', '0', '--save_scores', ''])
+    assert 0 <= top1 <= top5 <= 100
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
+    out, _ = trained
+    weights = os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar')
+    res = run_cli('test.py', '--dataset', 'nope', '--weights', weights)
+    assert res.returncode == 2 and "unknown dataset 'nope'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+    bad_list = tmp_path / 'bad.txt'
+    bad_list.write_text('video_1 x 2\n')
+    res = run_cli('test.py', '--dataset', 'synthetic', '--dataset_path', tiny_data_root,
+                  '--weights', weights, '--test_list', str(bad_list), '-j', '0')
+    assert res.returncode == 2 and 'bad.txt:1' in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+    res = run_cli('test.py', '--dataset', 'synthetic', '--dataset_path', tiny_data_root,
+                  '--weights', str(tmp_path / 'absent.pth.tar'))
+    assert res.returncode == 2 and 'absent.pth.tar' in res.stderr and 'does not exist' in res.stderr
+
+    s1, s2 = str(tmp_path / 's1.npz'), str(tmp_path / 's2.npz')
+    save_scores(s1, np.zeros((2, 3)), [0, 1], ['a', 'b'])
+    save_scores(s2, np.zeros((2, 3)), [0, 2], ['a', 'b'])
+    res = run_cli('average_scores.py', s1, s2)
+    assert res.returncode == 2 and 'disagree in labels' in res.stderr
