@@ -10,8 +10,6 @@ import argparse
 import logging
 import os
 
-import torch
-
 from opts import add_model_args
 from ops.checkpoint import read_checkpoint
 from ops.dataset import DataError, TSNDataSet, VideoRecord, count_frames, parse_list_file
@@ -32,7 +30,8 @@ DEMO_CHECKPOINT = os.path.join('experiments', 'synthetic', 'MASNet', 'resnet10',
 def build_parser():
     parser = argparse.ArgumentParser(description='Grad-CAM visualisation of a MAS-Net checkpoint.')
     parser.add_argument('--dataset', default='synthetic', help='dataset of the checkpoint')
-    parser.add_argument('--dataset_path', default='data')
+    parser.add_argument('--dataset_path', default=None,
+                        help='default: data/ for synthetic, else ../../datasets/')
     parser.add_argument('--weights', default=DEMO_CHECKPOINT, help='checkpoint (default: the demo\'s)')
     parser.add_argument('--video', default=None,
                         help='frame folder, video file or video id (default: first val video)')

@@ -10,8 +10,9 @@ def add_data_args(parser, default_dataset='synthetic'):
                         help="somethingv1, somethingv2, kinetics, ucf101, hmdb51, jester, "
                              "diving48, synthetic (generated on first use), or a .json dataset "
                              "file (default: %(default)s)")
-    parser.add_argument('--dataset_path', default='data',
-                        help='folder holding the dataset folders (default: %(default)s)')
+    parser.add_argument('--dataset_path', default=None,
+                        help='folder holding the dataset folders (default: data/ for synthetic, '
+                             'else ../../datasets/ as in the release)')
     parser.add_argument('-j', '--workers', default=8, type=int, help='data loading processes')
 
 

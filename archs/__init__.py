@@ -1,6 +1,8 @@
 """Backbones the temporal modules are spliced into."""
 from archs.resnet import ARCHS, IMAGENET_WEIGHT_FILES, PLAIN_BLOCKS, TSM_BLOCKS, build_resnet
 
+__all__ = ['ARCHS', 'IMAGENET_WEIGHT_FILES', 'TEMPORAL_TYPES', 'build_backbone', 'build_resnet']
+
 TEMPORAL_TYPES = ('MASNet', 'TSM', 'TSN')
 
 

@@ -136,7 +136,7 @@ def sample_dense_train_indices(num_frames, num_segments, rng=np.random, center=F
 
 
 def _decode_jpeg_file(path):
-    """RGB uint8 frame of an image file, or None if missing / truncated / undecodable."""
+    """BGR uint8 frame of an image file, or None if missing / truncated / undecodable."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
@@ -147,14 +147,11 @@ def _decode_jpeg_file(path):
         tail = data[-32:].tobytes()
         if b'\xff\xd9' not in tail:  # no end-of-image marker: truncated file
             return None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if img is None:
-        return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
 def read_video_frames(path, wanted=None):
-    """Decode a video file with OpenCV; returns ``{index (1-based): RGB frame}``.
+    """Decode a video file with OpenCV; returns ``{index (1-based): BGR frame}``.
 
     wanted: the set of 1-based indices to keep (all frames when None). Decoding stops after
     the largest wanted index.
@@ -172,7 +169,7 @@ def read_video_frames(path, wanted=None):
                 break
             index += 1
             if wanted is None or index in wanted:
-                frames[index] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+                frames[index] = img
     finally:
         capture.release()
     return frames
@@ -237,7 +234,7 @@ class TSNDataSet(Dataset):
         return os.path.join(self.root_path, record.path, self.image_tmpl.format(index))
 
     def _load_frames(self, record):
-        """The sampled RGB frames of `record`, repairing unreadable ones (see module doc)."""
+        """The sampled BGR frames of `record`, repairing unreadable ones (see module doc)."""
         path = os.path.join(self.root_path, record.path)
         if record.is_video_file:
             num_frames = record.num_frames

@@ -115,12 +115,20 @@ def _config_from_json(path):
                          mirror_pairs(categories) if flip else None)
 
 
-def get_dataset_config(name, dataset_path):
+# --dataset_path when none is given: the release's location of the real datasets, and a
+# folder inside the repository for the generated one
+DEFAULT_DATASET_PATH = '../../datasets/'
+DEFAULT_SYNTHETIC_PATH = 'data'
+
+
+def get_dataset_config(name, dataset_path=None):
     """The DatasetConfig of a known dataset `name` below `dataset_path`, or of a JSON file.
 
     'synthetic' generates the synthetic dataset into ``<dataset_path>/synthetic`` first if
     it is not there yet.
     """
+    if dataset_path is None:
+        dataset_path = DEFAULT_SYNTHETIC_PATH if name == 'synthetic' else DEFAULT_DATASET_PATH
     if name.endswith('.json'):
         return _config_from_json(name)
     if name == 'synthetic':

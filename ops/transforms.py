@@ -1,9 +1,9 @@
 """Group transforms: every frame of a clip gets the same geometry.
 
-Frames are ``(H, W, 3)`` uint8 RGB numpy arrays (decoded by OpenCV). Crops are numpy
-views; only the crop is resized (OpenCV, bilinear), and stacking + ImageNet normalisation
-happen once per clip in torch. ``build_transform`` assembles the train / val / test
-pipelines; each is a callable ``(frames, label) -> (tensor, label)`` where the tensor is
+Frames are ``(H, W, 3)`` uint8 BGR numpy arrays, as OpenCV decodes them; the tensors made
+from them are RGB. Crops are numpy views, only the crop is resized (OpenCV, bilinear), and
+the BGR -> RGB swap, float conversion and ImageNet normalisation are one pass per channel.
+``build_transform`` assembles the train / val / test pipelines; each is a callable ``(frames, label) -> (tensor, label)`` where the tensor is
 ``(V*F*3, H, W)`` float32 for V views (crops) of F frames, crop-major.
 """
 import random
@@ -150,18 +150,19 @@ class GroupOverSample:
 
 
 class ToNormalizedTensor:
-    """Stack views of frames into a ``(V*F*3, H, W)`` float32 tensor normalised by mean/std."""
+    """Stack views of BGR frames into an RGB ``(V*F*3, H, W)`` float32 tensor, (x/255 - mean)/std."""
 
     def __init__(self, mean, std):
-        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+        self.scale = [np.float32(1.0 / (255.0 * s)) for s in std]
+        self.shift = [np.float32(m / s) for m, s in zip(mean, std)]
 
     def __call__(self, views):
-        frames = [f for view in views for f in view]
-        stacked = torch.from_numpy(np.stack(frames))  # (V*F, H, W, 3) uint8
-        out = stacked.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-        out.mul_(self.scale).sub_(self.shift)  # (V*F, 3, H, W)
-        return out.view(-1, *out.shape[2:])  # (V*F*3, H, W)
+        stacked = np.stack([f for view in views for f in view])  # (V*F, H, W, 3) uint8 BGR
+        out = np.empty((stacked.shape[0], 3) + stacked.shape[1:3], np.float32)  # (V*F, 3, H, W)
+        for c in range(3):  # RGB channel c is BGR channel 2 - c
+            np.multiply(stacked[..., 2 - c], self.scale[c], out=out[:, c], casting='unsafe')
+            out[:, c] -= self.shift[c]
+        return torch.from_numpy(out).view(-1, *out.shape[2:])  # (V*F*3, H, W)
 
 
 class TrainTransform:

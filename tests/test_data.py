@@ -81,10 +81,10 @@ def test_dense_train_indices():
 # ---- transforms -----------------------------------------------------------------------------
 
 def coordinate_frames(w=160, h=120, count=2):
-    """Frames whose red channel encodes x and green encodes y."""
+    """BGR frames whose red channel encodes x and green encodes y."""
     xs = np.broadcast_to(np.arange(w, dtype=np.uint8)[None, :], (h, w))
     ys = np.broadcast_to(np.arange(h, dtype=np.uint8)[:, None], (h, w))
-    frame = np.stack([xs, ys, np.zeros_like(xs)], axis=2).copy()
+    frame = np.stack([np.zeros_like(xs), ys, xs], axis=2).copy()
     return [frame.copy() for _ in range(count)]
 
 
@@ -96,11 +96,12 @@ def unnormalise(t):
 
 
 def test_normalisation_values():
-    frames = [np.full((10, 10, 3), v, np.uint8) for v in (0, 128, 255)]
+    bgr = [(0, 128, 255), (10, 20, 30)]
+    frames = [np.full((10, 10, 3), v, np.uint8) for v in bgr]
     out, _ = build_transform('val', 8, 10, MEAN, STD)(frames, 0)
-    assert out.shape == (9, 8, 8)
-    for k, v in enumerate((0, 128, 255)):
-        for c in range(3):
+    assert out.shape == (6, 8, 8)
+    for k, values in enumerate(bgr):
+        for c, v in enumerate(reversed(values)):  # tensor channels are RGB
             assert out[3 * k + c, 0, 0].item() == pytest.approx((v / 255 - MEAN[c]) / STD[c], abs=1e-5)
 
 
@@ -114,10 +115,10 @@ def test_test_crop_counts(crops, views):
 def test_three_crop_offsets_left_center_right():
     frames = coordinate_frames(w=200, h=100, count=1)
     views = GroupFullResSample(100)(frames)
-    lefts = [int(v[0][0, 0, 0]) for v in views]
+    lefts = [int(v[0][0, 0, 2]) for v in views]
     assert lefts == [0, 50, 100]  # step (200-100)//4 = 25: 0, 2*25, 4*25
     tall = [f.transpose(1, 0, 2).copy() for f in frames]  # 100 wide, 200 tall: red = y now
-    tops = [int(v[0][0, 0, 0]) for v in GroupFullResSample(100)(tall)]
+    tops = [int(v[0][0, 0, 2]) for v in GroupFullResSample(100)(tall)]
     assert tops == [0, 50, 100]
 
 
@@ -215,7 +216,7 @@ def write_video(path, frames, fps=10):
     h, w = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps, (w, h))
     for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        writer.write(f)
     writer.release()
 
 
@@ -225,7 +226,7 @@ def test_video_file_matches_frame_folder(tmp_path):
                          interpolation=cv2.INTER_CUBIC) for _ in range(12)]
     os.makedirs(tmp_path / 'clip')
     for i, f in enumerate(frames, 1):
-        cv2.imwrite(str(tmp_path / 'clip' / f'{i:05d}.jpg'), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp_path / 'clip' / f'{i:05d}.jpg'), f)
     write_video(tmp_path / 'clip.avi', frames)
     (tmp_path / 'list.txt').write_text('clip 12 0\nclip.avi 12 0\nclip.avi - 0\n')
     ds = D.TSNDataSet(str(tmp_path), str(tmp_path / 'list.txt'), 4, '{:05d}.jpg', None,

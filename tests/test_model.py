@@ -5,66 +5,13 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from archs.resnet import temporal_shift
 from ops.checkpoint import CheckpointError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
+from ops import reference as ref
 from ops.models import TemporalModel
 from tests.conftest import randomize_bn
-
-
-# ---- a plain reference written straight from SPEC 2.1 (the release's operations) -----------
-
-def ref_mam(mod, x, T):
-    b = mod.bn1(mod.conv1(x))
-    nt, c, h, w = b.shape
-    b = b.view(nt // T, T, c, h, w)
-    a = b.clone()
-    for t in range(T - 1):
-        a[:, t] = (b[:, t] + 0.5 * b[:, t + 1]) / 1.5
-    return mod.conv3(a.view(nt, c, h, w))
-
-
-def ref_msm(mod, motion, appearance, T):
-    nt, c, h, w = appearance.shape
-    n = nt // T
-    m5 = motion.view(n, T, c, h, w).permute(0, 2, 1, 3, 4)  # (N, C, T, H, W)
-    a5 = appearance.view(n, T, c, h, w).permute(0, 2, 1, 3, 4)
-    s = F.avg_pool3d(m5, (T, 1, 1)) + F.avg_pool3d(a5, (T, 1, 1))  # (N, C, 1, H, W)
-    s = F.relu(mod.bn_fc1(mod.conv_fc1(s)))  # Conv3d (1,3,3) over a single time step
-    s = mod.conv_fc2(s).view(n, 2, c, 1, h, w)
-    weights = F.softmax(s, dim=1)
-    out = m5 * weights[:, 0] + a5 * weights[:, 1]  # (N, C, T, H, W)
-    return out.permute(0, 2, 1, 3, 4).reshape(nt, c, h, w)
-
-
-def ref_tim(mod, x, T):
-    nt, c, h, w = x.shape
-    y = x.view(nt // T, T, c, h, w).permute(0, 3, 4, 2, 1).reshape(-1, c, T)  # (N*H*W, C, T)
-    y = F.conv1d(y, mod.conv.weight, padding=1, groups=c)
-    return y.view(nt // T, h, w, c, T).permute(0, 4, 3, 1, 2).reshape(nt, c, h, w)
-
-
-def ref_bottleneck(block, x, T):
-    identity = x if block.downsample is None else block.downsample(x)
-    out = F.relu(block.bn1(block.conv1(x)))
-    out = ref_tim(block.TIM, ref_msm(block.MSM, ref_mam(block.MAM, out, T), out, T), T)
-    out = F.relu(block.bn2(block.conv2(out)))
-    out = block.bn3(block.conv3(out))
-    return F.relu(out + identity)
-
-
-def ref_model(model, x):
-    T = model.num_segments
-    net = model.base_model
-    y = x.view(-1, 3, *x.shape[-2:])
-    y = net.maxpool(F.relu(net.bn1(net.conv1(y))))
-    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-        for block in layer:
-            y = ref_bottleneck(block, y, T)
-    y = net.avgpool(y).flatten(1)
-    return model.new_fc(y).view(x.size(0), T, -1).mean(1)
 
 
 def randomize_tim(model, seed=1):
@@ -83,7 +30,7 @@ def test_bottleneck_matches_reference(T):
     randomize_tim(randomize_bn(block)).eval()
     x = torch.randn(2 * T, 128, 14, 14)
     with torch.no_grad():
-        expected, got = ref_bottleneck(block, x, T), block(x)
+        expected, got = ref.bottleneck(block, x, T), block(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -97,7 +44,7 @@ def test_model_matches_reference(T):
     model.double()
     x = torch.randn(2, T * 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
-        expected, got = ref_model(model, x), model(x)
+        expected, got = ref.temporal_model(model, x), model(x)
     assert expected.abs().max() > 1e-3  # a real signal, not zeros
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
@@ -109,10 +56,10 @@ def test_modules_match_reference_in_training_mode():
     mam, msm = MAM(64, T), MSM(64, T)
     x = torch.randn(2 * T, 64, 8, 8, requires_grad=True)
     out = msm(mam(x), x)
-    ref = ref_msm(msm, ref_mam(mam, x, T), x, T)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    expected = ref.msm(msm, ref.mam(mam, x, T), x, T)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     g1 = torch.autograd.grad(out.square().sum(), msm.conv_fc1.weight)[0]
-    g2 = torch.autograd.grad(ref.square().sum(), msm.conv_fc1.weight)[0]
+    g2 = torch.autograd.grad(expected.square().sum(), msm.conv_fc1.weight)[0]
     torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-4)
 
 

@@ -1,0 +1,112 @@
+"""Data preparation tools and the FLOPs counter."""
+import csv
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from tools import extract_frames, flops, gen_label
+
+
+def write_video(path, count, w=64, h=48):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (w, h))
+    for i in range(count):
+        writer.write(np.full((h, w, 3), i * 10, np.uint8))
+    writer.release()
+
+
+def test_extract_frames_parallel_and_resumable(tmp_path):
+    videos, frames = tmp_path / 'videos', tmp_path / 'frames'
+    os.makedirs(videos)
+    write_video(videos / 'a.avi', 5)
+    write_video(videos / 'b.avi', 7)
+    (videos / 'notes.txt').write_text('not a video')
+    counts = extract_frames.extract_folder(str(videos), str(frames), short_side=24, num_workers=2)
+    assert counts == {'a.avi': 5, 'b.avi': 7}
+    img = cv2.imread(str(frames / 'b' / '00007.jpg'))
+    assert img.shape == (24, 32, 3)
+    assert os.path.isfile(frames / 'a' / extract_frames.DONE_MARKER)
+
+    # interrupted extraction of b: marker missing, a frame missing -> b redone, a kept
+    os.remove(frames / 'b' / extract_frames.DONE_MARKER)
+    os.remove(frames / 'b' / '00003.jpg')
+    stamp = os.path.getmtime(frames / 'a' / '00001.jpg')
+    counts = extract_frames.extract_folder(str(videos), str(frames), short_side=24, num_workers=1)
+    assert counts == {'a.avi': 5, 'b.avi': 7}
+    assert os.path.isfile(frames / 'b' / '00003.jpg')
+    assert os.path.getmtime(frames / 'a' / '00001.jpg') == stamp
+
+
+def make_frame_folders(root, names_and_counts):
+    for name, count in names_and_counts:
+        os.makedirs(root / name)
+        for i in range(1, count + 1):
+            (root / name / f'{i:05d}.jpg').write_bytes(b'x')
+
+
+def test_gen_label_sthv1(tmp_path):
+    ann, frames, out = tmp_path / 'ann', tmp_path / 'frames', tmp_path / 'out'
+    os.makedirs(ann)
+    (ann / 'something-something-v1-labels.csv').write_text(
+        'Pushing something from right to left\nHolding something\nPushing something from left to right\n')
+    (ann / 'something-something-v1-train.csv').write_text(
+        '100;Holding something\n101;Pushing something from left to right\n102;Holding something\n')
+    (ann / 'something-something-v1-validation.csv').write_text('200;Pushing something from right to left\n')
+    make_frame_folders(frames, [('100', 3), ('101', 5), ('200', 2)])
+    gen_label.main(['sthv1', str(ann), str(frames), str(out)])
+    assert (out / 'category.txt').read_text().splitlines() == [
+        'Holding something', 'Pushing something from left to right',
+        'Pushing something from right to left']
+    assert (out / 'train.txt').read_text().splitlines() == ['100 3 0', '101 5 1']  # 102 has no frames
+    assert (out / 'valid.txt').read_text().splitlines() == ['200 2 2']
+
+
+def test_gen_label_sthv2(tmp_path):
+    ann, frames, out = tmp_path / 'ann', tmp_path / 'frames', tmp_path / 'out'
+    os.makedirs(ann)
+    (ann / 'labels.json').write_text(json.dumps({'Putting something on something': '1',
+                                                 'Approaching something with your camera': '0'}))
+    (ann / 'train.json').write_text(json.dumps([
+        {'id': '7', 'label': 'putting a cup on a table', 'template': 'Putting [something] on [something]'}]))
+    (ann / 'validation.json').write_text(json.dumps([
+        {'id': '8', 'label': 'approaching a tree', 'template': 'Approaching [something] with your camera'}]))
+    make_frame_folders(frames, [('7', 4), ('8', 6)])
+    gen_label.main(['sthv2', str(ann), str(frames), str(out)])
+    assert (out / 'category.txt').read_text().splitlines()[0] == 'Approaching something with your camera'
+    assert (out / 'train.txt').read_text() == '7 4 1\n'
+    assert (out / 'valid.txt').read_text() == '8 6 0\n'
+
+
+def test_gen_label_kinetics(tmp_path):
+    ann, frames, out = tmp_path / 'ann', tmp_path / 'frames', tmp_path / 'out'
+    os.makedirs(ann)
+    for name, rows in (('train.csv', [('riding a bike', 'abc', 10, 20), ('abseiling', 'xyz', 0, 10)]),
+                       ('validate.csv', [('riding a bike', 'qqq', 5, 15)])):
+        with open(ann / name, 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(['label', 'youtube_id', 'time_start', 'time_end', 'split'])
+            for label, yid, start, end in rows:
+                writer.writerow([label, yid, start, end, name[:-4]])
+    make_frame_folders(frames, [('abc_000010_000020', 9), ('xyz_000000_000010', 3),
+                                ('qqq_000005_000015', 4)])
+    gen_label.main(['kinetics', str(ann), str(frames), str(out)])
+    assert (out / 'category.txt').read_text().splitlines() == ['abseiling', 'riding a bike']
+    assert (out / 'train_videofolder.txt').read_text().splitlines() == [
+        'abc_000010_000020 9 1', 'xyz_000000_000010 3 0']
+    assert (out / 'val_videofolder.txt').read_text() == 'qqq_000005_000015 4 1\n'
+
+
+def test_flops_of_the_paper_model():
+    """MAS-ResNet50, 8 x 224 px, 174 classes: 26.07 M parameters and 33.5 GFLOPs (fvcore)."""
+    params, gflops = flops.count('MASNet', 'resnet50', 8, 224, 174)
+    assert round(params / 1e6, 2) == 26.07
+    assert round(gflops, 1) == 33.5
+
+
+def test_flops_scale_with_segments_and_type():
+    _, tsn = flops.count('TSN', 'resnet18', 1, 224, 1000)
+    assert tsn == pytest.approx(1.82, abs=0.01)  # torchvision ResNet-18's 1.82 GMACs
+    _, tsn2 = flops.count('TSN', 'resnet18', 2, 224, 1000)
+    assert tsn2 == pytest.approx(2 * tsn, rel=1e-3)  # per-frame cost: linear in segments
