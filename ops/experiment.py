@@ -4,9 +4,11 @@ A training run writes to
 ``<root>/<dataset>/<type>/<arch>/num_segments_<T>/<store_name>/{log,tensorboardX,checkpoint}``.
 """
 import functools
+import glob
 import json
 import logging
 import os
+import struct
 import sys
 
 from tqdm import tqdm
@@ -85,3 +87,25 @@ def exit_on_user_error(main):
             sys.exit(2)
 
     return wrapper
+
+
+def read_scalars(event_dir):
+    """``{tag: [(step, value), ...]}`` of the TensorBoard event files in `event_dir`.
+
+    Reads the TFRecord framing directly (length, crc, payload, crc) with tensorboardX's
+    protobuf classes, so no TensorFlow/TensorBoard install is needed.
+    """
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in sorted(glob.glob(os.path.join(event_dir, 'events.out.tfevents.*'))):
+        with open(path, 'rb') as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack('<Q', data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

@@ -14,6 +14,7 @@ import main as train_main
 import test as test_main
 from ops.checkpoint import read_checkpoint, save_checkpoint
 from ops.evaluation import load_scores, save_scores, summarize
+from ops.experiment import read_scalars
 from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.models import TemporalModel
 from tests.conftest import ROOT
@@ -61,23 +62,6 @@ def train_args(data_root, out, *extra):
 
 def run_dir(out):
     return os.path.join(out, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'run')
-
-
-def read_scalars(event_dir):
-    from tensorboardX.proto import event_pb2
-    import struct
-    scalars = {}
-    for path in glob.glob(os.path.join(event_dir, 'events.out.tfevents.*')):
-        with open(path, 'rb') as f:
-            data = f.read()
-        pos = 0
-        while pos < len(data):
-            (length,) = struct.unpack('<Q', data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
 
 
 @pytest.fixture(scope='module')
