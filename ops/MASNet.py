@@ -9,16 +9,29 @@ The three modules sit between conv1 and conv2 of every ResNet block:
     ...    conv2 / bn2 / (conv3 / bn3) / residual as in ResNet
 
 Parameter names and shapes are those of the authors' release, so its checkpoints load.
-The computation uses cheaper equivalent operations than the release: MSM's (1,3,3) Conv3d
-over a single time step runs as a 3x3 Conv2d on the same weight, the temporal mean is a
-mean over a view, the 2-way softmax is a sigmoid of the difference, and TIM is three
-channel-scaled adds of neighbouring frames instead of a permute + Conv1d.
+The computation uses cheaper equivalent operations than the release: MAM's thin 1x1 convs
+(C <-> C/64) run as batched matmuls, MSM's (1,3,3) Conv3d over a single time step runs as a
+3x3 Conv2d on the same weight, the temporal mean is a mean over a view, the 2-way softmax is
+a sigmoid of the difference feeding one lerp, and TIM is three channel-scaled adds of
+neighbouring frames instead of a permute + Conv1d (tools/bench_model.py measures both).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from archs.resnet import BasicBlock, Bottleneck, build_resnet
+
+
+def pointwise_conv(x, weight):
+    """A bias-free 1x1 convolution computed as a batched matmul.
+
+    x: ``(B, C_in, H, W)``, weight: ``(C_out, C_in, 1, 1)``; returns ``(B, C_out, H, W)``.
+    MAM's 1x1 convs have very few channels on one side (C/64), a shape for which oneDNN's
+    convolution is several times slower than a matmul on CPU (forward and backward).
+    """
+    b, c_in, h, w = x.shape
+    weight = weight.view(1, -1, c_in).expand(b, -1, -1)  # (B, C_out, C_in)
+    return torch.bmm(weight, x.reshape(b, c_in, h * w)).view(b, -1, h, w)
 
 
 class MAM(nn.Module):
@@ -39,12 +52,13 @@ class MAM(nn.Module):
         self.conv3 = nn.Conv2d(reduced, channels, kernel_size=1, bias=False)
 
     def forward(self, x):
-        b = self.bn1(self.conv1(x))  # (N*T, c, H, W)
-        nt, c, h, w = b.shape
-        b = b.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, c, H, W)
+        nt, c, h, w = x.shape
+        reduced = self.conv1.out_channels
+        b = pointwise_conv(x, self.conv1.weight)  # (N*T, c, H, W)
+        b = self.bn1(b).view(nt // self.num_segments, self.num_segments, reduced, h, w)  # (N, T, c, H, W)
         blended = (b[:, :-1] + self.alpha * b[:, 1:]) / (1 + self.alpha)  # (N, T-1, c, H, W)
-        a = torch.cat([blended, b[:, -1:]], dim=1).view(nt, c, h, w)  # (N*T, c, H, W)
-        return self.conv3(a)
+        accumulated = torch.cat([blended, b[:, -1:]], dim=1).view(nt, reduced, h, w)
+        return pointwise_conv(accumulated, self.conv3.weight)  # (N*T, C, H, W)
 
 
 class MSM(nn.Module):
@@ -83,7 +97,7 @@ class MSM(nn.Module):
         s = F.conv2d(s, self.conv_fc2.weight.squeeze(2), padding=1, groups=self.groups)
         s = s.view(n, 2, c, h, w)  # (N, 2, C, H, W): logits of motion / appearance
         w_motion = torch.sigmoid(s[:, 0] - s[:, 1]).unsqueeze(1)  # softmax weight, (N, 1, C, H, W)
-        return (a + w_motion * (m - a)).view(nt, c, h, w)
+        return torch.lerp(a, m, w_motion).view(nt, c, h, w)  # w * motion + (1 - w) * appearance
 
 
 class TIM(nn.Module):
@@ -110,8 +124,8 @@ class TIM(nn.Module):
         x = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, C, H, W)
         k = self.conv.weight.view(c, 3).t().reshape(3, 1, c, 1, 1)  # taps for t-1, t, t+1
         out = x * k[1]
-        out[:, 1:] += x[:, :-1] * k[0]  # frame t-1
-        out[:, :-1] += x[:, 1:] * k[2]  # frame t+1
+        out[:, 1:].addcmul_(x[:, :-1], k[0])  # frame t-1
+        out[:, :-1].addcmul_(x[:, 1:], k[2])  # frame t+1
         return out.view(nt, c, h, w)
 
 

@@ -3,17 +3,17 @@
     python tools/bench_model.py                    # 8 x 3 x 224 x 224, eval + training step
     python tools/bench_model.py --size 112 --repeats 3
 
-Three networks on the same 8 frames: a plain ResNet-50 with torchvision's exact structure
-(no conv biases, no temporal modules), MAS-ResNet-50 as implemented in ops/MASNet.py, and the
+Three networks on the same 8 frames: a plain ResNet-50 (torchvision's resnet50 when
+torchvision is installed, otherwise archs/'s copy of its exact structure: no conv biases, no
+temporal modules), MAS-ResNet-50 as implemented in ops/MASNet.py, and the
 same MAS-ResNet-50 computed the release's way (ops/reference.py: Conv3d over one time step,
 avg_pool3d, permute + Conv1d). Runs are interleaved and the median is reported, so the
 ratios are robust to the machine's load. Peak memory of a training step is measured in a
-fresh subprocess per network (resident set growth on CPU, max_memory_allocated on GPU).
+fresh subprocess per network (peak resident set growth on Linux CPUs, max_memory_allocated on GPU).
 """
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,9 +43,18 @@ class ReleaseStyle(nn.Module):
         return reference.temporal_model(self.model, x)
 
 
+def plain_resnet50():
+    """torchvision's resnet50 when torchvision is installed, else the same structure from archs/."""
+    try:
+        from torchvision.models import resnet50
+    except ImportError:
+        return build_resnet('resnet50', PLAIN_BLOCKS, bias=False)
+    return resnet50()
+
+
 def build(name, num_segments):
     if name == 'plain':
-        return build_resnet('resnet50', PLAIN_BLOCKS, bias=False)
+        return plain_resnet50()
     model = TemporalModel(1000, num_segments, 'MASNet', 'resnet50', dropout=0, pretrain='none')
     return model if name == 'masnet' else ReleaseStyle(model)
 
@@ -95,9 +104,25 @@ def peak_memory(name, num_segments, size, device):
         base = torch.cuda.memory_allocated(device)
         step(model, x, True)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset_peak_rss()
+    base = rss_kib('VmRSS')
     step(model, x, True)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return (rss_kib('VmHWM') - base) / 1024
+
+
+def reset_peak_rss():
+    """Reset the process's peak resident set (Linux); a child's peak starts at its parent's."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+
+
+def rss_kib(field):
+    """VmRSS (current) or VmHWM (peak since reset) of this process, in KiB."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')
 
 
 def main(argv=None):
@@ -114,7 +139,8 @@ def main(argv=None):
         print(json.dumps(peak_memory(args.memory_of, args.num_segments, args.size, device)))
         return
 
-    print(f'{args.num_segments} x 3 x {args.size} x {args.size}, {device}, '
+    baseline = type(plain_resnet50()).__module__
+    print(f'baseline: {baseline}; {args.num_segments} x 3 x {args.size} x {args.size}, {device}, '
           f'{torch.get_num_threads()} threads, median of {args.repeats}')
     for train in (False, True):
         times = time_networks(args.num_segments, args.size, args.repeats, train, device)
