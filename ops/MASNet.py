@@ -72,6 +72,8 @@ class MSM(nn.Module):
     The release skipped bn_fc1 + relu when a batch held a single clip, which made a clip's
     prediction depend on its batch; here they are always applied.
     Inputs ``motion``, ``appearance``: ``(N*T, C, H, W)``; output ``(N*T, C, H, W)``.
+    When autograd is off (inference) the output is written into ``motion``'s memory, which
+    saves an allocation per block; the caller must not need ``motion`` afterwards.
     """
 
     def __init__(self, channels, num_segments, reduction=4, groups=4):
@@ -97,14 +99,17 @@ class MSM(nn.Module):
         s = F.conv2d(s, self.conv_fc2.weight.squeeze(2), padding=1, groups=self.groups)
         s = s.view(n, 2, c, h, w)  # (N, 2, C, H, W): logits of motion / appearance
         w_motion = torch.sigmoid(s[:, 0] - s[:, 1]).unsqueeze(1)  # softmax weight, (N, 1, C, H, W)
-        return torch.lerp(a, m, w_motion).view(nt, c, h, w)  # w * motion + (1 - w) * appearance
+        # w * motion + (1 - w) * appearance; without autograd it overwrites `motion` in place
+        out = torch.lerp(a, m, w_motion, out=None if torch.is_grad_enabled() else m)
+        return out.view(nt, c, h, w)
 
 
 class TIM(nn.Module):
     """Temporal Interaction Module: depthwise temporal conv, kernel 3, zero padding, no bias.
 
     The weight ``(C, 1, 3)`` starts as TSM's shift: the first C/8 channels take frame t+1,
-    the next C/8 take frame t-1, the rest keep frame t. Input/output ``(N*T, C, H, W)``.
+    the next C/8 take frame t-1, the rest keep frame t. Input/output ``(N*T, C, H, W)``;
+    ``out``, if given, is a tensor of the same shape (not aliasing ``x``) to write the result to.
     """
 
     def __init__(self, channels, num_segments, fold_div=8):
@@ -119,11 +124,13 @@ class TIM(nn.Module):
             self.conv.weight[fold:2 * fold, 0, 0] = 1
             self.conv.weight[2 * fold:, 0, 1] = 1
 
-    def forward(self, x):
+    def forward(self, x, out=None):
         nt, c, h, w = x.shape
         x = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, C, H, W)
         k = self.conv.weight.view(c, 3).t().reshape(3, 1, c, 1, 1)  # taps for t-1, t, t+1
-        out = x * k[1]
+        if out is not None:
+            out = out.view_as(x)
+        out = torch.mul(x, k[1], out=out)
         out[:, 1:].addcmul_(x[:, :-1], k[0])  # frame t-1
         out[:, :-1].addcmul_(x[:, 1:], k[2])  # frame t+1
         return out.view(nt, c, h, w)
@@ -139,7 +146,11 @@ class _MASMixin:
         self.TIM = TIM(planes, num_segments)
 
     def temporal(self, x):
-        return self.TIM(self.MSM(self.MAM(x), x))
+        selected = self.MSM(self.MAM(x), x)  # (N*T, C, H, W)
+        if torch.is_grad_enabled():
+            return self.TIM(selected)
+        # inference: x (this block's conv1 output) is not needed any more, reuse its memory
+        return self.TIM(selected, out=x)
 
 
 class MASBottleneck(_MASMixin, Bottleneck):

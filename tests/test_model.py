@@ -63,6 +63,25 @@ def test_modules_match_reference_in_training_mode():
     torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-4)
 
 
+def test_inference_path_equals_autograd_path():
+    """Without autograd MSM/TIM write into buffers they own; the result must not change."""
+    T = 4
+    torch.manual_seed(0)
+    block = randomize_tim(randomize_bn(MASBottleneck(256, 64, num_segments=T))).eval()
+    x = torch.randn(2 * T, 256, 8, 8)
+    x_before = x.clone()
+    with torch.no_grad():
+        fast = block(x)
+    tracked = block(x.requires_grad_())
+    assert torch.equal(x.detach(), x_before)  # the block input itself is never overwritten
+    torch.testing.assert_close(fast, tracked.detach(), rtol=1e-5, atol=1e-6)
+    mid = torch.randn(2 * T, 64, 8, 8)
+    with torch.no_grad():
+        expected = block.TIM(block.MSM(block.MAM(mid), mid.clone()))
+        got = block.temporal(mid.clone())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def hand_shift(x, T):
     """Temporal shift written by hand: channels [0, C/8) take t+1, [C/8, C/4) take t-1."""
     nt, c, h, w = x.shape
