@@ -5,6 +5,7 @@ one device (GPU ``LOCAL_RANK`` with nccl, or the CPU with gloo); otherwise one p
 the CPU, one GPU, or several through DataParallel.
 """
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,9 @@ def setup_runtime(gpus=None):
             dist.init_process_group(backend=backend)
         return Runtime(device, rank, world_size)
     if not torch.cuda.is_available():
+        if gpus:
+            print(f'warning: --gpus {" ".join(map(str, gpus))} given but no CUDA device is '
+                  f'available: running on the CPU', file=sys.stderr)
         return Runtime(torch.device('cpu'))
     gpu_ids = tuple(gpus) if gpus else tuple(range(torch.cuda.device_count()))
     return Runtime(torch.device('cuda', gpu_ids[0]), gpu_ids=gpu_ids)

@@ -119,7 +119,8 @@ def run(args):
             is_best = False
             if (epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1:
                 loss, prec1, prec5 = validate(net, val_loader, criterion, runtime)
-                is_best = prec1 > best_prec1
+                # the first validation always writes a best checkpoint, even at 0% top-1
+                is_best = prec1 > best_prec1 or not os.path.isfile(os.path.join(ckpt_dir, BEST_NAME))
                 best_prec1 = max(prec1, best_prec1)
                 logger.info(f'Epoch {epoch} val: Loss {loss:.5f} Prec@1 {prec1:.3f} '
                             f'Prec@5 {prec5:.3f} (best Prec@1 {best_prec1:.3f})')

@@ -16,3 +16,5 @@ for TYPE in TSN TSM MASNet; do
                   --save_scores score/ablation
 done
 $PYTHON tools/ablation_table.py score/ablation/*TSN*.npz score/ablation/*TSM*.npz score/ablation/*MASNet*.npz
+$PYTHON tools/plot_curves.py experiments/synthetic/{TSN,TSM,MASNet}/resnet10/num_segments_8/ablation \
+                             --labels TSN TSM MAS-Net --out imgs/ablation_curves.png

@@ -32,7 +32,8 @@ def plot(run_dirs, out, labels=None):
                 if tag in scalars:
                     steps, values = zip(*scalars[tag])
                     style = '--' if 'test' in tag else '-'
-                    ax.plot(steps, values, style, marker='.', label=f'{name} {tag.split("/")[-1]}')
+                    ax.plot(steps, values, style, color=f'C{k}', marker='.',
+                            label=f'{name} {tag.split("/")[-1]}')
             ax.set_title(title)
             ax.set_xlabel('epoch')
             ax.grid(alpha=0.3)
