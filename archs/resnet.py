@@ -23,7 +23,19 @@ def conv1x1(in_planes, out_planes, stride=1, bias=True):
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=bias)
 
 
-class BasicBlock(nn.Module):
+class _TemporalHooks(nn.Module):
+    """The two hooks of a block; identity here, overridden by the TSM and MAS blocks."""
+
+    def shift_input(self, x):
+        """Applied to the residual branch's input ``(N*T, C, H, W)``."""
+        return x
+
+    def temporal(self, x):
+        """Applied after conv1/bn1/relu, ``(N*T, C, H, W)``."""
+        return x
+
+
+class BasicBlock(_TemporalHooks):
     """Two 3x3 convs (ResNet-18/34). Input/output ``(N*T, C, H, W)``."""
     expansion = 1
 
@@ -36,12 +48,6 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def shift_input(self, x):
-        return x
-
-    def temporal(self, x):
-        return x
-
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(self.shift_input(x))))
@@ -50,7 +56,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_TemporalHooks):
     """1x1 -> 3x3 (stride) -> 1x1 bottleneck (ResNet-50/101). Input/output ``(N*T, C, H, W)``."""
     expansion = 4
 
@@ -64,12 +70,6 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-
-    def shift_input(self, x):
-        return x
-
-    def temporal(self, x):
-        return x
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)

@@ -51,14 +51,21 @@ class MAM(nn.Module):
         self.bn1 = nn.BatchNorm2d(reduced)
         self.conv3 = nn.Conv2d(reduced, channels, kernel_size=1, bias=False)
 
-    def forward(self, x):
+    def accumulate(self, x):
+        """The reduced, accumulated features ``(N, T, C/reduction, H, W)`` of ``(N*T, C, H, W)``."""
         nt, c, h, w = x.shape
-        reduced = self.conv1.out_channels
-        b = pointwise_conv(x, self.conv1.weight)  # (N*T, c, H, W)
-        b = self.bn1(b).view(nt // self.num_segments, self.num_segments, reduced, h, w)  # (N, T, c, H, W)
+        b = self.bn1(pointwise_conv(x, self.conv1.weight))  # (N*T, c, H, W)
+        b = b.view(nt // self.num_segments, self.num_segments, -1, h, w)  # (N, T, c, H, W)
         blended = (b[:, :-1] + self.alpha * b[:, 1:]) / (1 + self.alpha)  # (N, T-1, c, H, W)
-        accumulated = torch.cat([blended, b[:, -1:]], dim=1).view(nt, reduced, h, w)
-        return pointwise_conv(accumulated, self.conv3.weight)  # (N*T, C, H, W)
+        return torch.cat([blended, b[:, -1:]], dim=1)
+
+    def project(self, accumulated):
+        """The 1x1 conv back to C channels, ``(B, C/reduction, H, W)`` -> ``(B, C, H, W)``."""
+        return pointwise_conv(accumulated, self.conv3.weight)
+
+    def forward(self, x):
+        accumulated = self.accumulate(x)
+        return self.project(accumulated.flatten(0, 1))  # (N*T, C, H, W)
 
 
 class MSM(nn.Module):
@@ -71,7 +78,8 @@ class MSM(nn.Module):
     conv_fc1/conv_fc2 keep the release's Conv3d (1,3,3) weights and bn_fc1 its BatchNorm3d.
     The release skipped bn_fc1 + relu when a batch held a single clip, which made a clip's
     prediction depend on its batch; here they are always applied.
-    Inputs ``motion``, ``appearance``: ``(N*T, C, H, W)``; output ``(N*T, C, H, W)``.
+    Inputs ``motion``, ``appearance``: ``(N*T, C, H, W)``; output ``(N*T, C, H, W)``;
+    ``motion_mean`` ``(N, C, H, W)``, if given, is the temporal mean of ``motion``.
     When autograd is off (inference) the output is written into ``motion``'s memory, which
     saves an allocation per block; the caller must not need ``motion`` afterwards.
     """
@@ -88,12 +96,14 @@ class MSM(nn.Module):
                                   groups=groups, bias=False)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, motion, appearance):
+    def forward(self, motion, appearance, motion_mean=None):
         nt, c, h, w = appearance.shape
         n = nt // self.num_segments
         m = motion.view(n, self.num_segments, c, h, w)  # (N, T, C, H, W)
         a = appearance.view(n, self.num_segments, c, h, w)
-        s = m.mean(dim=1) + a.mean(dim=1)  # (N, C, H, W)
+        if motion_mean is None:
+            motion_mean = m.mean(dim=1)
+        s = motion_mean + a.mean(dim=1)  # (N, C, H, W)
         s = F.conv2d(s, self.conv_fc1.weight.squeeze(2), padding=1, groups=self.groups)
         s = self.relu(self.bn_fc1(s.unsqueeze(2)).squeeze(2))  # (N, C/r, H, W)
         s = F.conv2d(s, self.conv_fc2.weight.squeeze(2), padding=1, groups=self.groups)
@@ -146,7 +156,11 @@ class _MASMixin:
         self.TIM = TIM(planes, num_segments)
 
     def temporal(self, x):
-        selected = self.MSM(self.MAM(x), x)  # (N*T, C, H, W)
+        accumulated = self.MAM.accumulate(x)  # (N, T, C/64, H, W)
+        motion = self.MAM.project(accumulated.flatten(0, 1))  # (N*T, C, H, W)
+        # 1x1 conv and temporal mean commute: average the C/64 channels, not the C
+        motion_mean = self.MAM.project(accumulated.mean(dim=1))  # (N, C, H, W)
+        selected = self.MSM(motion, x, motion_mean)  # (N*T, C, H, W)
         if torch.is_grad_enabled():
             return self.TIM(selected)
         # inference: x (this block's conv1 output) is not needed any more, reuse its memory

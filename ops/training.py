@@ -44,6 +44,13 @@ def build_loaders(cfg, model, args, runtime):
     return train_loader, val_loader, train_sampler
 
 
+def add_scalars(writer, epoch, values):
+    """Write {tag: value} to TensorBoard at `epoch` (no-op without a writer, i.e. off rank 0)."""
+    if writer is not None:
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, epoch)
+
+
 def run(args):
     """Train (or with --evaluate only validate) as the flags say; returns the best val top-1."""
     runtime = setup_runtime(args.gpus)
@@ -110,11 +117,8 @@ def run(args):
                                                  epoch, runtime, args, lr)
             logger.info(f'Epoch {epoch} train: Loss {loss:.4f} Prec@1 {prec1:.3f} '
                         f'Prec@5 {prec5:.3f} lr {lr:.6f}')
-            if writer:
-                writer.add_scalar('loss/train', loss, epoch)
-                writer.add_scalar('acc/train_top1', prec1, epoch)
-                writer.add_scalar('acc/train_top5', prec5, epoch)
-                writer.add_scalar('lr', lr, epoch)
+            add_scalars(writer, epoch, {'loss/train': loss, 'acc/train_top1': prec1,
+                                        'acc/train_top5': prec5, 'lr': lr})
 
             is_best = False
             if (epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1:
@@ -124,11 +128,8 @@ def run(args):
                 best_prec1 = max(prec1, best_prec1)
                 logger.info(f'Epoch {epoch} val: Loss {loss:.5f} Prec@1 {prec1:.3f} '
                             f'Prec@5 {prec5:.3f} (best Prec@1 {best_prec1:.3f})')
-                if writer:
-                    writer.add_scalar('loss/test', loss, epoch)
-                    writer.add_scalar('acc/test_top1', prec1, epoch)
-                    writer.add_scalar('acc/test_top5', prec5, epoch)
-                    writer.add_scalar('acc/test_top1_best', best_prec1, epoch)
+                add_scalars(writer, epoch, {'loss/test': loss, 'acc/test_top1': prec1,
+                                            'acc/test_top5': prec5, 'acc/test_top1_best': best_prec1})
 
             if runtime.is_main:
                 state = {'epoch': epoch + 1, 'arch': args.arch, 'type': args.type,

@@ -8,5 +8,5 @@ RUN=experiments/synthetic/MASNet/resnet10/num_segments_8/demo
 
 $PYTHON tools/draw_architecture.py --out imgs
 [ -f $RUN/checkpoint/ckpt.best.pth.tar ] || PYTHON=$PYTHON bash scripts/demo.sh
-$PYTHON CAM.py --video valid_6_0001 --output imgs/CAM_result.png
+$PYTHON CAM.py --video valid_0_0001 --output imgs/CAM_result.png
 $PYTHON tools/plot_curves.py $RUN --labels MAS-Net --out imgs/training_curves.png

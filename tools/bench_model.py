@@ -7,8 +7,8 @@ Three networks on the same 8 frames: a plain ResNet-50 (torchvision's resnet50 w
 torchvision is installed, otherwise archs/'s copy of its exact structure: no conv biases, no
 temporal modules), MAS-ResNet-50 as implemented in ops/MASNet.py, and the
 same MAS-ResNet-50 computed the release's way (ops/reference.py: Conv3d over one time step,
-avg_pool3d, permute + Conv1d). Runs are interleaved and the median is reported, so the
-ratios are robust to the machine's load. Peak memory of a training step is measured in a
+avg_pool3d, permute + Conv1d). Runs are interleaved and the ratios are medians over rounds
+of per-round ratios, so they are robust to the machine's load. Peak memory of a training step is measured in a
 fresh subprocess per network (peak resident set growth on Linux CPUs, max_memory_allocated on GPU).
 """
 import argparse
@@ -79,7 +79,10 @@ def sync(device):
 
 
 def time_networks(num_segments, size, repeats, train, device):
-    """Median seconds per forward (or forward + backward) of each network, interleaved."""
+    """Seconds per forward (or forward + backward) of each network: {name: [per round]}.
+
+    The networks run in turn within each round, so a round's ratios compare runs made under
+    the same machine load."""
     models = {n: build(n, num_segments).to(device).train(train) for n in NETWORKS}
     inputs = {n: make_input(n, num_segments, size, device) for n in NETWORKS}
     times = {n: [] for n in NETWORKS}
@@ -92,7 +95,14 @@ def time_networks(num_segments, size, repeats, train, device):
             step(models[n], inputs[n], train)
             sync(device)
             times[n].append(time.perf_counter() - start)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return times
+
+
+def summarize(times):
+    """Median time of each network and median over rounds of its time / the plain time."""
+    medians = {n: statistics.median(t) for n, t in times.items()}
+    ratios = {n: statistics.median(a / b for a, b in zip(t, times['plain'])) for n, t in times.items()}
+    return medians, ratios
 
 
 def peak_memory(name, num_segments, size, device):
@@ -143,12 +153,12 @@ def main(argv=None):
     print(f'baseline: {baseline}; {args.num_segments} x 3 x {args.size} x {args.size}, {device}, '
           f'{torch.get_num_threads()} threads, median of {args.repeats}')
     for train in (False, True):
-        times = time_networks(args.num_segments, args.size, args.repeats, train, device)
+        times, ratios = summarize(time_networks(args.num_segments, args.size, args.repeats,
+                                                train, device))
         label = 'train step (fwd+bwd)' if train else 'inference (eval)'
         print(f'{label}: plain ResNet-50 {times["plain"] * 1000:.0f} ms | '
-              f'MAS-ResNet-50 {times["masnet"] * 1000:.0f} ms ({times["masnet"] / times["plain"]:.2f}x) '
-              f'| release-style {times["release"] * 1000:.0f} ms '
-              f'({times["release"] / times["plain"]:.2f}x)')
+              f'MAS-ResNet-50 {times["masnet"] * 1000:.0f} ms ({ratios["masnet"]:.2f}x) | '
+              f'release-style {times["release"] * 1000:.0f} ms ({ratios["release"]:.2f}x)')
     memory = {}
     for name in NETWORKS:
         out = subprocess.run([sys.executable, os.path.abspath(__file__), '--memory_of', name,
