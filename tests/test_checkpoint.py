@@ -90,3 +90,20 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert C.read_checkpoint(str(path))['epoch'] == 1
     assert os.listdir(tmp_path) == ['ckpt.pth.tar']  # no temporary file left behind
+
+
+def test_tune_from_loads_the_backbone_but_not_the_head(tmp_path):
+    """--tune_from: a checkpoint of another dataset (other class count) initialises the backbone."""
+    source = small_model(num_class=174, seed=1)
+    release_checkpoint(source, tmp_path / 'sthv1.pth.tar')
+    target = small_model(num_class=5, seed=2)
+    head_before = {k: v.clone() for k, v in target.new_fc.state_dict().items()}
+    C.load_model_weights(target, str(tmp_path / 'sthv1.pth.tar'), skip_prefixes=('new_fc.',))
+    source_state = source.state_dict()
+    for name, value in target.state_dict().items():
+        if name.startswith('new_fc.'):
+            assert torch.equal(value, head_before[name.split('.', 1)[1]])
+        else:
+            assert torch.equal(value, source_state[name]), name
+    with pytest.raises(C.CheckpointError, match='new_fc.weight'):  # without the skip: named mismatch
+        C.load_model_weights(small_model(num_class=5), str(tmp_path / 'sthv1.pth.tar'))

@@ -222,3 +222,22 @@ def test_pretrain_path_with_wrong_arch_names_shapes(tmp_path):
     torch.save(_fake_torchvision_resnet18(), path)
     with pytest.raises(CheckpointError, match='shape mismatch'):
         TemporalModel(5, 4, 'MASNet', 'resnet50', pretrain=str(path))
+
+
+def test_mixed_precision_runs_and_stays_close():
+    """--amp: the MAS modules accept autocast's mixed dtypes, forward and backward."""
+    torch.manual_seed(0)
+    model = TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    randomize_tim(randomize_bn(model))
+    nn.init.normal_(model.new_fc.weight, 0, 0.1)
+    x = torch.randn(2, 12, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        model(x).float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            mixed = model(x)
+    assert mixed.dtype == torch.bfloat16
+    assert torch.corrcoef(torch.stack([full.flatten(), mixed.float().flatten()]))[0, 1] > 0.99
