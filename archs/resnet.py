@@ -95,8 +95,8 @@ def temporal_shift(x, num_segments, fold_div=8):
     return out.view(nt, c, h, w)
 
 
-class TSMBasicBlock(BasicBlock):
-    """BasicBlock with a temporal shift at the start of the residual branch."""
+class _ShiftMixin:
+    """TSM's residual shift: a temporal shift at the start of the residual branch."""
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, bias=True, num_segments=8):
         super().__init__(inplanes, planes, stride, downsample, bias)
@@ -106,15 +106,12 @@ class TSMBasicBlock(BasicBlock):
         return temporal_shift(x, self.num_segments)
 
 
-class TSMBottleneck(Bottleneck):
-    """Bottleneck with a temporal shift at the start of the residual branch (TSM, residual)."""
+class TSMBasicBlock(_ShiftMixin, BasicBlock):
+    """BasicBlock with TSM's residual shift."""
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, bias=True, num_segments=8):
-        super().__init__(inplanes, planes, stride, downsample, bias)
-        self.num_segments = num_segments
 
-    def shift_input(self, x):
-        return temporal_shift(x, self.num_segments)
+class TSMBottleneck(_ShiftMixin, Bottleneck):
+    """Bottleneck with TSM's residual shift."""
 
 
 class ResNet(nn.Module):
