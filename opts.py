@@ -63,7 +63,9 @@ def build_parser():
 
     parser.add_argument('--print-freq', '-p', default=20, type=int, help='log every N iterations')
     parser.add_argument('--eval-freq', '-ef', default=1, type=int, help='validate every N epochs')
-    parser.add_argument('--resume', default='', help='continue training from this checkpoint')
+    parser.add_argument('--resume', default='',
+                        help="continue training from this checkpoint (default: the run folder's "
+                             "ckpt.pth.tar when there is one)")
     parser.add_argument('--tune_from', default='',
                         help='initialise from a checkpoint of another dataset (new_fc not loaded)')
     parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')

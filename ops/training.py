@@ -80,15 +80,21 @@ def run(args):
     use_scaler = args.amp and runtime.device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
     start_epoch, best_prec1 = args.start_epoch, 0.0
-    if args.resume:
-        checkpoint = load_model_weights(model, args.resume)
+    resume = args.resume
+    latest = os.path.join(ckpt_dir, LATEST_NAME)
+    if not (resume or args.tune_from or args.evaluate) and os.path.isfile(latest):
+        # the same command run again (e.g. a requeued job) continues the run it left
+        resume = latest
+        logger.info(f"'{latest}' exists: resuming this run (another --store_name starts afresh)")
+    if resume:
+        checkpoint = load_model_weights(model, resume)
         if 'optimizer' in checkpoint:
             optimizer.load_state_dict(checkpoint['optimizer'])
         if checkpoint.get('scaler') and use_scaler:
             scaler.load_state_dict(checkpoint['scaler'])
         start_epoch = int(checkpoint.get('epoch', 0))
         best_prec1 = float(checkpoint.get('best_prec1', 0.0))
-        logger.info(f"resumed '{args.resume}' at epoch {start_epoch} (best top-1 {best_prec1:.2f})")
+        logger.info(f"resumed '{resume}' at epoch {start_epoch} (best top-1 {best_prec1:.2f})")
     elif args.tune_from:
         load_model_weights(model, args.tune_from, skip_prefixes=('new_fc.',))
         logger.info(f"fine-tuning from '{args.tune_from}' (new_fc re-initialised)")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Synthetic ablation: TSN (no temporal modelling) vs TSM vs MAS-Net, same recipe as the demo.
-# Writes score/ablation/*.npz and prints the README's table (~15 minutes on 2 CPU cores).
+# Writes score/ablation/*.npz and prints the README's table (~13 minutes on 2 CPU cores).
+# Run again, it reuses the finished runs (main.py resumes a run folder that has a checkpoint);
+# delete experiments/synthetic/*/resnet10/num_segments_8/ablation to train afresh.
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 cd "$(dirname "$0")/.."

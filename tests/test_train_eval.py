@@ -97,11 +97,18 @@ def test_resume_matches_uninterrupted_run(tiny_data_root, trained, tmp_path):
     train_main.main(train_args(tiny_data_root, half_out, '--epochs', '1'))
     latest = os.path.join(run_dir(half_out), 'checkpoint', 'ckpt.pth.tar')
     assert read_checkpoint(latest)['epoch'] == 1
-    train_main.main(train_args(tiny_data_root, half_out, '--resume', latest))
+    # the same command again, with 2 epochs: continues from the run folder's latest checkpoint
+    train_main.main(train_args(tiny_data_root, half_out))
     resumed = read_checkpoint(latest)
     assert resumed['epoch'] == 2
     for k, v in full['state_dict'].items():
         torch.testing.assert_close(resumed['state_dict'][k], v, rtol=0, atol=1e-6, msg=k)
+    log = open(os.path.join(run_dir(half_out), 'log', 'log.txt')).read()
+    assert 'exists: resuming this run' in log and 'at epoch 1' in log
+    # an explicit --resume of a finished run trains nothing more
+    train_main.main(train_args(tiny_data_root, str(tmp_path / 'other'), '--resume', latest))
+    assert read_checkpoint(latest)['epoch'] == 2
+    assert not os.path.exists(os.path.join(run_dir(str(tmp_path / 'other')), 'checkpoint', 'ckpt.pth.tar'))
 
 
 def test_test_py_views_scores_and_average(tiny_data_root, trained, tmp_path):
