@@ -164,12 +164,13 @@ def read_video_frames(path, wanted=None):
     index = 0
     try:
         while last is None or index < last:
-            ok, img = capture.read()
-            if not ok:
+            if not capture.grab():  # decode without converting to BGR
                 break
             index += 1
             if wanted is None or index in wanted:
-                frames[index] = img
+                ok, img = capture.retrieve()
+                if ok:
+                    frames[index] = img
     finally:
         capture.release()
     return frames
