@@ -11,6 +11,10 @@ from ops.utils import AverageMeter, accuracy
 logger = logging.getLogger('masnet')
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite (without a gradient scaler to absorb it)."""
+
+
 def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch, runtime, args, lr):
     """Train for one epoch; returns (loss, top1, top5) averaged over all processes."""
     batch_time, data_time = AverageMeter(), AverageMeter()
@@ -27,6 +31,11 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch, runtime,
         with torch.autocast(device_type=device.type, enabled=args.amp):
             output = model(clips)  # (N, num_class)
             loss = criterion(output, labels)
+        if not torch.isfinite(loss) and not scaler.is_enabled():
+            # stop before the update: the checkpoint of the last epoch stays the good one
+            raise TrainingDiverged(f'training diverged: the loss is {loss.item()} at epoch {epoch}, '
+                                   f'iteration {i}; resume from the last checkpoint with a lower '
+                                   f'--lr or a --clip-gradient')
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if args.clip_gradient:

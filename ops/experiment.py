@@ -16,9 +16,10 @@ from tqdm import tqdm
 from ops.checkpoint import CheckpointError
 from ops.dataset import DataError
 from ops.dataset_config import DatasetError
+from ops.engine import TrainingDiverged
 
-# errors that are the user's input, reported as one line instead of a traceback
-USER_ERRORS = (CheckpointError, DatasetError, DataError)
+# errors of the user's input (or a diverged run), reported as one line instead of a traceback
+USER_ERRORS = (CheckpointError, DatasetError, DataError, TrainingDiverged)
 
 
 def dataset_tag(dataset):

@@ -179,3 +179,24 @@ def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
     save_scores(s2, np.zeros((2, 3)), [0, 2], ['a', 'b'])
     res = run_cli('average_scores.py', s1, s2)
     assert res.returncode == 2 and 'disagree in labels' in res.stderr
+
+
+def test_diverged_training_stops_before_the_update():
+    """A NaN loss stops the run with a one-line reason, before it corrupts the weights."""
+    from argparse import Namespace
+
+    from ops.distributed import setup_runtime
+    from ops.engine import TrainingDiverged, train_one_epoch
+
+    torch.manual_seed(0)
+    model = TemporalModel(4, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), 0.1)
+    scaler = torch.amp.GradScaler('cuda', enabled=False)
+    loader = [(torch.randn(2, 12, 32, 32), torch.tensor([0, 1]))]
+    args = Namespace(amp=False, clip_gradient=0, print_freq=1)
+    with pytest.raises(TrainingDiverged, match='loss is nan at epoch 3, iteration 0'):
+        train_one_epoch(model, loader, lambda out, y: out.sum() * float('nan'), optimizer,
+                        scaler, 3, setup_runtime(None), args, 0.1)
+    for k, v in model.named_parameters():  # no optimizer step was taken
+        assert torch.equal(v, before[k]), k
