@@ -1,4 +1,4 @@
-"""Data preparation tools and the FLOPs counter."""
+"""Data preparation tools, the FLOPs counter and the ablation table."""
 import csv
 import json
 import os
@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tools import extract_frames, flops, gen_label
+from ops.evaluation import save_scores
+from tools import ablation_table, extract_frames, flops, gen_label
 
 
 def write_video(path, count, w=64, h=48):
@@ -110,3 +111,21 @@ def test_flops_scale_with_segments_and_type():
     assert tsn == pytest.approx(1.82, abs=0.01)  # torchvision ResNet-18's 1.82 GMACs
     _, tsn2 = flops.count('TSN', 'resnet18', 2, 224, 1000)
     assert tsn2 == pytest.approx(2 * tsn, rel=1e-3)  # per-frame cost: linear in segments
+
+
+def test_ablation_table_averages_seeds_and_scores_pairs(tmp_path):
+    """Pair accuracy and mean +- sample std over seeds, checked on hand-made score files."""
+    labels = list(range(8))  # one video per class; classes 2k, 2k+1 are time-reversed twins
+
+    def score_file(name, predictions):
+        path = str(tmp_path / name)
+        save_scores(path, np.eye(8)[predictions], labels, [f'v{i}' for i in labels])
+        return path
+
+    files = [score_file('synthetic_MASNet_resnet10_8f_1crop_1clip_64px.npz', labels),
+             score_file('synthetic_TSN_a.npz', [0, 1, 2, 3, 5, 4, 7, 6]),  # last two pairs swapped
+             score_file('synthetic_TSN_b.npz', labels)]
+    rows = ablation_table.table(files).splitlines()
+    assert rows[2] == ('| TSN | 2 | 75.0 ± 35.4 | 100.0 ± 0.0 | 100.0 ± 0.0 | 50.0 ± 70.7 | '
+                       '50.0 ± 70.7 |')
+    assert rows[3] == '| MASNet | 1 | ' + ' | '.join(['100.0 ± 0.0'] * 5) + ' |'

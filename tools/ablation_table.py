@@ -1,10 +1,11 @@
 """Markdown table of the synthetic ablation from test.py score files (TSN vs TSM vs MAS-Net).
 
-    python tools/ablation_table.py score/ablation/*.npz
+    python tools/ablation_table.py score/ablation/seed*/*.npz
 
-Per file: top-1 over the 8 classes, and for each pair of time-reversed classes the
+Per score file: top-1 over the 8 classes, and for each pair of time-reversed classes the
 accuracy of telling its two classes apart (argmax over the pair's two scores, on the pair's
-videos). A model without temporal modelling sits at 50% on every pair.
+videos); a model without temporal modelling sits at 50% on every pair. Files of the same model
+type (several seeds) are averaged: mean +- sample standard deviation.
 """
 import argparse
 import os
@@ -19,6 +20,7 @@ from ops.evaluation import load_scores, summarize  # noqa: E402
 # the synthetic classes 2k and 2k+1 are each other played backwards (ops/synthetic.py)
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7)]
 PAIR_NAMES = ['left/right', 'down/up', 'grow/shrink', 'cw/ccw']
+ROW_ORDER = ('TSN', 'TSM', 'MASNet')
 
 
 def pair_accuracy(scores, labels, pair):
@@ -28,16 +30,28 @@ def pair_accuracy(scores, labels, pair):
     return float((chosen == labels[mask]).mean() * 100)
 
 
+def file_metrics(path):
+    """(model type, [top-1, accuracy of each pair]) of one score file, in %."""
+    data = load_scores(path)
+    scores, labels = data['scores'], data['labels']
+    top1, _, _ = summarize(scores, labels)
+    model_type = os.path.basename(path).split('_')[1]  # <dataset>_<type>_<arch>_...
+    return model_type, [top1] + [pair_accuracy(scores, labels, p) for p in PAIRS]
+
+
 def table(paths):
-    rows = ['| model | top-1 (8 classes) | ' + ' | '.join(PAIR_NAMES) + ' |',
-            '|' + ' --- |' * (2 + len(PAIRS))]
+    """One row per model type: mean +- sample std over its score files (e.g. seeds)."""
+    runs = {}
     for path in paths:
-        data = load_scores(path)
-        scores, labels = data['scores'], data['labels']
-        top1, _, _ = summarize(scores, labels)
-        name = os.path.basename(path).split('_')[1]
-        pairs = ' | '.join(f'{pair_accuracy(scores, labels, p):.1f}' for p in PAIRS)
-        rows.append(f'| {name} | {top1:.1f} | {pairs} |')
+        model_type, metrics = file_metrics(path)
+        runs.setdefault(model_type, []).append(metrics)
+    rows = ['| model | runs | top-1 (8 classes) | ' + ' | '.join(PAIR_NAMES) + ' |',
+            '|' + ' --- |' * (3 + len(PAIRS))]
+    for model_type in sorted(runs, key=lambda t: ROW_ORDER.index(t) if t in ROW_ORDER else 99):
+        values = np.array(runs[model_type])
+        spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
+        cells = ' | '.join(f'{m:.1f} ± {s:.1f}' for m, s in zip(values.mean(axis=0), spread))
+        rows.append(f'| {model_type} | {len(values)} | {cells} |')
     return '\n'.join(rows)
 
 
