@@ -1,10 +1,25 @@
-"""Grad-CAM on the last backbone stage of a TemporalModel, and heat-map overlays."""
+"""Grad-CAM on the last backbone stage of a TemporalModel, heat-map overlays, and the run
+behind CAM.py."""
+import logging
 import os
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ops.checkpoint import read_checkpoint
+from ops.dataset import DataError, TSNDataSet, VideoRecord, count_frames, parse_list_file
+from ops.dataset_config import get_dataset_config
+from ops.distributed import setup_runtime
+from ops.models import model_from_checkpoint
+from ops.transforms import build_transform
+
+logger = logging.getLogger('masnet')
+
+# where `make demo` leaves its best checkpoint (CAM.py's default --weights)
+DEMO_CHECKPOINT = os.path.join('experiments', 'synthetic', 'MASNet', 'resnet10', 'num_segments_8',
+                               'demo', 'checkpoint', 'ckpt.best.pth.tar')
 
 
 def grad_cam(model, clip, target_class=None):
@@ -81,3 +96,53 @@ def save_cam_figure(path, frames, cams, title):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def find_video(video, cfg, label=None):
+    """(root, VideoRecord) for a folder / file path, or for a video id of the dataset's lists."""
+    if video is None or not os.path.exists(video):
+        for list_file in (cfg.val_list, cfg.train_list):
+            if not os.path.isfile(list_file):
+                continue
+            for record in parse_list_file(list_file):
+                if video is None or record.path == video:
+                    return cfg.root_path, record
+        raise DataError(f"--video '{video}' is neither a folder, a video file, nor a video id of "
+                        f"{cfg.val_list} / {cfg.train_list}")
+    root, name = os.path.split(os.path.abspath(video))
+    record = VideoRecord(name, None, -1 if label is None else label)
+    if os.path.isdir(video):
+        record.num_frames = count_frames(video)
+        if record.num_frames == 0:
+            raise DataError(f"--video '{video}' holds no image file")
+    return root, record
+
+
+def run(args):
+    """Grad-CAM figure of one video as CAM.py's flags say; returns (cams, probabilities, class)."""
+    runtime = setup_runtime(args.gpus)
+    if not os.path.isfile(args.weights) and args.weights == DEMO_CHECKPOINT:
+        raise DataError(f"no checkpoint at '{DEMO_CHECKPOINT}': run `make demo` first or pass --weights")
+    cfg = get_dataset_config(args.dataset, args.dataset_path)
+    model = model_from_checkpoint(read_checkpoint(args.weights), args.weights, cfg.num_class,
+                                  args.num_segments, args.type, args.arch, args.input_size)
+    model = model.to(runtime.device).eval()
+    root, record = find_video(args.video, cfg, args.label)
+    transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
+                                model.input_std)
+    dataset = TSNDataSet(root, None, model.num_segments, cfg.image_tmpl, transform,
+                         random_shift=False, video_list=[record])
+    clip, label = dataset[0]
+    clip = clip.unsqueeze(0).to(runtime.device)  # (1, T*3, H, W)
+    cams, probabilities, target = grad_cam(model, clip, args.target_class)
+
+    predicted = int(probabilities.argmax())
+    names = cfg.categories
+    truth = names[label] if 0 <= label < cfg.num_class else 'unknown'
+    title = (f'{record.path}   ground truth: {truth}\n'
+             f'predicted: {names[predicted]} ({probabilities[predicted]:.0%})   '
+             f'Grad-CAM of: {names[target]}')
+    save_cam_figure(args.output, denormalize(clip, model.input_mean, model.input_std), cams, title)
+    logger.info(f'{record.path}: ground truth {truth}, predicted {names[predicted]} '
+                f'({probabilities[predicted]:.1%}); figure written to {args.output}')
+    return cams, probabilities, target

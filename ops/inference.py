@@ -1,0 +1,88 @@
+"""The evaluation run behind test.py: checkpoints, multi-view loaders, scores and score files."""
+import logging
+import os
+
+from torch.utils.data import DataLoader, Subset
+
+from ops.checkpoint import read_checkpoint
+from ops.dataset import TSNDataSet
+from ops.dataset_config import get_dataset_config
+from ops.distributed import setup_runtime, wrap_model
+from ops.evaluation import ensemble, evaluate_models, save_scores, score_filename, summarize
+from ops.experiment import dataset_tag
+from ops.models import model_from_checkpoint
+from ops.transforms import build_transform
+
+logger = logging.getLogger('masnet')
+
+
+def split_per_model(text, cast, count, flag):
+    """Per-checkpoint values of a comma-separated flag; a single value serves every checkpoint."""
+    if text is None:
+        return [None] * count
+    values = [cast(v) for v in str(text).split(',') if v != '']
+    if len(values) == 1:
+        values = values * count
+    if len(values) != count:
+        raise ValueError(f'{flag}: {len(values)} values for {count} checkpoint(s)')
+    return values
+
+
+def run(args):
+    """Evaluate the checkpoints of ``args.weights`` as test.py's flags say.
+
+    Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one).
+    """
+    runtime = setup_runtime(args.gpus)
+    cfg = get_dataset_config(args.dataset, args.dataset_path)
+    weights = [w for w in args.weights.split(',') if w]
+    segments = split_per_model(args.test_segments, int, len(weights), '--test_segments')
+    coeffs = split_per_model(args.coeff, float, len(weights), '--coeff') if args.coeff else None
+    num_clips = 2 if args.twice_sample else args.dense_sample_num if args.dense_sample else 1
+    list_file = args.test_list or cfg.val_list
+
+    models, loaders, names = [], [], []
+    for k, path in enumerate(weights):
+        model = model_from_checkpoint(read_checkpoint(path), path, cfg.num_class, segments[k],
+                                      args.type, args.arch, args.input_size, args.full_res)
+        num_segments = segments[k] = model.num_segments
+        transform = build_transform('test', model.crop_size, model.scale_size, model.input_mean,
+                                    model.input_std, num_crops=args.test_crops)
+        dataset = TSNDataSet(cfg.root_path, list_file, num_segments, cfg.image_tmpl, transform,
+                             random_shift=False, test_mode=True, dense_sample=args.dense_sample,
+                             twice_sample=args.twice_sample, dense_sample_num=args.dense_sample_num)
+        if args.max_num is not None:
+            dataset = Subset(dataset, range(min(args.max_num, len(dataset))))
+        loaders.append(DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                  num_workers=args.workers,
+                                  pin_memory=runtime.device.type == 'cuda'))
+        models.append(wrap_model(model, runtime).eval())
+        names.append(score_filename(dataset_tag(args.dataset), model.base_model_name, model.arch,
+                                    num_segments, args.test_crops, num_clips, model.crop_size))
+        logger.info(f"{path}: {model.base_model_name} {model.arch}, {num_segments} segments, "
+                    f"{args.test_crops} crop(s) x {num_clips} clip(s) of {model.crop_size}px")
+
+    scores, labels = evaluate_models(models, loaders, segments, runtime.device,
+                                     use_softmax=args.softmax)
+    base_set = loaders[0].dataset
+    records = base_set.dataset.video_list if isinstance(base_set, Subset) else base_set.video_list
+    video_ids = [r.path for r in records[:len(labels)]]
+    for path, name, model_scores, num_segments in zip(weights, names, scores, segments):
+        top1, top5, mean_class = summarize(model_scores, labels)
+        logger.info(f'{path}: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}'
+                    f'  ({len(labels)} videos)')
+        if args.save_scores:
+            out = os.path.join(args.save_scores, name)
+            save_scores(out, model_scores, labels, video_ids, weights=path,
+                        num_segments=num_segments, test_crops=args.test_crops, num_clips=num_clips)
+            logger.info(f'scores written to {out}')
+    final = ensemble(scores, coeffs)
+    if len(weights) > 1:
+        top1, top5, mean_class = summarize(final, labels)
+        logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}')
+    if args.csv_file:
+        with open(args.csv_file, 'w') as f:
+            for video_id, pred in zip(video_ids, final.argmax(axis=1)):
+                f.write(f'{video_id};{cfg.categories[pred]}\n')
+        logger.info(f'predictions written to {args.csv_file}')
+    return summarize(final, labels)
