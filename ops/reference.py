@@ -5,7 +5,10 @@ MAM's per-frame loop, and TIM as permute + Conv1d. ops/MASNet.py computes the sa
 with cheaper operations; the tests check the two agree and tools/bench_model.py measures both.
 The functions take the fast modules (for their parameters) and an input ``(N*T, C, H, W)``.
 """
+import torch.nn as nn
 import torch.nn.functional as F
+
+from ops.MASNet import MASBottleneck
 
 
 def mam(mod, x, T):
@@ -51,14 +54,34 @@ def bottleneck(block, x, T):
     return F.relu(out + identity)
 
 
+def basic_block(block, x, T):
+    """A MASBasicBlock's forward with the reference modules."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = F.relu(block.bn1(block.conv1(x)))
+    out = tim(block.TIM, msm(block.MSM, mam(block.MAM, out, T), out, T), T)
+    out = block.bn2(block.conv2(out))
+    return F.relu(out + identity)
+
+
 def temporal_model(model, x):
-    """A MASNet TemporalModel's forward (bottleneck archs) with the reference modules."""
+    """A MASNet TemporalModel's forward with the reference modules."""
     T = model.num_segments
     net = model.base_model
     y = x.view(-1, 3, *x.shape[-2:])
     y = net.maxpool(F.relu(net.bn1(net.conv1(y))))
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in layer:
-            y = bottleneck(block, y, T)
+            y = (bottleneck if isinstance(block, MASBottleneck) else basic_block)(block, y, T)
     y = net.avgpool(y).flatten(1)
     return model.new_fc(y).view(x.size(0), T, -1).mean(1)
+
+
+class ReleaseStyleModel(nn.Module):
+    """A MASNet TemporalModel computed the release's way (same parameters, same outputs)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return temporal_model(self.model, x)

@@ -108,7 +108,7 @@ def test_synthetic_tour_runs_as_written(tmp_path):
                       'synthetic_MASNet_resnet10_8f_3crop_2clip_73px.npz']  # full_res: 64*256/224
     assert 'ensemble' in results[3].stdout
     assert (tmp_path / 'cam.png').stat().st_size > 10000
-    assert '26.07 M params, 33.5 GFLOPs' in results[5].stdout
+    assert '26.07 M params, 33.55 GFLOPs' in results[5].stdout
 
 
 def make_something_v1(datasets):

@@ -100,10 +100,11 @@ def test_gen_label_kinetics(tmp_path):
 
 
 def test_flops_of_the_paper_model():
-    """MAS-ResNet50, 8 x 224 px, 174 classes: 26.07 M parameters and 33.5 GFLOPs (fvcore)."""
+    """MAS-ResNet50, 224 px, 174 classes: 26.07 M parameters, 33.5 / 66.6 GFLOPs at 8 / 16 frames."""
     params, gflops = flops.count('MASNet', 'resnet50', 8, 224, 174)
     assert round(params / 1e6, 2) == 26.07
     assert round(gflops, 1) == 33.5
+    assert round(flops.count('MASNet', 'resnet50', 16, 224, 174)[1], 1) == 66.6
 
 
 def test_flops_scale_with_segments_and_type():
