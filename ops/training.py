@@ -82,8 +82,9 @@ def run(args):
     start_epoch, best_prec1 = args.start_epoch, 0.0
     resume = args.resume
     latest = os.path.join(ckpt_dir, LATEST_NAME)
-    if not (resume or args.tune_from or args.evaluate) and os.path.isfile(latest):
-        # the same command run again (e.g. a requeued job) continues the run it left
+    if not (resume or args.tune_from) and os.path.isfile(latest):
+        # the same command run again (e.g. a requeued job) continues the run it left;
+        # with --evaluate it validates that run's latest checkpoint
         resume = latest
         logger.info(f"'{latest}' exists: resuming this run (another --store_name starts afresh)")
     if resume:

@@ -105,6 +105,12 @@ def test_resume_matches_uninterrupted_run(tiny_data_root, trained, tmp_path):
         torch.testing.assert_close(resumed['state_dict'][k], v, rtol=0, atol=1e-6, msg=k)
     log = open(os.path.join(run_dir(half_out), 'log', 'log.txt')).read()
     assert 'exists: resuming this run' in log and 'at epoch 1' in log
+    # --evaluate in the same run folder validates its latest checkpoint
+    top1 = train_main.main(train_args(tiny_data_root, half_out, '--evaluate'))
+    last_val = read_scalars(os.path.join(run_dir(half_out), 'tensorboardX'))['acc/test_top1'][-1]
+    assert last_val[0] == 1 and top1 == pytest.approx(last_val[1])  # epoch 1's validation
+    log = open(os.path.join(run_dir(half_out), 'log', 'log.txt')).read()
+    assert log.count('exists: resuming this run') == 2
     # an explicit --resume of a finished run trains nothing more
     train_main.main(train_args(tiny_data_root, str(tmp_path / 'other'), '--resume', latest))
     assert read_checkpoint(latest)['epoch'] == 2
