@@ -72,8 +72,13 @@ def save_args(args, path):
         json.dump(vars(args), f, indent=2, sort_keys=True)
 
 
+def _prog():
+    return os.path.basename(sys.argv[0]) or 'masnet'
+
+
 def exit_on_user_error(main):
-    """Run `main`, turning input errors (bad checkpoint, dataset, list file, flag) into one line."""
+    """Run `main`, turning input errors (bad checkpoint, dataset, list file, flag) and Ctrl-C
+    into one line instead of a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -83,9 +88,11 @@ def exit_on_user_error(main):
             message = str(exc).strip()
             if 'Original Traceback' in message:  # re-raised from a DataLoader worker
                 message = message.splitlines()[-1]
-            prog = os.path.basename(sys.argv[0]) or 'masnet'
-            print(f'{prog}: error: {message}', file=sys.stderr)
+            print(f'{_prog()}: error: {message}', file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print(f'{_prog()}: interrupted', file=sys.stderr)
+            sys.exit(130)
 
     return wrapper
 

@@ -114,6 +114,7 @@ def run(args):
     if runtime.is_main:
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(log_dir), 'tensorboardX'))
+    epoch = start_epoch
     try:
         for epoch in range(start_epoch, args.epochs):
             set_seed(args.seed + epoch)  # an epoch's randomness depends only on (seed, epoch)
@@ -148,6 +149,10 @@ def run(args):
                 save_checkpoint(state, os.path.join(ckpt_dir, LATEST_NAME))
                 if is_best:
                     save_checkpoint(state, os.path.join(ckpt_dir, BEST_NAME))
+    except KeyboardInterrupt:
+        logger.info(f'interrupted during epoch {epoch}; {os.path.join(ckpt_dir, LATEST_NAME)} '
+                    f'holds the last complete epoch: run the same command to resume')
+        raise
     finally:
         if writer:
             writer.close()
