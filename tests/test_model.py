@@ -82,6 +82,19 @@ def test_inference_path_equals_autograd_path():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_tim_gradients_match_conv1d():
+    """TIM's hand-written backward equals autograd through the release's permute + Conv1d."""
+    T = 4
+    torch.manual_seed(0)
+    tim = randomize_tim(TIM(32, T))
+    x = torch.randn(2 * T, 32, 5, 5, requires_grad=True)
+    upstream = torch.randn(2 * T, 32, 5, 5)
+    grads = torch.autograd.grad((tim(x) * upstream).sum(), [x, tim.conv.weight])
+    expected = torch.autograd.grad((ref.tim(tim, x, T) * upstream).sum(), [x, tim.conv.weight])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def hand_shift(x, T):
     """Temporal shift written by hand: channels [0, C/8) take t+1, [C/8, C/4) take t-1."""
     nt, c, h, w = x.shape
