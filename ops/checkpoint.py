@@ -8,9 +8,10 @@ line (``CheckpointError``), never as a raw traceback and never as a silent parti
 """
 import os
 import pickle
-import tempfile
 
 import torch
+
+from ops.utils import atomic_write
 
 WRAPPER_PREFIXES = ('module.',)
 
@@ -20,24 +21,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state, path):
-    """Write `state` to `path` atomically: a crash mid-write never leaves a truncated file.
-
-    The data goes to a temporary file in the same folder, is flushed to disk, and then
-    replaces `path` in one `os.replace`, so `path` holds either the old or the new checkpoint.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix='.tmp_', suffix='.pth.tar', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    """Write `state` to `path` atomically: a crash mid-write never leaves a truncated file."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def read_checkpoint(path, map_location='cpu'):

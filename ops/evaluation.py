@@ -4,14 +4,12 @@ A score file (npz) holds, for every video of a list, the class scores averaged o
 views (crops x clips): ``scores`` (N, num_class), ``labels`` (N,), ``predictions`` (N,),
 ``video_ids`` (N,), plus the settings that produced it.
 """
-import os
-import tempfile
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ops.utils import class_accuracy
+from ops.utils import atomic_write, class_accuracy
 
 DEFAULT_SCORE_DIR = 'score'
 
@@ -27,14 +25,10 @@ def score_filename(dataset, model_type, arch, segments, crops, clips, size):
 def save_scores(path, scores, labels, video_ids, **settings):
     """Write a score file atomically."""
     scores = np.asarray(scores, dtype=np.float32)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix='.npz', dir=folder)
-    with os.fdopen(fd, 'wb') as f:
+    with atomic_write(path) as f:
         np.savez(f, scores=scores, labels=np.asarray(labels, dtype=np.int64),
                  predictions=scores.argmax(axis=1), video_ids=np.asarray(video_ids, dtype=str),
                  **{k: np.asarray(v) for k, v in settings.items()})
-    os.replace(tmp, path)
 
 
 def load_scores(path):

@@ -1,5 +1,9 @@
-"""Small helpers shared by every entry point: meters, top-k accuracy, class accuracy, seeding."""
+"""Small helpers shared by every entry point: meters, top-k accuracy, class accuracy, seeding,
+atomic file writes."""
+import contextlib
+import os
 import random
+import tempfile
 
 import numpy as np
 import torch
@@ -59,3 +63,30 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Open a binary file that replaces `path` only once fully written and flushed to disk.
+
+    The data goes to a temporary file in the same folder, renamed over `path` in one
+    `os.replace`; on any error (or Ctrl-C) the temporary file is removed and `path` keeps
+    its old content.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix='.tmp_', suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException as exc:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            # Ctrl-C inside the writer, whose clean-up then failed (torch.save does): report
+            # the interrupt, not the clean-up error
+            raise KeyboardInterrupt from exc
+        raise

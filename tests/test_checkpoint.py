@@ -91,6 +91,18 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert C.read_checkpoint(str(path))['epoch'] == 1
     assert os.listdir(tmp_path) == ['ckpt.pth.tar']  # no temporary file left behind
 
+    def crash_in_cleanup(obj, f, *args, **kwargs):  # as torch.save's zip writer does on Ctrl-C
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError('unexpected pos')
+    monkeypatch.setattr(torch, 'save', crash_in_cleanup)
+    with pytest.raises(KeyboardInterrupt):
+        C.save_checkpoint({'epoch': 3, 'state_dict': {'w': torch.zeros(3)}}, str(path))
+    monkeypatch.undo()
+    assert C.read_checkpoint(str(path))['epoch'] == 1
+    assert os.listdir(tmp_path) == ['ckpt.pth.tar']
+
 
 def test_tune_from_loads_the_backbone_but_not_the_head(tmp_path):
     """--tune_from: a checkpoint of another dataset (other class count) initialises the backbone."""
