@@ -11,8 +11,9 @@ def add_data_args(parser, default_dataset='synthetic'):
                              "diving48, synthetic (generated on first use), or a .json dataset "
                              "file (default: %(default)s)")
     parser.add_argument('--dataset_path', default=None,
-                        help='folder holding the dataset folders (default: data/ for synthetic, '
-                             'else ../../datasets/ as in the release)')
+                        help="folder holding the dataset folders (default: data/ for synthetic; "
+                             "else the release's ../, or ../../datasets/ (the README's training "
+                             "path) when the dataset is only there)")
     parser.add_argument('-j', '--workers', default=8, type=int, help='data loading processes')
 
 
@@ -27,7 +28,8 @@ def add_model_args(parser, defaults_from_checkpoint=False):
     parser.add_argument('--input_size', default=None if ckpt else 224, type=int,
                         help='network input side in pixels (224 in the paper)')
     parser.add_argument('--gpus', nargs='+', type=int, default=None,
-                        help='GPU ids for DataParallel (default: all visible GPUs, or CPU)')
+                        help='GPU ids for DataParallel (default: 0 1 2 3 as the release, or as many '
+                             'of them as are visible; the CPU without CUDA)')
 
 
 def build_parser():
@@ -41,8 +43,11 @@ def build_parser():
     parser.add_argument('--pretrain', default='imagenet',
                         help="'imagenet' (torchvision weights from the torch hub cache), 'none', "
                              "or a weight file")
-    parser.add_argument('--no_partialbn', '--npb', action='store_true',
-                        help='train every BatchNorm (default: freeze all but the first, as TSN)')
+    parser.add_argument('--partialbn', '--pbn', dest='partialbn', action='store_true',
+                        help="TSN/TSM's partial BN: freeze every pretrained BatchNorm but the "
+                             "first (off by default, as in the release)")
+    parser.add_argument('--no_partialbn', '--npb', dest='partialbn', action='store_false',
+                        help='train every BatchNorm (the default; TSM\'s flag, accepted)')
     parser.add_argument('--dense_sample', action='store_true',
                         help='I3D-style dense sampling (64-frame window)')
 
@@ -53,7 +58,11 @@ def build_parser():
                         help='step_lr: x0.1 at each step; MAS_lr: x0.1, x0.1, x0.5, x0.2 at 4 '
                              'steps; cos_lr: half cosine')
     parser.add_argument('--lr_steps', default=[30, 40, 50, 60], type=float, nargs='+',
-                        help='epochs at which the lr decays')
+                        help='epochs at which the lr decays (MAS_lr with other than 4 steps '
+                             'decays x0.1 at each, as step_lr, like the release)')
+    parser.add_argument('--warmup', default=0, type=int,
+                        help='epochs of linear lr warm-up: epoch e < N uses lr x (e+1)/N '
+                             '(default 0: none, as the release)')
     parser.add_argument('--momentum', default=0.9, type=float)
     parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float)
     parser.add_argument('--clip-gradient', '--gd', default=20, type=float,

@@ -9,7 +9,7 @@ Sampling (T = num_segments, n = frames of the video, indices 1-based):
            else the n frames spread evenly over T.
     val    tick = n / T, int(tick/2 + tick*i).
     twice  the val indices followed by int(tick*i).
-    dense  test: K clips, starts linspace(0, tick-1, K), int(tick*i + start);
+    dense  test: K clips, integer starts linspace(0, tick-1, K, dtype=int), int(tick*i + start);
            train/val: an I3D-style 64-frame window with stride 64 // T (random / central start).
 
 Bad input policy: a missing or corrupt frame is logged and replaced by the nearest readable
@@ -112,11 +112,16 @@ def sample_twice_indices(num_frames, num_segments):
 
 
 def sample_dense_test_indices(num_frames, num_segments, num_clips=10):
-    """`num_clips` uniformly shifted clips: starts linspace(0, tick-1, K), int(tick*i + start)."""
+    """`num_clips` shifted clips, as the release: integer starts
+    ``linspace(0, tick-1, K, dtype=int)``, indices ``int(tick*i + start)`` (1-based).
+
+    Videos shorter than T frames (tick < 1, where the release's starts turn negative)
+    use start 0 for every clip, i.e. the frames spread over the T slots.
+    """
     tick = num_frames / num_segments
-    starts = np.linspace(0, max(tick - 1, 0), num=num_clips)
-    offsets = [min(int(tick * i + start), num_frames - 1)
-               for start in starts for i in range(num_segments)]
+    starts = np.linspace(0, tick - 1, num=num_clips, dtype=int) if tick >= 1 else \
+        np.zeros(num_clips, dtype=int)
+    offsets = [int(tick * i + start) for start in starts.tolist() for i in range(num_segments)]
     return np.array(offsets) + 1
 
 

@@ -9,6 +9,7 @@ are. A dataset of your own needs no code change: pass a JSON file as ``--dataset
 Relative paths in the JSON file are taken from the JSON file's folder.
 """
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ class DatasetConfig:
 _LAYOUTS = {
     'somethingv1': ('somethingv1/category.txt', 'somethingv1/train.txt', 'somethingv1/valid.txt',
                     'somethingv1/20bn-something-something-v1', '{:05d}.jpg', 174),
+    # the release's subset for quick runs: the V1 data with the training list trainQ.txt
+    'somethingv1_mini': ('somethingv1/category.txt', 'somethingv1/trainQ.txt',
+                         'somethingv1/valid.txt', 'somethingv1/20bn-something-something-v1',
+                         '{:05d}.jpg', 174),
     'somethingv2': ('somethingv2/category.txt', 'somethingv2/train.txt', 'somethingv2/valid.txt',
                     'somethingv2/20bn-something-something-v2-frames', '{:06d}.jpg', 174),
     'kinetics': ('K400/category.txt', 'K400/train_videofolder.txt', 'K400/val_videofolder.txt',
@@ -115,10 +120,23 @@ def _config_from_json(path):
                          mirror_pairs(categories) if flip else None)
 
 
-# --dataset_path when none is given: the release's location of the real datasets, and a
-# folder inside the repository for the generated one
-DEFAULT_DATASET_PATH = '../../datasets/'
+# --dataset_path when none is given: the release's default for the real datasets, then the
+# path of the README's training command (where its test commands, which pass none, must find
+# the same data), and a folder inside the repository for the generated dataset
+DEFAULT_DATASET_PATHS = ('../', '../../datasets/')
 DEFAULT_SYNTHETIC_PATH = 'data'
+
+
+def default_dataset_path(name):
+    """The --dataset_path used when none is given (see DEFAULT_DATASET_PATHS)."""
+    if name == 'synthetic':
+        return DEFAULT_SYNTHETIC_PATH
+    layout = _LAYOUTS.get(name)
+    if layout is not None:
+        for path in DEFAULT_DATASET_PATHS:
+            if os.path.isfile(os.path.join(path, layout[2])):
+                return path
+    return DEFAULT_DATASET_PATHS[0]
 
 
 def get_dataset_config(name, dataset_path=None):
@@ -128,7 +146,9 @@ def get_dataset_config(name, dataset_path=None):
     it is not there yet.
     """
     if dataset_path is None:
-        dataset_path = DEFAULT_SYNTHETIC_PATH if name == 'synthetic' else DEFAULT_DATASET_PATH
+        dataset_path = default_dataset_path(name)
+        if name != 'synthetic':
+            logging.getLogger('masnet').info(f"--dataset_path not given: using '{dataset_path}'")
     if name.endswith('.json'):
         return _config_from_json(name)
     if name == 'synthetic':

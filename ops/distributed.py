@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+RELEASE_NUM_GPUS = 4
+
 
 @dataclass
 class Runtime:
@@ -50,7 +52,8 @@ def setup_runtime(gpus=None):
             print(f'warning: --gpus {" ".join(map(str, gpus))} given but no CUDA device is '
                   f'available: running on the CPU', file=sys.stderr)
         return Runtime(torch.device('cpu'))
-    gpu_ids = tuple(gpus) if gpus else tuple(range(torch.cuda.device_count()))
+    # the release's default --gpus 0 1 2 3, capped at the GPUs this machine has
+    gpu_ids = tuple(gpus) if gpus else tuple(range(min(RELEASE_NUM_GPUS, torch.cuda.device_count())))
     return Runtime(torch.device('cuda', gpu_ids[0]), gpu_ids=gpu_ids)
 
 

@@ -32,15 +32,28 @@ def save_scores(path, scores, labels, video_ids, **settings):
 
 
 def load_scores(path):
-    """``{'scores', 'labels', 'video_ids', ...}`` of a score file."""
+    """``{'scores' (N, C), 'labels', 'video_ids', ...}`` of a score file.
+
+    Score files of the release (scores ``(N, 1, C)``, no ``video_ids``) are accepted: their
+    scores are squeezed to ``(N, C)`` and ``video_ids`` is None, so they are matched to other
+    files by position (and labels).
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
             loaded = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
         raise ScoreFileError(f"score file '{path}' cannot be read: {exc}") from None
-    missing = [k for k in ('scores', 'labels', 'video_ids') if k not in loaded]
+    missing = [k for k in ('scores', 'labels') if k not in loaded]
     if missing:
         raise ScoreFileError(f"score file '{path}' lacks {', '.join(missing)}")
+    scores = loaded['scores']
+    if scores.ndim == 3 and scores.shape[1] == 1:  # the release's (N, 1, C)
+        scores = scores[:, 0]
+    if scores.ndim != 2 or scores.shape[0] != len(loaded['labels']):
+        raise ScoreFileError(f"score file '{path}': scores of shape {loaded['scores'].shape} "
+                             f"for {len(loaded['labels'])} labels")
+    loaded['scores'] = scores
+    loaded.setdefault('video_ids', None)
     return loaded
 
 
@@ -51,13 +64,15 @@ def softmax(scores):
 
 
 def check_same_videos(score_sets, paths):
-    """Refuse score files whose video ids, labels or class counts disagree."""
+    """Refuse score files whose video ids, labels or class counts disagree (files without
+    video ids, the release's, are matched by position)."""
     ref, ref_path = score_sets[0], paths[0]
     for data, path in zip(score_sets[1:], paths[1:]):
         if data['scores'].shape != ref['scores'].shape:
             raise ScoreFileError(f"score files '{ref_path}' and '{path}' disagree in shape: "
                                  f"{ref['scores'].shape} vs {data['scores'].shape}")
-        if not np.array_equal(data['video_ids'], ref['video_ids']):
+        have_ids = data['video_ids'] is not None and ref['video_ids'] is not None
+        if have_ids and not np.array_equal(data['video_ids'], ref['video_ids']):
             raise ScoreFileError(f"score files '{ref_path}' and '{path}' list different videos")
         if not np.array_equal(data['labels'], ref['labels']):
             raise ScoreFileError(f"score files '{ref_path}' and '{path}' disagree in labels")
@@ -105,9 +120,10 @@ def evaluate_models(models, loaders, num_segments, device, use_softmax=False, ma
             n = clips.size(0)
             clips = clips.to(device).view(-1, segments * 3, *clips.shape[-2:])  # (N*V, T*3, H, W)
             scores = model(clips).float().view(n, -1, model_num_class(model))  # (N, V, C)
-            if use_softmax:
-                scores = scores.softmax(dim=2)
-            outputs[k].append(scores.mean(dim=1).cpu())  # (N, C)
+            scores = scores.mean(dim=1)  # (N, C): the views' logits averaged
+            if use_softmax:  # as the release and TSM: softmax of the averaged logits
+                scores = scores.softmax(dim=1)
+            outputs[k].append(scores.cpu())
         all_labels.append(labels)
         seen += labels.size(0)
         bar.update(labels.size(0))

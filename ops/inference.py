@@ -15,6 +15,9 @@ from ops.transforms import build_transform
 
 logger = logging.getLogger('masnet')
 
+# test.py's --test_segments when neither the flag nor the checkpoint gives one: the release's
+RELEASE_TEST_SEGMENTS = 16
+
 
 def split_per_model(text, cast, count, flag):
     """Per-checkpoint values of a comma-separated flag; a single value serves every checkpoint."""
@@ -44,7 +47,8 @@ def run(args):
     models, loaders, names = [], [], []
     for k, path in enumerate(weights):
         model = model_from_checkpoint(read_checkpoint(path), path, cfg.num_class, segments[k],
-                                      args.type, args.arch, args.input_size, args.full_res)
+                                      args.type, args.arch, args.input_size, args.full_res,
+                                      default_segments=RELEASE_TEST_SEGMENTS)
         num_segments = segments[k] = model.num_segments
         transform = build_transform('test', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std, num_crops=args.test_crops)
@@ -76,7 +80,7 @@ def run(args):
             save_scores(out, model_scores, labels, video_ids, weights=path,
                         num_segments=num_segments, test_crops=args.test_crops, num_clips=num_clips)
             logger.info(f'scores written to {out}')
-    final = ensemble(scores, coeffs)
+    final = ensemble(scores, coeffs) / len(scores)  # the release's mean of weighted scores
     if len(weights) > 1:
         top1, top5, mean_class = summarize(final, labels)
         logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}')

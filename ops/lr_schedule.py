@@ -6,14 +6,26 @@ LR_TYPES = ('step_lr', 'cos_lr', 'MAS_lr')
 MAS_LR_FACTORS = (0.1, 0.1, 0.5, 0.2)
 
 
-def lr_at_epoch(lr_type, base_lr, epoch, lr_steps=(), epochs=None):
-    """Learning rate of `epoch` (0-based) under schedule `lr_type`."""
-    if lr_type == 'step_lr':
+def lr_at_epoch(lr_type, base_lr, epoch, lr_steps=(), epochs=None, warmup=0):
+    """Learning rate of `epoch` (0-based) under schedule `lr_type`.
+
+    MAS_lr with other than four steps decays x0.1 at each step, as step_lr (the release's
+    fallback, used by its 3-step recipes). With ``warmup`` N > 0 the first N epochs are
+    scaled by (epoch + 1) / N.
+    """
+    scale = (epoch + 1) / warmup if epoch < warmup else 1.0
+    return scale * _scheduled_lr(lr_type, base_lr, epoch, lr_steps, epochs)
+
+
+def mas_lr_falls_back(lr_type, lr_steps):
+    """True when MAS_lr is asked with a step count it treats as step_lr."""
+    return lr_type == 'MAS_lr' and len(lr_steps) != len(MAS_LR_FACTORS)
+
+
+def _scheduled_lr(lr_type, base_lr, epoch, lr_steps, epochs):
+    if lr_type == 'step_lr' or mas_lr_falls_back(lr_type, lr_steps):
         return base_lr * 0.1 ** sum(epoch >= step for step in lr_steps)
     if lr_type == 'MAS_lr':
-        if len(lr_steps) != len(MAS_LR_FACTORS):
-            raise ValueError(f'--lr_steps: MAS_lr needs {len(MAS_LR_FACTORS)} steps, '
-                             f'got {len(lr_steps)} ({" ".join(map(str, lr_steps))})')
         lr = base_lr
         for step, factor in zip(lr_steps, MAS_LR_FACTORS):
             if epoch >= step:

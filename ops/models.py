@@ -36,7 +36,11 @@ class TemporalModel(nn.Module):
         backbone: ResNet arch (``archs.ARCHS``).
         dropout: dropout before new_fc (the backbone's fc becomes this Dropout).
         consensus_type: 'avg' (the only consensus the release uses).
-        partial_bn: freeze every BatchNorm but the first while training (TSN).
+        partial_bn: TSN/TSM's partial BN (off in the release and by default): while
+            training, every BatchNorm after the first whose weights came from initialisation
+            (``pretrain`` here, ``init_norms_from`` after a --tune_from load) keeps its
+            statistics and affine parameters frozen. BatchNorms that no weight file set (MAM
+            ``bn1``, MSM ``bn_fc1`` under ImageNet init) always train.
         pretrain: 'imagenet' (torchvision weights from the local torch hub cache),
             'none', or the path of a weight file.
         input_size: side of the square network input (224 in the paper).
@@ -46,7 +50,7 @@ class TemporalModel(nn.Module):
     """
 
     def __init__(self, num_class, num_segments, base_model='MASNet', backbone='resnet50',
-                 dropout=0.5, consensus_type='avg', partial_bn=True, pretrain='imagenet',
+                 dropout=0.5, consensus_type='avg', partial_bn=False, pretrain='imagenet',
                  input_size=224, full_res=False):
         super().__init__()
         if base_model not in TEMPORAL_TYPES:
@@ -64,6 +68,7 @@ class TemporalModel(nn.Module):
         self.input_size = input_size
         self.full_res = full_res
         self._enable_pbn = partial_bn
+        self.initialised_norms = set()  # names of BatchNorms in base_model set by weight files
 
         self.base_model = build_backbone(backbone, base_model, num_segments)
         self.num_pretrained_tensors = self._load_pretrained(pretrain)
@@ -100,7 +105,23 @@ class TemporalModel(nn.Module):
                                   f"{self.arch}; is it a ResNet weight file?")
         logger.info('loaded %d/%d backbone tensors from %s', len(loaded),
                     len(self.base_model.state_dict()), path)
+        self.init_norms_from(loaded)
         return len(loaded)
+
+    def init_norms_from(self, loaded_names):
+        """Record the BatchNorms of base_model whose weights are among `loaded_names`
+        (``state_dict`` keys, with or without the ``base_model.`` prefix)."""
+        loaded = {k[len('base_model.'):] if k.startswith('base_model.') else k
+                  for k in loaded_names}
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)) and f'{name}.weight' in loaded:
+                self.initialised_norms.add(name)
+
+    def partial_bn_norms(self):
+        """The BatchNorms partial BN freezes: all initialised ones but the first BatchNorm."""
+        norms = [(name, m) for name, m in self.base_model.named_modules()
+                 if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]
+        return [m for name, m in norms[1:] if name in self.initialised_norms]
 
     def forward(self, x):
         n = x.size(0)
@@ -110,12 +131,10 @@ class TemporalModel(nn.Module):
         return scores.view(n, -1, self.num_class).mean(dim=1)  # (N, num_class)
 
     def train(self, mode=True):
-        """Switch mode; with partial BN, every BatchNorm but the first stays frozen in eval."""
+        """Switch mode; with partial BN, the BatchNorms of ``partial_bn_norms`` stay frozen."""
         super().train(mode)
         if self._enable_pbn and mode:
-            norms = [m for m in self.base_model.modules()
-                     if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]
-            for m in norms[1:]:
+            for m in self.partial_bn_norms():
                 m.eval()
                 m.weight.requires_grad_(False)
                 m.bias.requires_grad_(False)
@@ -184,12 +203,13 @@ class TemporalModel(nn.Module):
 
 
 def model_from_checkpoint(checkpoint, path, num_class, num_segments=None, base_model=None,
-                          arch=None, input_size=None, full_res=False):
+                          arch=None, input_size=None, full_res=False, default_segments=8):
     """Rebuild the TemporalModel a checkpoint was trained as, and load its weights.
 
     The model's settings come from the flags given here, then from the checkpoint's
     metadata ('type', 'arch', 'num_segments', 'input_size'; the release stores only
-    'arch'), then from the paper's defaults (MASNet, resnet50, 8 segments, 224 px).
+    'arch'), then from the defaults (MASNet, resnet50, `default_segments`, 224 px); a
+    segment count taken from the defaults is logged.
     Raises CheckpointError when the class count or segment count does not fit.
     """
     state_dict = checkpoint['state_dict']
@@ -207,7 +227,10 @@ def model_from_checkpoint(checkpoint, path, num_class, num_segments=None, base_m
     if arch not in ARCHS:
         raise CheckpointError(f"checkpoint '{path}' names arch '{arch}', not one of "
                               f"{', '.join(ARCHS)}; pass --arch")
-    model = TemporalModel(num_class, num_segments or trained_segments or 8,
+    if not (num_segments or trained_segments):
+        logger.info(f"'{path}' records no segment count: using {default_segments} "
+                    f"(pass --test_segments to change it)")
+    model = TemporalModel(num_class, num_segments or trained_segments or default_segments,
                           base_model or checkpoint.get('type') or 'MASNet', arch,
                           partial_bn=False, pretrain='none',
                           input_size=input_size or checkpoint.get('input_size') or 224,

@@ -72,7 +72,7 @@ def temporal_model(model, x):
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in layer:
             y = (bottleneck if isinstance(block, MASBottleneck) else basic_block)(block, y, T)
-    y = net.avgpool(y).flatten(1)
+    y = net.fc(net.avgpool(y).flatten(1))  # fc is the Dropout before new_fc
     return model.new_fc(y).view(x.size(0), T, -1).mean(1)
 
 

@@ -11,7 +11,7 @@ from ops.dataset_config import get_dataset_config
 from ops.distributed import ShardSampler, cleanup, setup_runtime, wrap_model
 from ops.engine import train_one_epoch, validate
 from ops.experiment import default_store_name, run_folder, save_args, setup_logging
-from ops.lr_schedule import apply_lr, lr_at_epoch
+from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.models import TemporalModel
 from ops.transforms import build_transform
 from ops.utils import set_seed
@@ -44,6 +44,14 @@ def build_loaders(cfg, model, args, runtime):
     return train_loader, val_loader, train_sampler
 
 
+def build_model(args, num_class):
+    """The TemporalModel main.py trains for `args` (before any --resume / --tune_from)."""
+    return TemporalModel(num_class, args.num_segments, args.type, args.arch,
+                         dropout=args.dropout, consensus_type=args.consensus_type,
+                         partial_bn=args.partialbn, pretrain=args.pretrain,
+                         input_size=args.input_size)
+
+
 def add_scalars(writer, epoch, values):
     """Write {tag: value} to TensorBoard at `epoch` (no-op without a writer, i.e. off rank 0)."""
     if writer is not None:
@@ -67,14 +75,10 @@ def run(args):
                 f'{args.num_segments} segments, {args.input_size}px; device {runtime.device}, '
                 f'{runtime.world_size} process(es)')
 
-    partial_bn = not args.no_partialbn
-    if partial_bn and args.pretrain == 'none':
-        logger.info('--pretrain none: partial BN off (it would freeze untrained BatchNorm layers)')
-        partial_bn = False
-    model = TemporalModel(cfg.num_class, args.num_segments, args.type, args.arch,
-                          dropout=args.dropout, consensus_type=args.consensus_type,
-                          partial_bn=partial_bn, pretrain=args.pretrain,
-                          input_size=args.input_size)
+    model = build_model(args, cfg.num_class)
+    if mas_lr_falls_back(args.lr_type, args.lr_steps):
+        logger.info(f'--lr_type MAS_lr with {len(args.lr_steps)} steps: x0.1 at each step '
+                    f'(step_lr), as the release does')
     optimizer = torch.optim.SGD(model.get_optim_policies(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     use_scaler = args.amp and runtime.device.type == 'cuda'
@@ -93,12 +97,23 @@ def run(args):
             optimizer.load_state_dict(checkpoint['optimizer'])
         if checkpoint.get('scaler') and use_scaler:
             scaler.load_state_dict(checkpoint['scaler'])
+        model.initialised_norms.update(checkpoint.get('initialised_norms') or ())
         start_epoch = int(checkpoint.get('epoch', 0))
         best_prec1 = float(checkpoint.get('best_prec1', 0.0))
         logger.info(f"resumed '{resume}' at epoch {start_epoch} (best top-1 {best_prec1:.2f})")
     elif args.tune_from:
-        load_model_weights(model, args.tune_from, skip_prefixes=('new_fc.',))
+        checkpoint = load_model_weights(model, args.tune_from, skip_prefixes=('new_fc.',))
+        model.init_norms_from(checkpoint['state_dict'])
         logger.info(f"fine-tuning from '{args.tune_from}' (new_fc re-initialised)")
+    if args.partialbn:
+        frozen = len(model.partial_bn_norms())
+        total = sum(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))
+                    for m in model.base_model.modules())
+        logger.info(f'--partialbn: {frozen} of {total} BatchNorms frozen (initialised ones but '
+                    f'the first); {total - frozen} train')
+        if frozen == 0:
+            logger.warning('--partialbn freezes nothing: no BatchNorm was initialised from '
+                           'weights (--pretrain none and no --tune_from)')
 
     net = wrap_model(model, runtime)
     train_loader, val_loader, train_sampler = build_loaders(cfg, model, args, runtime)
@@ -119,7 +134,8 @@ def run(args):
         for epoch in range(start_epoch, args.epochs):
             set_seed(args.seed + epoch)  # an epoch's randomness depends only on (seed, epoch)
             train_sampler.set_epoch(epoch)
-            lr = lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs)
+            lr = lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs,
+                             args.warmup)
             apply_lr(optimizer, lr, args.weight_decay)
             loss, prec1, prec5 = train_one_epoch(net, train_loader, criterion, optimizer, scaler,
                                                  epoch, runtime, args, lr)
@@ -145,7 +161,8 @@ def run(args):
                          'dataset': cfg.name, 'input_size': args.input_size,
                          'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'scaler': scaler.state_dict() if use_scaler else None,
-                         'best_prec1': best_prec1, 'args': vars(args)}
+                         'best_prec1': best_prec1, 'args': vars(args),
+                         'initialised_norms': sorted(model.initialised_norms)}
                 save_checkpoint(state, os.path.join(ckpt_dir, LATEST_NAME))
                 if is_best:
                     save_checkpoint(state, os.path.join(ckpt_dir, BEST_NAME))

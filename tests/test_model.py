@@ -188,17 +188,6 @@ def test_optim_policies_cover_every_parameter_once():
         model.get_optim_policies()
 
 
-def test_partial_bn_freezes_all_but_first():
-    model = TemporalModel(5, 4, 'MASNet', 'resnet10', partial_bn=True, pretrain='none', input_size=64)
-    model.train()
-    norms = [m for m in model.base_model.modules() if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]
-    assert norms[0].training and norms[0].weight.requires_grad
-    assert all(not m.training and not m.weight.requires_grad for m in norms[1:])
-    model.partialBN(False)
-    model.train()
-    assert all(m.training and m.weight.requires_grad for m in norms)
-
-
 def _fake_torchvision_resnet18():
     """A torchvision-layout resnet18 state dict (no conv biases), random values."""
     plain = TemporalModel(1000, 1, 'TSN', 'resnet18', dropout=0, pretrain='none').base_model
