@@ -1,7 +1,8 @@
 """Command-line flags of main.py (training); the model flags are shared with test.py and CAM.py."""
 import argparse
 
-from archs import ARCHS, TEMPORAL_TYPES
+from archs import ARCHS
+from ops.temporal import TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
 
 

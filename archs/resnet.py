@@ -1,9 +1,10 @@
 """ResNet backbones that temporal modules are spliced into.
 
-One definition serves TSN (plain blocks), TSM (temporal shift) and MAS-Net (MAM/MSM/TIM):
-a block has two hooks, ``shift_input`` (applied to the residual branch's input) and
-``temporal`` (applied after conv1/bn1/relu); the plain blocks leave both as identity and the
-temporal variants override them. Every frame of every clip goes through the 2D layers as
+One definition serves every temporal module type (ops/temporal.py lists them): a block has
+two hooks, ``shift_input`` (applied to the residual branch's input) and ``temporal``
+(applied after conv1/bn1/relu); the plain blocks leave both as identity and the temporal
+blocks (ops/temporal_shift.py, ops/MASNet.py) override them. This module knows nothing of
+them. Every frame of every clip goes through the 2D layers as
 one batch: inputs are ``(N*T, C, H, W)`` with the T frames of a clip contiguous.
 
 As in the MAS-Net release every Conv2d carries a bias. Biases start at zero so that
@@ -78,40 +79,6 @@ class Bottleneck(_TemporalHooks):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
-
-
-def temporal_shift(x, num_segments, fold_div=8):
-    """TSM's shift: 1/fold_div of the channels take frame t+1, the next 1/fold_div take t-1.
-
-    x: ``(N*T, C, H, W)``; missing neighbours at the clip ends are zeros. Returns a new tensor.
-    """
-    nt, c, h, w = x.shape
-    x = x.view(nt // num_segments, num_segments, c, h, w)  # (N, T, C, H, W)
-    fold = c // fold_div
-    out = x.new_zeros(x.shape)
-    out[:, :-1, :fold] = x[:, 1:, :fold]
-    out[:, 1:, fold:2 * fold] = x[:, :-1, fold:2 * fold]
-    out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
-    return out.view(nt, c, h, w)
-
-
-class _ShiftMixin:
-    """TSM's residual shift: a temporal shift at the start of the residual branch."""
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None, bias=True, num_segments=8):
-        super().__init__(inplanes, planes, stride, downsample, bias)
-        self.num_segments = num_segments
-
-    def shift_input(self, x):
-        return temporal_shift(x, self.num_segments)
-
-
-class TSMBasicBlock(_ShiftMixin, BasicBlock):
-    """BasicBlock with TSM's residual shift."""
-
-
-class TSMBottleneck(_ShiftMixin, Bottleneck):
-    """Bottleneck with TSM's residual shift."""
 
 
 class ResNet(nn.Module):
@@ -201,4 +168,3 @@ def build_resnet(arch, block_types, num_segments=8, bias=True):
 
 
 PLAIN_BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
-TSM_BLOCKS = {'basic': TSMBasicBlock, 'bottleneck': TSMBottleneck}

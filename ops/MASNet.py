@@ -186,6 +186,16 @@ class MASBasicBlock(_MASMixin, BasicBlock):
 MAS_BLOCKS = {'basic': MASBasicBlock, 'bottleneck': MASBottleneck}
 
 
+def tim_macs(module, input_shape):
+    """Multiply-adds of TIM counted as the depthwise temporal conv it is (3 per output)."""
+    nt, c, h, w = input_shape
+    return 3 * nt * c * h * w
+
+
+# what FLOP counters miss: TIM runs as elementwise adds, which fvcore does not count
+UNCOUNTED_MACS = {TIM: tim_macs}
+
+
 def mas_resnet(arch, num_segments=8):
     """MAS-ResNet of any arch in archs.resnet.ARCHS (fc still 1000-way, replaced by the head)."""
     return build_resnet(arch, MAS_BLOCKS, num_segments=num_segments)

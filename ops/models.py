@@ -11,7 +11,8 @@ import os
 import torch
 import torch.nn as nn
 
-from archs import ARCHS, IMAGENET_WEIGHT_FILES, TEMPORAL_TYPES, build_backbone
+from archs import ARCHS, IMAGENET_WEIGHT_FILES
+from ops.temporal import TEMPORAL_TYPES, build_backbone
 from ops.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
 
 logger = logging.getLogger('masnet.model')

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from archs.resnet import temporal_shift
+from ops.temporal_shift import temporal_shift
 from ops.checkpoint import CheckpointError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
 from ops import reference as ref

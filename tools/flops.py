@@ -3,10 +3,10 @@
     python tools/flops.py --type MASNet --arch resnet50 --num_segments 8     # 33.5 G, 26.07 M
 
 fvcore counts one multiply-add as one flop (so its "GFLOPs" are GMACs, as in the paper's
-tables); convolutions, linear layers and BatchNorm are counted, elementwise ops are not.
-MAS-Net is counted in the release's formulation (ops/reference.py: TIM as a depthwise Conv1d,
-MSM's Conv3d), the one the paper's numbers count; ops/MASNet.py computes the same function
-with other operations (TIM as adds, which fvcore would not count).
+tables); convolutions, linear layers, matmuls and BatchNorm are counted, elementwise ops are
+not. The real modules are counted; what a temporal module computes with elementwise ops but
+the paper counts as a layer (TIM: a depthwise temporal conv run as adds) is added by that
+module's handler in ops/temporal.py.
 """
 import argparse
 import os
@@ -16,9 +16,27 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from archs import ARCHS, TEMPORAL_TYPES  # noqa: E402
+from archs import ARCHS  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
-from ops.reference import ReleaseStyleModel  # noqa: E402
+from ops.temporal import TEMPORAL_TYPES, temporal_module  # noqa: E402
+
+
+def uncounted_macs(model, clip, handlers):
+    """Multiply-adds of the modules with a handler, from one forward pass over `clip`."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        total += handlers[type(module)](module, tuple(inputs[0].shape))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if type(m) in handlers]
+    try:
+        with torch.no_grad():
+            model(clip)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
 
 
 def count(model_type='MASNet', arch='resnet50', num_segments=8, input_size=224, num_class=174):
@@ -29,12 +47,12 @@ def count(model_type='MASNet', arch='resnet50', num_segments=8, input_size=224, 
                           input_size=input_size).eval()
     params = sum(p.numel() for p in model.parameters())
     clip = torch.zeros(1, num_segments * 3, input_size, input_size)
-    counted = ReleaseStyleModel(model) if model_type == 'MASNet' else model
-    analysis = FlopCountAnalysis(counted, clip)
+    analysis = FlopCountAnalysis(model, clip)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     with torch.no_grad():
         flops = analysis.total()
+    flops += uncounted_macs(model, clip, temporal_module(model_type).uncounted_macs)
     return params, flops / 1e9
 
 
