@@ -6,14 +6,19 @@ that DataParallel/DistributedDataParallel add; every loader accepts both. Loadin
 strict: missing keys, unexpected keys and shape mismatches are reported together in one
 line (``CheckpointError``), never as a raw traceback and never as a silent partial load.
 """
+import logging
 import os
 import pickle
 
 import torch
 
+from archs import IMAGENET_WEIGHT_FILES
 from ops.utils import atomic_write
 
 WRAPPER_PREFIXES = ('module.',)
+IMAGENET_URL = 'https://download.pytorch.org/models/{}'
+
+logger = logging.getLogger('masnet.model')
 
 
 class CheckpointError(RuntimeError):
@@ -128,3 +133,43 @@ def unwrap_model(model):
                                                           torch.nn.parallel.DistributedDataParallel)):
         model = model.module
     return model
+
+
+def imagenet_weight_path(arch):
+    """Where torchvision keeps the IMAGENET1K_V1 weights of `arch` (the torch hub cache)."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', IMAGENET_WEIGHT_FILES[arch])
+
+
+def load_pretrained_backbone(backbone, arch, pretrain):
+    """Initialise `backbone` (a ResNet of `arch`) non-strictly from pretrained weights.
+
+    pretrain: 'imagenet' (torchvision's file in the torch hub cache; never downloaded),
+    'none' / '' / None, or the path of a weight file (torchvision layout or a TemporalModel
+    checkpoint, whose new_fc is ignored). Returns the names of the tensors loaded.
+    """
+    if pretrain in (None, '', 'none'):
+        return []
+    if pretrain == 'imagenet':
+        if arch not in IMAGENET_WEIGHT_FILES:
+            raise CheckpointError(f"--pretrain imagenet: no torchvision weights exist for "
+                                  f"'{arch}'; pass --pretrain none or a weight file")
+        path = imagenet_weight_path(arch)
+        if not os.path.isfile(path):
+            url = IMAGENET_URL.format(IMAGENET_WEIGHT_FILES[arch])
+            raise CheckpointError(
+                f"--pretrain imagenet: '{path}' not found (no download is attempted); "
+                f"fetch {url} to that path, or pass --pretrain none or --pretrain PATH")
+    else:
+        path = pretrain
+    state_dict = read_checkpoint(path)['state_dict']
+    state_dict = {k[len('base_model.'):] if k.startswith('base_model.') else k: v
+                  for k, v in state_dict.items()
+                  if not k.startswith(('new_fc.', 'fc.', 'base_model.fc.'))}
+    loaded = load_state_dict_checked(backbone, state_dict, source=f"pretrained weights '{path}'",
+                                     allow_missing=True)
+    if not loaded:
+        raise CheckpointError(f"pretrained weights '{path}' share no parameter name with "
+                              f"{arch}; is it a ResNet weight file?")
+    logger.info('loaded %d/%d backbone tensors from %s', len(loaded),
+                len(backbone.state_dict()), path)
+    return loaded

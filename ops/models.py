@@ -6,25 +6,18 @@ of TSN). Its ``state_dict`` names (``base_model.*``, ``new_fc.*``) are those of 
 release.
 """
 import logging
-import os
 
-import torch
 import torch.nn as nn
 
-from archs import ARCHS, IMAGENET_WEIGHT_FILES
+from archs import ARCHS
+from ops.checkpoint import CheckpointError, load_pretrained_backbone, load_state_dict_checked
+from ops.optim import optim_policies
 from ops.temporal import TEMPORAL_TYPES, build_backbone
-from ops.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
 
 logger = logging.getLogger('masnet.model')
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-IMAGENET_URL = 'https://download.pytorch.org/models/{}'
-
-
-def imagenet_weight_path(arch):
-    """Where torchvision keeps the IMAGENET1K_V1 weights of `arch` (the torch hub cache)."""
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', IMAGENET_WEIGHT_FILES[arch])
 
 
 class TemporalModel(nn.Module):
@@ -72,42 +65,14 @@ class TemporalModel(nn.Module):
         self.initialised_norms = set()  # names of BatchNorms in base_model set by weight files
 
         self.base_model = build_backbone(backbone, base_model, num_segments)
-        self.num_pretrained_tensors = self._load_pretrained(pretrain)
+        loaded = load_pretrained_backbone(self.base_model, backbone, pretrain)
+        self.num_pretrained_tensors = len(loaded)
+        self.init_norms_from(loaded)
         feature_dim = self.base_model.fc.in_features
         self.base_model.fc = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
         self.new_fc = nn.Linear(feature_dim, num_class)
         nn.init.normal_(self.new_fc.weight, 0, 0.001)
         nn.init.constant_(self.new_fc.bias, 0)
-
-    def _load_pretrained(self, pretrain):
-        """Initialise the backbone from ImageNet weights; returns the number of tensors loaded."""
-        if pretrain in (None, '', 'none'):
-            return 0
-        if pretrain == 'imagenet':
-            if self.arch not in IMAGENET_WEIGHT_FILES:
-                raise CheckpointError(f"--pretrain imagenet: no torchvision weights exist for "
-                                      f"'{self.arch}'; pass --pretrain none or a weight file")
-            path = imagenet_weight_path(self.arch)
-            if not os.path.isfile(path):
-                url = IMAGENET_URL.format(IMAGENET_WEIGHT_FILES[self.arch])
-                raise CheckpointError(
-                    f"--pretrain imagenet: '{path}' not found (no download is attempted); "
-                    f"fetch {url} to that path, or pass --pretrain none or --pretrain PATH")
-        else:
-            path = pretrain
-        state_dict = read_checkpoint(path)['state_dict']
-        state_dict = {k[len('base_model.'):] if k.startswith('base_model.') else k: v
-                      for k, v in state_dict.items() if not k.startswith('new_fc.')}
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('fc.')}
-        loaded = load_state_dict_checked(self.base_model, state_dict,
-                                         source=f"pretrained weights '{path}'", allow_missing=True)
-        if not loaded:
-            raise CheckpointError(f"pretrained weights '{path}' share no parameter name with "
-                                  f"{self.arch}; is it a ResNet weight file?")
-        logger.info('loaded %d/%d backbone tensors from %s', len(loaded),
-                    len(self.base_model.state_dict()), path)
-        self.init_norms_from(loaded)
-        return len(loaded)
 
     def init_norms_from(self, loaded_names):
         """Record the BatchNorms of base_model whose weights are among `loaded_names`
@@ -172,35 +137,8 @@ class TemporalModel(nn.Module):
                                self.input_std, flip=flip, mirror_map=mirror_map)
 
     def get_optim_policies(self):
-        """Parameter groups with the release's lr / weight-decay multipliers.
-
-        first conv weight (1, 1), first conv bias (2, 0), other conv/linear weights (1, 1),
-        their biases (2, 0), BatchNorm 2d/3d affine parameters (1, 0). Every parameter is in
-        exactly one group; a parameterised module of another type is an error.
-        """
-        groups = {name: [] for name in ('first_conv_weight', 'first_conv_bias', 'normal_weight',
-                                        'normal_bias', 'bn')}
-        first_conv_seen = False
-        for name, module in self.named_modules():
-            params = list(module.parameters(recurse=False))
-            if not params:
-                continue
-            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-                is_first = isinstance(module, nn.Conv2d) and not first_conv_seen
-                first_conv_seen = first_conv_seen or is_first
-                prefix = 'first_conv' if is_first else 'normal'
-                groups[prefix + '_weight'].append(module.weight)
-                if module.bias is not None:
-                    groups[prefix + '_bias'].append(module.bias)
-            elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-                groups['bn'].extend(params)
-            else:
-                raise ValueError(f"get_optim_policies: no lr policy for module '{name}' of "
-                                 f"type {type(module).__name__} with parameters")
-        multipliers = {'first_conv_weight': (1, 1), 'first_conv_bias': (2, 0),
-                       'normal_weight': (1, 1), 'normal_bias': (2, 0), 'bn': (1, 0)}
-        return [{'params': groups[name], 'lr_mult': lr, 'decay_mult': decay, 'name': name}
-                for name, (lr, decay) in multipliers.items()]
+        """Parameter groups with the release's lr / weight-decay multipliers (ops.optim)."""
+        return optim_policies(self)
 
 
 def model_from_checkpoint(checkpoint, path, num_class, num_segments=None, base_model=None,
