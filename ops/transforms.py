@@ -1,22 +1,43 @@
 """Group transforms: every frame of a clip gets the same geometry.
 
 Frames are ``(H, W, 3)`` uint8 BGR numpy arrays, as OpenCV decodes them; the tensors made
-from them are RGB. Crops are numpy views, only the crop is resized (OpenCV, bilinear), and
-the BGR -> RGB swap, float conversion and ImageNet normalisation are one pass per channel.
-``build_transform`` assembles the train / val / test pipelines; each is a callable ``(frames, label) -> (tensor, label)`` where the tensor is
-``(V*F*3, H, W)`` float32 for V views (crops) of F frames, crop-major.
+from them are RGB. Crops are numpy views and only the crop is resized. Every resize is PIL's
+bilinear filter, as in the release's PIL/torchvision pipeline: a triangle filter whose support
+grows with the downscaling factor, so downscaling anti-aliases (OpenCV's INTER_LINEAR does not,
+and differs from it by up to 80 grey levels on 1280x720 frames). ``resize_group`` computes it with
+torch's uint8 anti-aliased bilinear interpolation on the whole group at once; it matches Pillow's
+``Image.resize(..., BILINEAR)`` within one grey level at every scale factor
+(tests/test_transforms_resize.py).
+The BGR -> RGB swap, float conversion and ImageNet normalisation are one pass per channel.
+``build_transform`` assembles the train / val / test pipelines; each is a callable
+``(frames, label) -> (tensor, label)`` where the tensor is ``(V*F*3, H, W)`` float32 for V views
+(crops) of F frames, crop-major.
 """
 import random
 
-import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
-def _resize(img, width, height):
-    if img.shape[1] == width and img.shape[0] == height:
-        return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+def resize_group(frames: list, width: int, height: int) -> list:
+    """Resize frames of one size to ``width x height`` with PIL's bilinear filter.
+
+    frames: ``(h, w, 3)`` uint8 arrays (views allowed). Returns them unchanged when they already
+    have the size, else a list of ``(height, width, 3)`` uint8 arrays. The triangle filter's
+    support is one source pixel, times the scale factor when downscaling (anti-aliasing), as in
+    Pillow; torch's uint8 kernel matches Pillow within one grey level. Channels are filtered
+    independently, so BGR frames give the BGR of the RGB result. One call for the group; stacking
+    the frames (crop views) is the only copy of the input.
+    """
+    h, w = frames[0].shape[:2]
+    if (w, h) == (width, height):
+        return frames
+    batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # (F, 3, h, w), channels last
+    batch = batch.contiguous(memory_format=torch.channels_last)  # no copy; the fast uint8 kernel
+    out = F.interpolate(batch, size=(height, width), mode='bilinear', antialias=True,
+                        align_corners=False)  # (F, 3, height, width) uint8
+    return list(out.permute(0, 2, 3, 1).numpy())  # F x (height, width, 3)
 
 
 def fixed_offsets(image_w, image_h, crop_w, crop_h, more_fix_crop=True):
@@ -59,10 +80,10 @@ class GroupMultiScaleCrop:
         x, y = rng.choice(fixed_offsets(image_w, image_h, crop_w, crop_h, self.more_fix_crop))
         return x, y, crop_w, crop_h
 
-    def __call__(self, frames):
+    def __call__(self, frames, rng=random):
         h, w = frames[0].shape[:2]
-        x, y, cw, ch = self.crop_box(w, h)
-        return [_resize(f[y:y + ch, x:x + cw], self.size, self.size) for f in frames]
+        x, y, cw, ch = self.crop_box(w, h, rng)
+        return resize_group([f[y:y + ch, x:x + cw] for f in frames], self.size, self.size)
 
 
 class GroupRandomHorizontalFlip:
@@ -95,7 +116,7 @@ class GroupScale:
             new_w, new_h = self.size, int(self.size * h / w)
         else:
             new_w, new_h = int(self.size * w / h), self.size
-        return [_resize(f, new_w, new_h) for f in frames]
+        return resize_group(frames, new_w, new_h)
 
 
 class GroupCenterCrop:
