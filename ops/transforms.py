@@ -4,10 +4,11 @@ Frames are ``(H, W, 3)`` uint8 BGR numpy arrays, as OpenCV decodes them; the ten
 from them are RGB. Crops are numpy views and only the crop is resized. Every resize is PIL's
 bilinear filter, as in the release's PIL/torchvision pipeline: a triangle filter whose support
 grows with the downscaling factor, so downscaling anti-aliases (OpenCV's INTER_LINEAR does not,
-and differs from it by up to 80 grey levels on 1280x720 frames). ``resize_group`` computes it with
-torch's uint8 anti-aliased bilinear interpolation on the whole group at once; it matches Pillow's
-``Image.resize(..., BILINEAR)`` within one grey level at every scale factor
-(tests/test_transforms_resize.py).
+and is up to 120 grey levels off on 1280x720 frames). ``resize_group`` computes it with torch's
+SIMD uint8 anti-aliased bilinear kernel, one call per group: it matches Pillow's
+``Image.resize(..., BILINEAR)`` within one grey level except about one value in a million, two
+levels off where its int16 weights round a near-tie the other way from Pillow's 22-bit ones
+(tests/test_transforms_resize.py). Pillow itself would be exact but 5-10x slower.
 The BGR -> RGB swap, float conversion and ImageNet normalisation are one pass per channel.
 ``build_transform`` assembles the train / val / test pipelines; each is a callable
 ``(frames, label) -> (tensor, label)`` where the tensor is ``(V*F*3, H, W)`` float32 for V views
@@ -27,9 +28,9 @@ def resize_group(frames: list, width: int, height: int) -> list:
     frames: ``(h, w, 3)`` uint8 arrays (views allowed). Returns them unchanged when they already
     have the size, else a list of ``(height, width, 3)`` uint8 arrays. The triangle filter's
     support is one source pixel, times the scale factor when downscaling (anti-aliasing), as in
-    Pillow; torch's uint8 kernel matches Pillow within one grey level. Channels are filtered
-    independently, so BGR frames give the BGR of the RGB result. One call for the group; stacking
-    the frames (crop views) is the only copy of the input.
+    Pillow (see the module docstring for how close). Channels are filtered independently, so BGR
+    frames give the BGR of the RGB result. One call for the group; stacking the frames (crop
+    views) is the only copy of the input.
     """
     h, w = frames[0].shape[:2]
     if (w, h) == (width, height):

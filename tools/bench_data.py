@@ -7,7 +7,8 @@ to 224, flip, stack and normalise to a (24, 224, 224) float tensor; the baseline
 the release (TSN/TSM) does (PIL open/convert, crop, resize with PIL's bilinear filter, per-frame
 arrays stacked, per-channel normalisation loop), ours is ops.dataset + ops.transforms. One
 process, no loader workers. Also prints the largest difference between the two pipelines'
-tensors for the same crop boxes and flips (at most one grey level when the resizes agree).
+tensors for the same crop boxes and flips: one grey level, two on rare rounding ties (see
+ops/transforms.py).
 """
 import argparse
 import os
@@ -63,7 +64,10 @@ def our_pipeline(paths, transform):
 
 
 def max_difference(paths, transform, clips=20):
-    """Largest |baseline - ours| over `clips` seeded crop boxes and flips: normalised, grey levels."""
+    """Largest |baseline - ours| over `clips` seeded crop boxes and flips.
+
+    Returns it after normalisation and in grey levels (times 255 std of its channel).
+    """
     largest = np.zeros(3)
     for seed in range(clips):
         random.seed(seed)
@@ -101,11 +105,11 @@ def main(argv=None):
             baseline.append(clips_per_second(lambda: pil_pipeline(paths), args.clips // 3))
             ours.append(clips_per_second(lambda: our_pipeline(paths, transform), args.clips // 3))
     base, fast = float(np.median(baseline)), float(np.median(ours))
-    print(f'{args.frames} frames of {args.width}x{args.height} JPEG -> ({args.frames * 3}, 224, 224), '
-          '1 thread')
+    print(f'{args.frames} frames of {args.width}x{args.height} JPEG -> '
+          f'({args.frames * 3}, 224, 224), 1 thread')
     print(f'JPEG decoding alone: {1000 / decode_only:.1f} ms/clip')
-    print(f'PIL-per-frame TSN pipeline: {base:.1f} clips/s ({1000 / base:.1f} ms/clip)')
-    print(f'ops.transforms pipeline:    {fast:.1f} clips/s ({1000 / fast:.1f} ms/clip), '
+    print(f"release's PIL pipeline:  {base:.1f} clips/s ({1000 / base:.1f} ms/clip)")
+    print(f'ops.transforms pipeline: {fast:.1f} clips/s ({1000 / fast:.1f} ms/clip), '
           f'{fast / base:.2f}x')
     print(f'max |PIL pipeline - ours|, same crops and flips: {normalised:.4f} after normalisation '
           f'({grey:.2f} grey levels)')
