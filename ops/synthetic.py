@@ -134,3 +134,27 @@ def ensure_synthetic(root, **kwargs):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def textured_scene(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A still ``(height, width, 3)`` uint8 frame with the structure of a natural image.
+
+    Smooth colour gradients, flat discs and rectangles with hard edges, a fine stripe texture
+    (period ~19 px) in the lower half and pixel noise: what tells resize filters apart (the
+    input of the resize checks in tests/test_transforms_resize.py and tools/bench_data.py).
+    Deterministic in the seed.
+    """
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([60 + 120 * xx / width, 40 + 150 * yy / height,
+                    200 - 100 * (xx + yy) / (width + height)], axis=-1)  # (H, W, 3)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(3, height / 4)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    for _ in range(8):
+        x, y = rng.randint(0, width - 2), rng.randint(0, height - 2)
+        img[y:y + rng.randint(2, height // 3 + 3), x:x + rng.randint(2, width // 3 + 3)] = \
+            rng.uniform(0, 255, 3)
+    img[height // 2:] += 25 * np.sin(xx[height // 2:] / 3.0)[..., None]
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)

@@ -1,22 +1,45 @@
 """Group transforms: every frame of a clip gets the same geometry.
 
 Frames are ``(H, W, 3)`` uint8 BGR numpy arrays, as OpenCV decodes them; the tensors made
-from them are RGB. Crops are numpy views, only the crop is resized (OpenCV, bilinear), and
-the BGR -> RGB swap, float conversion and ImageNet normalisation are one pass per channel.
-``build_transform`` assembles the train / val / test pipelines; each is a callable ``(frames, label) -> (tensor, label)`` where the tensor is
-``(V*F*3, H, W)`` float32 for V views (crops) of F frames, crop-major.
+from them are RGB. Crops are numpy views and only the crop is resized. Every resize is PIL's
+bilinear filter, as in the release's PIL/torchvision pipeline: a triangle filter whose support
+grows with the downscaling factor, so downscaling anti-aliases (OpenCV's INTER_LINEAR does not,
+and is up to 120 grey levels off on 1280x720 frames). ``resize_group`` computes it with torch's
+SIMD uint8 anti-aliased bilinear kernel, one call per group: it matches Pillow's
+``Image.resize(..., BILINEAR)`` within one grey level except about one value in a million, two
+levels off where its int16 weights round a near-tie the other way from Pillow's 22-bit ones
+(tests/test_transforms_resize.py). Pillow itself would be exact but 5-10x slower.
+The BGR -> RGB swap, float conversion and ImageNet normalisation are one pass per channel.
+``build_transform`` assembles the train / val / test pipelines; each is a callable
+``(frames, label) -> (tensor, label)`` where the tensor is ``(V*F*3, H, W)`` float32 for V views
+(crops) of F frames, crop-major.
 """
 import random
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
-def _resize(img, width, height):
-    if img.shape[1] == width and img.shape[0] == height:
-        return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+def resize_group(frames: list, width: int, height: int) -> list:
+    """Resize frames of one size to ``width x height`` with PIL's bilinear filter.
+
+    frames: ``(h, w, 3)`` uint8 arrays (views allowed). Returns them unchanged when they already
+    have the size, else a list of ``(height, width, 3)`` uint8 arrays. The triangle filter's
+    support is one source pixel, times the scale factor when downscaling (anti-aliasing), as in
+    Pillow (see the module docstring for how close). Channels are filtered independently, so BGR
+    frames give the BGR of the RGB result. One call for the group; stacking the frames (crop
+    views) is the only copy of the input.
+    """
+    h, w = frames[0].shape[:2]
+    if (w, h) == (width, height):
+        return frames
+    batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # (F, 3, h, w), channels last
+    batch = batch.contiguous(memory_format=torch.channels_last)  # no copy; the fast uint8 kernel
+    out = F.interpolate(batch, size=(height, width), mode='bilinear', antialias=True,
+                        align_corners=False)  # (F, 3, height, width) uint8
+    return list(out.permute(0, 2, 3, 1).numpy())  # F x (height, width, 3)
 
 
 def fixed_offsets(image_w, image_h, crop_w, crop_h, more_fix_crop=True):
@@ -59,10 +82,10 @@ class GroupMultiScaleCrop:
         x, y = rng.choice(fixed_offsets(image_w, image_h, crop_w, crop_h, self.more_fix_crop))
         return x, y, crop_w, crop_h
 
-    def __call__(self, frames):
+    def __call__(self, frames, rng=random):
         h, w = frames[0].shape[:2]
-        x, y, cw, ch = self.crop_box(w, h)
-        return [_resize(f[y:y + ch, x:x + cw], self.size, self.size) for f in frames]
+        x, y, cw, ch = self.crop_box(w, h, rng)
+        return resize_group([f[y:y + ch, x:x + cw] for f in frames], self.size, self.size)
 
 
 class GroupRandomHorizontalFlip:
@@ -78,7 +101,7 @@ class GroupRandomHorizontalFlip:
 
     def __call__(self, frames, label):
         if random.random() < self.p:
-            frames = [f[:, ::-1] for f in frames]
+            frames = [cv2.flip(f, 1) for f in frames]  # a copy: mirrored views stack 3x slower
             label = self.mirror_map.get(label, label)
         return frames, label
 
@@ -95,7 +118,7 @@ class GroupScale:
             new_w, new_h = self.size, int(self.size * h / w)
         else:
             new_w, new_h = int(self.size * w / h), self.size
-        return [_resize(f, new_w, new_h) for f in frames]
+        return resize_group(frames, new_w, new_h)
 
 
 class GroupCenterCrop:
@@ -145,7 +168,7 @@ class GroupOverSample:
         views = [[f[y:y + self.size, x:x + self.size] for f in frames]
                  for x, y in fixed_offsets(w, h, self.size, self.size, more_fix_crop=False)]
         if self.flip:
-            views += [[f[:, ::-1] for f in view] for view in views]
+            views += [[cv2.flip(f, 1) for f in view] for view in views]
         return views
 
 
@@ -153,15 +176,17 @@ class ToNormalizedTensor:
     """Stack views of BGR frames into an RGB ``(V*F*3, H, W)`` float32 tensor, (x/255 - mean)/std."""
 
     def __init__(self, mean, std):
-        self.scale = [np.float32(1.0 / (255.0 * s)) for s in std]
-        self.shift = [np.float32(m / s) for m, s in zip(mean, std)]
+        self.scale = [1.0 / (255.0 * s) for s in std]
+        self.shift = [m / s for m, s in zip(mean, std)]
 
     def __call__(self, views):
-        stacked = np.stack([f for view in views for f in view])  # (V*F, H, W, 3) uint8 BGR
-        out = np.empty((stacked.shape[0], 3) + stacked.shape[1:3], np.float32)  # (V*F, 3, H, W)
-        for c in range(3):  # RGB channel c is BGR channel 2 - c
-            np.multiply(stacked[..., 2 - c], self.scale[c], out=out[:, c], casting='unsafe')
-            out[:, c] -= self.shift[c]
+        frames = [f for view in views for f in view]  # V*F x (H, W, 3) uint8 BGR
+        out = np.empty((len(frames), 3) + frames[0].shape[:2], np.float32)  # (V*F, 3, H, W)
+        for frame, planes in zip(frames, out):
+            bgr = cv2.split(frame)
+            for c in range(3):  # RGB plane c = BGR plane 2 - c, times scale minus shift, one pass
+                cv2.addWeighted(bgr[2 - c], self.scale[c], bgr[2 - c], 0.0, -self.shift[c],
+                                dst=planes[c], dtype=cv2.CV_32F)
         return torch.from_numpy(out).view(-1, *out.shape[2:])  # (V*F*3, H, W)
 
 

@@ -1,11 +1,14 @@
-"""Speed of the training input pipeline against a PIL-per-frame TSN pipeline, in one process.
+"""Speed of the training input pipeline against the release's PIL pipeline, in one process.
 
-    python tools/bench_data.py --clips 200
+    python tools/bench_data.py --clips 300
 
-Both decode 8 JPEG frames of 320x240, take the same multi-scale crop, resize it to 224,
-flip, stack and normalise to a (24, 224, 224) float tensor; the baseline does it the way
-TSN/TSM do (PIL open/convert, crop, resize, per-frame arrays stacked, per-channel
-normalisation loop), ours is ops.dataset + ops.transforms. One process, no loader workers.
+Both decode 8 JPEG frames (320x240 unless --width/--height), take a multi-scale crop, resize it
+to 224, flip, stack and normalise to a (24, 224, 224) float tensor; the baseline does it the way
+the release (TSN/TSM) does (PIL open/convert, crop, resize with PIL's bilinear filter, per-frame
+arrays stacked, per-channel normalisation loop), ours is ops.dataset + ops.transforms. One
+process, no loader workers. Also prints the largest difference between the two pipelines'
+tensors for the same crop boxes and flips: one grey level, two on rare rounding ties (see
+ops/transforms.py).
 """
 import argparse
 import os
@@ -22,17 +25,16 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ops.dataset import _decode_jpeg_file  # noqa: E402
+from ops.synthetic import textured_scene  # noqa: E402
 from ops.transforms import GroupMultiScaleCrop, build_transform  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def write_frames(folder, count, width=320, height=240):
-    rng = np.random.RandomState(0)
     paths = []
     for i in range(count):
-        img = cv2.resize(rng.randint(0, 255, (12, 16, 3)).astype(np.uint8), (width, height),
-                         interpolation=cv2.INTER_CUBIC)
+        img = textured_scene(width, height, seed=i)
         path = os.path.join(folder, f'{i + 1:05d}.jpg')
         cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(path)
@@ -40,7 +42,10 @@ def write_frames(folder, count, width=320, height=240):
 
 
 def pil_pipeline(paths, size=224):
-    """TSN-style: PIL per frame, crop, resize, flip, stack, per-channel normalisation loop."""
+    """The release's: PIL per frame, crop, bilinear resize, flip, stack, per-channel loop.
+
+    Draws the crop box, then the flip, from `random`, in the order ops.transforms does.
+    """
     images = [Image.open(p).convert('RGB') for p in paths]
     x, y, w, h = GroupMultiScaleCrop(size).crop_box(*images[0].size)
     images = [im.crop((x, y, x + w, y + h)).resize((size, size), Image.BILINEAR) for im in images]
@@ -58,6 +63,22 @@ def our_pipeline(paths, transform):
     return transform(frames, 0)[0]
 
 
+def max_difference(paths, transform, clips=20):
+    """Largest |baseline - ours| over `clips` seeded crop boxes and flips.
+
+    Returns it after normalisation and in grey levels (times 255 std of its channel).
+    """
+    largest = np.zeros(3)
+    for seed in range(clips):
+        random.seed(seed)
+        baseline = pil_pipeline(paths)
+        random.seed(seed)
+        ours = our_pipeline(paths, transform)
+        diff = (baseline - ours).abs().view(-1, 3, *ours.shape[1:])  # (T, 3, H, W), RGB
+        largest = np.maximum(largest, diff.amax(dim=(0, 2, 3)).numpy())
+    return float(largest.max()), float((largest * 255 * np.array(STD)).max())
+
+
 def clips_per_second(fn, clips):
     start = time.perf_counter()
     for _ in range(clips):
@@ -69,23 +90,29 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--clips', type=int, default=200)
     parser.add_argument('--frames', type=int, default=8)
+    parser.add_argument('--width', type=int, default=320)
+    parser.add_argument('--height', type=int, default=240)
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     transform = build_transform('train', 224, 256, MEAN, STD, flip=True)
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_frames(folder, args.frames)
+        paths = write_frames(folder, args.frames, args.width, args.height)
+        normalised, grey = max_difference(paths, transform)
         decode_only = clips_per_second(lambda: [_decode_jpeg_file(p) for p in paths], args.clips)
         baseline, ours = [], []
         for _ in range(3):  # interleaved rounds
             baseline.append(clips_per_second(lambda: pil_pipeline(paths), args.clips // 3))
             ours.append(clips_per_second(lambda: our_pipeline(paths, transform), args.clips // 3))
     base, fast = float(np.median(baseline)), float(np.median(ours))
-    print(f'{args.frames} frames of 320x240 JPEG -> ({args.frames * 3}, 224, 224), 1 thread')
+    print(f'{args.frames} frames of {args.width}x{args.height} JPEG -> '
+          f'({args.frames * 3}, 224, 224), 1 thread')
     print(f'JPEG decoding alone: {1000 / decode_only:.1f} ms/clip')
-    print(f'PIL-per-frame TSN pipeline: {base:.1f} clips/s ({1000 / base:.1f} ms/clip)')
-    print(f'ops.transforms pipeline:    {fast:.1f} clips/s ({1000 / fast:.1f} ms/clip), '
+    print(f"release's PIL pipeline:  {base:.1f} clips/s ({1000 / base:.1f} ms/clip)")
+    print(f'ops.transforms pipeline: {fast:.1f} clips/s ({1000 / fast:.1f} ms/clip), '
           f'{fast / base:.2f}x')
+    print(f'max |PIL pipeline - ours|, same crops and flips: {normalised:.4f} after normalisation '
+          f'({grey:.2f} grey levels)')
 
 
 if __name__ == '__main__':
