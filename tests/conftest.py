@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny generated dataset and small models, so the suite runs on a CPU."""
 import os
+import socket
 import sys
 
 import pytest
@@ -34,3 +35,10 @@ def randomize_bn(model, seed=0):
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
     return model
+
+
+def free_port():
+    """A TCP port nothing listens on now (for torchrun's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]

@@ -104,11 +104,17 @@ def test_cam_cli_on_video_id_and_folder(tiny_data_root, tmp_path):
 
     video_id = open(os.path.join(tiny_data_root, 'synthetic', 'valid.txt')).readline().split()[0]
     folder = os.path.join(tiny_data_root, 'synthetic', 'frames', video_id)
+    results = []
     for video in (video_id, folder):
         out2 = str(tmp_path / 'cam2.png')
-        CAM.main(['--dataset_path', tiny_data_root, '--weights', weights, '--video', video,
-                  '--target_class', '3', '--output', out2])
-        assert os.path.isfile(out2)
+        results.append(CAM.main(['--dataset_path', tiny_data_root, '--weights', weights,
+                                 '--video', video, '--target_class', '3', '--output', out2]))
+        assert cv2.imread(out2) is not None
         os.remove(out2)
+    (cams_id, probs_id, target_id), (cams_dir, probs_dir, target_dir) = results
+    assert target_id == target_dir == 3
+    np.testing.assert_allclose(probs_id, probs_dir, rtol=1e-6)  # same video, two ways to name it
+    np.testing.assert_allclose(cams_id, cams_dir, rtol=1e-5, atol=1e-6)
+    assert np.ptp(cams_id) > 0  # a map, not a constant
     with pytest.raises(SystemExit):
         CAM.main(['--dataset_path', tiny_data_root, '--weights', weights, '--video', 'nope'])

@@ -106,6 +106,37 @@ def test_test_crop_counts(crops, views):
     assert out.shape == (views * 4 * 3, 64, 64) and label == 3
 
 
+def test_multi_view_rows_hold_one_clip_under_one_crop():
+    """3 crops x 2 clips of T = 4: every (T*3)-channel row the model gets holds the T frames of
+    one clip, in order, under one crop; rows are crop-major (view = crop * clips + clip)."""
+    from ops.evaluation import evaluate_models
+    T, num_clips = 4, 2
+    frames = coordinate_frames(w=200, h=100, count=T * num_clips)
+    for f, frame in enumerate(frames):
+        frame[..., 0] = 10 * f + 5  # blue encodes the frame's position in the sampled list
+    clip_tensor, _ = build_transform('test', 100, 100, MEAN, STD, num_crops=3)(frames, 0)
+
+    class Recorder(torch.nn.Module):
+        num_class = 2
+
+        def forward(self, x):
+            self.seen = x
+            return torch.zeros(x.size(0), 2)
+
+    class Loader(list):
+        dataset = [None]
+
+    recorder = Recorder()
+    evaluate_models([recorder], [Loader([(clip_tensor[None], torch.tensor([0]))])], [T],
+                    torch.device('cpu'))
+    rows = unnormalise(recorder.seen).view(3 * num_clips, T, 3, 100, 100)  # RGB
+    for row in range(3 * num_clips):
+        crop, clip = divmod(row, num_clips)
+        assert [int(rows[row, t, 2, 0, 0]) for t in range(T)] == \
+            [10 * (clip * T + t) + 5 for t in range(T)], row
+        assert {int(rows[row, t, 0, 0, 0]) for t in range(T)} == {[0, 50, 100][crop]}, row
+
+
 def test_three_crop_offsets_left_center_right():
     frames = coordinate_frames(w=200, h=100, count=1)
     views = GroupFullResSample(100)(frames)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 
 def run(cmd, env_extra=None):
@@ -29,7 +29,7 @@ def test_torchrun_two_processes_match_one(tiny_data_root, tmp_path):
               '-j', '0', '--epochs', '1', '--lr', '0.01', '--lr_type', 'cos_lr', '--seed', '1',
               '--root_log', str(tmp_path), '--root_checkpoint', str(tmp_path)]
     out = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-               '--master_port', '29517', 'main.py', *common, '--store_name', 'ddp'])
+               '--master_port', str(free_port()), 'main.py', *common, '--store_name', 'ddp'])
     ddp_val = val_line(out)
     ckpt = os.path.join(tmp_path, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'ddp',
                         'checkpoint', 'ckpt.pth.tar')
