@@ -39,7 +39,6 @@ def build_parser():
     add_data_args(parser)
     add_model_args(parser)
     parser.add_argument('--num_segments', type=int, default=8, help='frames sampled per clip (T)')
-    parser.add_argument('--consensus_type', default='avg', choices=['avg'])
     parser.add_argument('--dropout', '--do', default=0.5, type=float, help='dropout before new_fc')
     parser.add_argument('--pretrain', default='imagenet',
                         help="'imagenet' (torchvision weights from the torch hub cache), 'none', "

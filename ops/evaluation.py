@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ops.utils import atomic_write, class_accuracy
+from ops.checkpoint import unwrap_model
+from ops.utils import accuracy, atomic_write, class_accuracy
 
 DEFAULT_SCORE_DIR = 'score'
 
@@ -92,18 +93,14 @@ def ensemble(score_list, weights=None, use_softmax=False):
 def summarize(scores, labels):
     """(top-1, top-5, mean class accuracy) in percent."""
     scores = torch.as_tensor(np.asarray(scores))
-    labels_t = torch.as_tensor(np.asarray(labels))
-    k = min(5, scores.shape[1])
-    top = scores.topk(k, dim=1).indices  # (N, k)
-    hits = top.eq(labels_t.view(-1, 1))
-    top1 = hits[:, 0].float().mean().item() * 100
-    top5 = hits.any(dim=1).float().mean().item() * 100
-    _, mean_class = class_accuracy(np.asarray(labels), top[:, 0].numpy(), scores.shape[1])
+    labels = np.asarray(labels)
+    top1, top5 = accuracy(scores, torch.as_tensor(labels), topk=(1, 5))
+    _, mean_class = class_accuracy(labels, scores.argmax(dim=1).numpy(), scores.shape[1])
     return top1, top5, mean_class
 
 
 @torch.no_grad()
-def evaluate_models(models, loaders, num_segments, device, use_softmax=False, max_num=None):
+def evaluate_models(models, loaders, num_segments, device, use_softmax=False):
     """Per-video scores of every model, averaged over its views (crops x clips).
 
     models / loaders / num_segments: one entry per model; the loaders iterate the same
@@ -111,28 +108,19 @@ def evaluate_models(models, loaders, num_segments, device, use_softmax=False, ma
     """
     outputs = [[] for _ in models]
     all_labels = []
-    total = len(loaders[0].dataset) if max_num is None else min(max_num, len(loaders[0].dataset))
-    seen = 0
+    total = len(loaders[0].dataset)
     bar = tqdm(total=total, desc='test', unit='video', dynamic_ncols=True)
     for batches in zip(*loaders):
         labels = batches[0][1]
         for k, (model, (clips, _), segments) in enumerate(zip(models, batches, num_segments)):
             n = clips.size(0)
             clips = clips.to(device).view(-1, segments * 3, *clips.shape[-2:])  # (N*V, T*3, H, W)
-            scores = model(clips).float().view(n, -1, model_num_class(model))  # (N, V, C)
+            scores = model(clips).float().view(n, -1, unwrap_model(model).num_class)  # (N, V, C)
             scores = scores.mean(dim=1)  # (N, C): the views' logits averaged
             if use_softmax:  # as the release and TSM: softmax of the averaged logits
                 scores = scores.softmax(dim=1)
             outputs[k].append(scores.cpu())
         all_labels.append(labels)
-        seen += labels.size(0)
         bar.update(labels.size(0))
-        if max_num is not None and seen >= max_num:
-            break
     bar.close()
-    labels = torch.cat(all_labels).numpy()[:total]
-    return [torch.cat(o).numpy()[:total] for o in outputs], labels
-
-
-def model_num_class(model):
-    return getattr(model, 'module', model).num_class
+    return [torch.cat(o).numpy() for o in outputs], torch.cat(all_labels).numpy()

@@ -13,11 +13,9 @@ from archs import ARCHS
 from ops.checkpoint import CheckpointError, load_pretrained_backbone, load_state_dict_checked
 from ops.optim import optim_policies
 from ops.temporal import TEMPORAL_TYPES, build_backbone
+from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 logger = logging.getLogger('masnet.model')
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 class TemporalModel(nn.Module):
@@ -132,7 +130,6 @@ class TemporalModel(nn.Module):
 
     def get_augmentation(self, flip=True, mirror_map=None):
         """The training transform: multi-scale crop, (mirror-aware) flip, normalisation."""
-        from ops.transforms import build_transform
         return build_transform('train', self.crop_size, self.scale_size, self.input_mean,
                                self.input_std, flip=flip, mirror_map=mirror_map)
 

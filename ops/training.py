@@ -47,8 +47,7 @@ def build_loaders(cfg, model, args, runtime):
 def build_model(args, num_class):
     """The TemporalModel main.py trains for `args` (before any --resume / --tune_from)."""
     return TemporalModel(num_class, args.num_segments, args.type, args.arch,
-                         dropout=args.dropout, consensus_type=args.consensus_type,
-                         partial_bn=args.partialbn, pretrain=args.pretrain,
+                         dropout=args.dropout, partial_bn=args.partialbn, pretrain=args.pretrain,
                          input_size=args.input_size)
 
 

@@ -21,6 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# normalisation of every input: torchvision's ImageNet statistics (RGB, values in [0, 1])
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
 
 def resize_group(frames: list, width: int, height: int) -> list:
     """Resize frames of one size to ``width x height`` with PIL's bilinear filter.

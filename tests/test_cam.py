@@ -11,6 +11,7 @@ import CAM
 from ops.checkpoint import save_checkpoint
 from ops.gradcam import grad_cam, overlay
 from ops.models import TemporalModel
+from ops.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def red_detector(num_segments=4):
@@ -58,8 +59,8 @@ def moving_square_clip(T=4, size=128, side=24):
         frames.append(img)
         boxes.append((x, y))
     clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((clip - mean) / std).reshape(1, -1, size, size), boxes, side
 
 

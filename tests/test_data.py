@@ -12,10 +12,10 @@ import torch
 from ops import dataset as D
 from ops.dataset_config import DatasetError, get_dataset_config, mirror_pairs
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
-from ops.transforms import (GroupFullResSample, GroupMultiScaleCrop, build_transform,
-                            fixed_offsets)
+from ops.transforms import (IMAGENET_MEAN, IMAGENET_STD, GroupFullResSample, GroupMultiScaleCrop,
+                            build_transform, fixed_offsets)
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 # ---- sampling (SPEC 3.3; indices 1-based) ---------------------------------------------------

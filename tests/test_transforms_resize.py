@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from ops.synthetic import textured_scene
-from ops.transforms import (GroupCenterCrop, GroupMultiScaleCrop, GroupScale, build_transform,
-                            resize_group)
+from ops.transforms import (IMAGENET_MEAN, IMAGENET_STD, GroupCenterCrop, GroupMultiScaleCrop,
+                            GroupScale, build_transform, resize_group)
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 SIZES = [(176, 100), (320, 240), (568, 320), (1280, 720)]  # (width, height)
 
 

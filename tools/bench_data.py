@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ops.dataset import _decode_jpeg_file  # noqa: E402
 from ops.synthetic import textured_scene  # noqa: E402
-from ops.transforms import GroupMultiScaleCrop, build_transform  # noqa: E402
+from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, GroupMultiScaleCrop, build_transform  # noqa: E402
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def write_frames(folder, count, width=320, height=240):
