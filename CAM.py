@@ -9,16 +9,14 @@
 import argparse
 import os
 
-from opts import add_model_args
+from opts import add_data_args, add_model_args
 from ops.experiment import exit_on_user_error, setup_logging
-from ops.gradcam import DEMO_CHECKPOINT, run
+from ops.gradcam import DEMO_CHECKPOINT, explain
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description='Grad-CAM visualisation of a MAS-Net checkpoint.')
-    parser.add_argument('--dataset', default='synthetic', help='dataset of the checkpoint')
-    parser.add_argument('--dataset_path', default=None,
-                        help='default: data/ for synthetic, else ../../datasets/')
+    add_data_args(parser, loader=False)
     parser.add_argument('--weights', default=DEMO_CHECKPOINT, help='checkpoint (default: the demo\'s)')
     parser.add_argument('--video', default=None,
                         help='frame folder, video file or video id (default: first val video)')
@@ -35,7 +33,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
-    return run(args)
+    return explain(args)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,12 @@
 """Train MAS-Net (or the TSM / TSN baselines): see `python main.py --help` and the README."""
 from opts import parse_args
 from ops.experiment import exit_on_user_error
-from ops.training import run
+from ops.training import train
 
 
 @exit_on_user_error
 def main(argv=None):
-    return run(parse_args(argv))
+    return train(parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -2,20 +2,22 @@
 import argparse
 
 from archs import ARCHS
+from ops.dataset_config import DATASETS
 from ops.temporal import TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
 
 
-def add_data_args(parser, default_dataset='synthetic'):
+def add_data_args(parser, default_dataset='synthetic', loader=True):
+    """--dataset/--dataset_path, and -j/--workers when the command runs a data loader."""
     parser.add_argument('--dataset', default=default_dataset,
-                        help="somethingv1, somethingv2, kinetics, ucf101, hmdb51, jester, "
-                             "diving48, synthetic (generated on first use), or a .json dataset "
-                             "file (default: %(default)s)")
+                        help=f"{', '.join(DATASETS)} (synthetic: generated on first use), or a "
+                             f".json dataset file (default: %(default)s)")
     parser.add_argument('--dataset_path', default=None,
                         help="folder holding the dataset folders (default: data/ for synthetic; "
                              "else the release's ../, or ../../datasets/ (the README's training "
                              "path) when the dataset is only there)")
-    parser.add_argument('-j', '--workers', default=8, type=int, help='data loading processes')
+    if loader:
+        parser.add_argument('-j', '--workers', default=8, type=int, help='data loading processes')
 
 
 def add_model_args(parser, defaults_from_checkpoint=False):

@@ -14,7 +14,7 @@ import torch
 from opts import add_data_args, add_model_args
 from ops.evaluation import DEFAULT_SCORE_DIR
 from ops.experiment import exit_on_user_error, setup_logging
-from ops.inference import run
+from ops.inference import evaluate_checkpoints
 
 
 def build_parser():
@@ -51,7 +51,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file)
-    return run(args)
+    return evaluate_checkpoints(args)
 
 
 if __name__ == '__main__':

@@ -118,7 +118,7 @@ def find_video(video, cfg, label=None):
     return root, record
 
 
-def run(args):
+def explain(args):
     """Grad-CAM figure of one video as CAM.py's flags say; returns (cams, probabilities, class)."""
     runtime = setup_runtime(args.gpus)
     if not os.path.isfile(args.weights) and args.weights == DEMO_CHECKPOINT:

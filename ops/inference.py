@@ -31,7 +31,7 @@ def split_per_model(text, cast, count, flag):
     return values
 
 
-def run(args):
+def evaluate_checkpoints(args):
     """Evaluate the checkpoints of ``args.weights`` as test.py's flags say.
 
     Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one).

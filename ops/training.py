@@ -58,7 +58,7 @@ def add_scalars(writer, epoch, values):
             writer.add_scalar(tag, value, epoch)
 
 
-def run(args):
+def train(args):
     """Train (or with --evaluate only validate) as the flags say; returns the best val top-1."""
     runtime = setup_runtime(args.gpus)
     set_seed(args.seed)
