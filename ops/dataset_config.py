@@ -66,7 +66,7 @@ _MIRROR_RE = re.compile(r'\b(counter-clockwise|counterclockwise|anticlockwise|cl
                         re.IGNORECASE)
 
 
-def mirror_pairs(categories):
+def mirror_pairs(categories: List[str]) -> Dict[int, int]:
     """``{label: mirrored label}`` for classes whose name a horizontal flip turns into another's.
 
     The mirror of a name swaps left <-> right and clockwise <-> counterclockwise; a class is
@@ -85,7 +85,7 @@ def mirror_pairs(categories):
     return pairs
 
 
-def read_categories(path):
+def read_categories(path: str) -> List[str]:
     """Class names, one per line (blank lines skipped)."""
     if not os.path.isfile(path):
         raise DatasetError(f"category file '{path}' does not exist")
@@ -127,7 +127,7 @@ DEFAULT_DATASET_PATHS = ('../', '../../datasets/')
 DEFAULT_SYNTHETIC_PATH = 'data'
 
 
-def default_dataset_path(name):
+def default_dataset_path(name: str) -> str:
     """The --dataset_path used when none is given (see DEFAULT_DATASET_PATHS)."""
     if name == 'synthetic':
         return DEFAULT_SYNTHETIC_PATH
@@ -139,7 +139,7 @@ def default_dataset_path(name):
     return DEFAULT_DATASET_PATHS[0]
 
 
-def get_dataset_config(name, dataset_path=None):
+def get_dataset_config(name: str, dataset_path: Optional[str] = None) -> DatasetConfig:
     """The DatasetConfig of a known dataset `name` below `dataset_path`, or of a JSON file.
 
     'synthetic' generates the synthetic dataset into ``<dataset_path>/synthetic`` first if

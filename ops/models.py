@@ -6,7 +6,9 @@ of TSN). Its ``state_dict`` names (``base_model.*``, ``new_fc.*``) are those of 
 release.
 """
 import logging
+from typing import Dict, Iterable, List, Optional
 
+import torch
 import torch.nn as nn
 
 from archs import ARCHS
@@ -41,9 +43,10 @@ class TemporalModel(nn.Module):
     Input ``(N, T*3, H, W)``, output ``(N, num_class)``.
     """
 
-    def __init__(self, num_class, num_segments, base_model='MASNet', backbone='resnet50',
-                 dropout=0.5, consensus_type='avg', partial_bn=False, pretrain='imagenet',
-                 input_size=224, full_res=False):
+    def __init__(self, num_class: int, num_segments: int, base_model: str = 'MASNet',
+                 backbone: str = 'resnet50', dropout: float = 0.5, consensus_type: str = 'avg',
+                 partial_bn: bool = False, pretrain: Optional[str] = 'imagenet',
+                 input_size: int = 224, full_res: bool = False):
         super().__init__()
         if base_model not in TEMPORAL_TYPES:
             raise ValueError(f"unknown model type '{base_model}' "
@@ -72,7 +75,7 @@ class TemporalModel(nn.Module):
         nn.init.normal_(self.new_fc.weight, 0, 0.001)
         nn.init.constant_(self.new_fc.bias, 0)
 
-    def init_norms_from(self, loaded_names):
+    def init_norms_from(self, loaded_names: Iterable[str]) -> None:
         """Record the BatchNorms of base_model whose weights are among `loaded_names`
         (``state_dict`` keys, with or without the ``base_model.`` prefix)."""
         loaded = {k[len('base_model.'):] if k.startswith('base_model.') else k
@@ -81,20 +84,20 @@ class TemporalModel(nn.Module):
             if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)) and f'{name}.weight' in loaded:
                 self.initialised_norms.add(name)
 
-    def partial_bn_norms(self):
+    def partial_bn_norms(self) -> List[nn.Module]:
         """The BatchNorms partial BN freezes: all initialised ones but the first BatchNorm."""
         norms = [(name, m) for name, m in self.base_model.named_modules()
                  if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]
         return [m for name, m in norms[1:] if name in self.initialised_norms]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.size(0)
         x = x.view((-1, 3) + x.shape[-2:])  # (N*T, 3, H, W)
         features = self.base_model(x)  # (N*T, D)
         scores = self.new_fc(features)  # (N*T, num_class)
         return scores.view(n, -1, self.num_class).mean(dim=1)  # (N, num_class)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> 'TemporalModel':
         """Switch mode; with partial BN, the BatchNorms of ``partial_bn_norms`` stay frozen."""
         super().train(mode)
         if self._enable_pbn and mode:
@@ -104,42 +107,36 @@ class TemporalModel(nn.Module):
                 m.bias.requires_grad_(False)
         return self
 
-    def partialBN(self, enable):
-        self._enable_pbn = enable
-        if not enable:
-            for m in self.base_model.modules():
-                if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
-                    m.weight.requires_grad_(True)
-                    m.bias.requires_grad_(True)
-
     @property
-    def crop_size(self):
+    def crop_size(self) -> int:
         return self.scale_size if self.full_res else self.input_size
 
     @property
-    def scale_size(self):
+    def scale_size(self) -> int:
         return self.input_size * 256 // 224
 
     @property
-    def input_mean(self):
+    def input_mean(self) -> List[float]:
         return list(IMAGENET_MEAN)
 
     @property
-    def input_std(self):
+    def input_std(self) -> List[float]:
         return list(IMAGENET_STD)
 
-    def get_augmentation(self, flip=True, mirror_map=None):
+    def get_augmentation(self, flip: bool = True, mirror_map: Optional[Dict[int, int]] = None):
         """The training transform: multi-scale crop, (mirror-aware) flip, normalisation."""
         return build_transform('train', self.crop_size, self.scale_size, self.input_mean,
                                self.input_std, flip=flip, mirror_map=mirror_map)
 
-    def get_optim_policies(self):
+    def get_optim_policies(self) -> List[Dict]:
         """Parameter groups with the release's lr / weight-decay multipliers (ops.optim)."""
         return optim_policies(self)
 
 
-def model_from_checkpoint(checkpoint, path, num_class, num_segments=None, base_model=None,
-                          arch=None, input_size=None, full_res=False, default_segments=8):
+def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
+                          num_segments: Optional[int] = None, base_model: Optional[str] = None,
+                          arch: Optional[str] = None, input_size: Optional[int] = None,
+                          full_res: bool = False, default_segments: int = 8) -> TemporalModel:
     """Rebuild the TemporalModel a checkpoint was trained as, and load its weights.
 
     The model's settings come from the flags given here, then from the checkpoint's

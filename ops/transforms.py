@@ -15,6 +15,7 @@ The BGR -> RGB swap, float conversion and ImageNet normalisation are one pass pe
 (crops) of F frames, crop-major.
 """
 import random
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -46,7 +47,8 @@ def resize_group(frames: list, width: int, height: int) -> list:
     return list(out.permute(0, 2, 3, 1).numpy())  # F x (height, width, 3)
 
 
-def fixed_offsets(image_w, image_h, crop_w, crop_h, more_fix_crop=True):
+def fixed_offsets(image_w: int, image_h: int, crop_w: int, crop_h: int,
+                  more_fix_crop: bool = True) -> List[Tuple[int, int]]:
     """The (x, y) crop corners of TSN's fixed-offset cropping.
 
     Five offsets (four corners + center), or thirteen with ``more_fix_crop`` (adding the
@@ -231,8 +233,9 @@ class EvalTransform:
         return self.to_tensor(views), label
 
 
-def build_transform(mode, crop_size, scale_size, mean, std, flip=True, mirror_map=None,
-                    num_crops=1):
+def build_transform(mode: str, crop_size: int, scale_size: int, mean: Sequence[float],
+                    std: Sequence[float], flip: bool = True,
+                    mirror_map: Optional[Dict[int, int]] = None, num_crops: int = 1):
     """The clip transform of `mode` ('train', 'val' or 'test').
 
     train: multi-scale crop (scales 1, .875, .75, .66 of the short side, 13 fixed offsets) to
