@@ -4,6 +4,7 @@ import os
 
 from torch.utils.data import DataLoader, Subset
 
+from ops.analysis import write_error_analysis
 from ops.checkpoint import read_checkpoint
 from ops.dataset import TSNDataSet
 from ops.dataset_config import get_dataset_config
@@ -76,6 +77,9 @@ def run(args):
             save_scores(out, model_scores, labels, video_ids, weights=path,
                         num_segments=num_segments, test_crops=args.test_crops, num_clips=num_clips)
             logger.info(f'scores written to {out}')
+            analysis = write_error_analysis(out, model_scores, labels, video_ids, cfg.categories,
+                                            scores_are_probabilities=args.softmax)
+            logger.info(f"error analysis written to {os.path.dirname(analysis['confusion.npz'])}")
     final = ensemble(scores, coeffs)
     if len(weights) > 1:
         top1, top5, mean_class = summarize(final, labels)

@@ -333,20 +333,14 @@ def _write_rows(path, rows):
         f.write(text.getvalue().encode())
 
 
-def load_categories(categories: Optional[str], dataset: str, dataset_path: Optional[str]):
-    """Class names from a category file, else from the dataset's configuration."""
-    if categories:
-        return read_categories(categories)
-    return get_dataset_config(dataset, dataset_path).categories
-
-
 def run(args) -> List[Prediction]:
     """predict.py: load the recognizer, predict the input (or its windows), write the outputs."""
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    categories = load_categories(args.categories, args.dataset, args.dataset_path)
-    image_tmpl = args.image_tmpl
-    if image_tmpl is None and not args.categories:
-        image_tmpl = get_dataset_config(args.dataset, args.dataset_path).image_tmpl
+    if args.categories:
+        categories, image_tmpl = read_categories(args.categories), args.image_tmpl
+    else:
+        cfg = get_dataset_config(args.dataset, args.dataset_path)
+        categories, image_tmpl = cfg.categories, args.image_tmpl or cfg.image_tmpl
     recognizer = Recognizer.from_checkpoint(
         args.weights, categories, args.test_segments, args.type, args.arch, args.input_size,
         args.full_res, device, test_crops=args.test_crops, twice_sample=args.twice_sample,
