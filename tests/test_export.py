@@ -1,7 +1,5 @@
 """ONNX (run with onnxruntime) and TorchScript exports equal eager PyTorch; tools/export.py."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,7 +7,8 @@ import torch
 
 from ops.export import example_input, export_and_check, load_runner
 from ops.models import TemporalModel
-from tests.conftest import ROOT, randomize_bn
+from tests.conftest import randomize_bn
+from tools.export import main as export_main
 
 pytest.importorskip('onnxruntime')
 
@@ -30,7 +29,8 @@ def test_onnx_and_torchscript_match_eager(model_type, tmp_path):
     model = randomize_tim(randomize_bn(model)).eval()
     torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)  # logits of a useful size
     real = example_input(model, seed=5).clamp(-2, 2)
-    results = export_and_check(model, str(tmp_path / model_type), real=real, tolerance=1e-4)
+    with torch.no_grad():  # as in tools/export.py: the eager side takes the in-place path
+        results = export_and_check(model, str(tmp_path / model_type), real=real, tolerance=1e-4)
     for fmt in ('onnx', 'torchscript'):
         assert set(results[fmt]) == {'random', 'real'}
         assert max(results[fmt].values()) <= 1e-4
@@ -60,7 +60,7 @@ def test_export_keeps_eager_inference_in_place(tmp_path):
     assert traced == [False, True]
 
 
-def test_export_command_on_a_checkpoint(tiny_data_root, tmp_path):
+def test_export_command_on_a_checkpoint(tiny_data_root, tmp_path, capsys):
     torch.manual_seed(0)
     model = randomize_bn(TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none',
                                        input_size=64))
@@ -68,13 +68,10 @@ def test_export_command_on_a_checkpoint(tiny_data_root, tmp_path):
     torch.save({'state_dict': model.state_dict(), 'type': 'MASNet', 'arch': 'resnet10',
                 'num_segments': 4, 'input_size': 64}, weights)
     video = os.path.join(tiny_data_root, 'synthetic', 'frames', 'valid_3_0000')
-    command = [sys.executable, os.path.join(ROOT, 'tools', 'export.py'), '--weights', weights,
-               '--video', video]
-    res = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert 'onnx' in res.stdout and 'on real input' in res.stdout
+    export_main(['--weights', weights, '--video', video])
+    out = capsys.readouterr().out
+    assert out.count('on real input') == 2 and out.count('on random input') == 2
     assert os.path.isfile(tmp_path / 'model.onnx') and os.path.isfile(tmp_path / 'model.pt')
-    res = subprocess.run(command + ['--format', 'torchscript', '--tolerance', '-1'],
-                         capture_output=True, text=True, cwd=tmp_path)
-    assert res.returncode == 1 and 'differs from eager PyTorch' in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit, match='differs from eager PyTorch'):
+        export_main(['--weights', weights, '--video', video, '--format', 'torchscript',
+                     '--tolerance', '-1', '--output', str(tmp_path / 'again')])
