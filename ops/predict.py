@@ -24,8 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ops.checkpoint import read_checkpoint
-from ops.dataset import (VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord, count_frames,
-                         sample_dense_test_indices, sample_twice_indices, sample_val_indices)
+from ops.dataset import VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord, count_frames
 from ops.dataset_config import get_dataset_config, read_categories
 from ops.evaluation import evaluate_models, softmax
 from ops.models import model_from_checkpoint
@@ -216,13 +215,9 @@ class Recognizer:
 
     def sample_indices(self, num_frames: int) -> np.ndarray:
         """1-based frame indices of the test clips of a video of `num_frames` frames."""
-        if self.twice_sample:
-            return sample_twice_indices(num_frames, self.num_segments)
-        if self.dense_sample:
-            return sample_dense_test_indices(num_frames, self.num_segments, self.dense_sample_num)
-        return sample_val_indices(num_frames, self.num_segments)
+        return self.dataset(None, []).sample_indices(num_frames)
 
-    def dataset(self, root: str, records: List[VideoRecord]) -> TSNDataSet:
+    def dataset(self, root: Optional[str], records: List[VideoRecord]) -> TSNDataSet:
         """The test-mode TSNDataSet of `records` (test.py's sampling and views)."""
         return TSNDataSet(root, None, self.num_segments, self.image_tmpl, self.transform,
                           random_shift=False, test_mode=True, dense_sample=self.dense_sample,

@@ -137,7 +137,8 @@ def test_prediction_equals_test_py_on_files_folders_and_lists(tiny_data_root, fi
 def test_python_api_on_path_and_frames(tiny_data_root, fitted):
     weights, tmp, records = fitted
     recognizer = Recognizer.from_checkpoint(
-        weights, os.path.join(tiny_data_root, 'synthetic', 'category.txt'))
+        weights, os.path.join(tiny_data_root, 'synthetic', 'category.txt'), test_crops=3,
+        twice_sample=True)
     folder = os.path.join(tiny_data_root, 'synthetic', 'frames', records[2].path)
     by_path = recognizer.predict(folder, topk=8)
     by_frames = recognizer.predict(read_folder(folder), topk=8)
@@ -145,6 +146,7 @@ def test_python_api_on_path_and_frames(tiny_data_root, fitted):
     np.testing.assert_allclose(by_path.probabilities, by_frames.probabilities, atol=1e-6)
     assert sum(by_path.probabilities) == pytest.approx(1.0, abs=1e-5)
     assert by_path.top1 == records[2].label  # the fitted head is right on this video
+    assert recognizer.sample_indices(8).tolist() == [2, 4, 6, 8, 1, 3, 5, 7]  # two clips
 
 
 def test_submission_and_gen_label_test_list(tiny_data_root, fitted, tmp_path):
@@ -267,3 +269,48 @@ def test_hubconf_builds_the_model_from_a_local_weight_file(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert not hub_dir.exists()  # nothing downloaded, nothing cached
+
+
+# ---- error analysis in test.py --------------------------------------------------------------
+
+def test_test_py_writes_confusion_matrix_and_top5(tiny_data_root, fitted, tmp_path):
+    weights, _, records = fitted
+    # relabel every third video, so that the matrix has off-diagonal entries
+    relabelled = tmp_path / 'val.txt'
+    relabelled.write_text(''.join(f'{r.path} {r.num_frames} {(r.label + 3) % 8 if i % 3 == 0 else r.label}\n'
+                                  for i, r in enumerate(records)))
+    scores = run_test_py(tiny_data_root, weights, str(relabelled), tmp_path / 'score')
+    folder = tmp_path / 'score' / (next(f for f in os.listdir(tmp_path / 'score')
+                                        if f.endswith('.npz'))[:-4] + '_analysis')
+    with np.load(folder / 'confusion.npz') as data:
+        matrix, accuracy = data['confusion'], data['per_class_accuracy']
+        assert list(data['categories']) == SYNTHETIC_CLASSES
+    labels, predictions = scores['labels'], scores['predictions']
+    expected = np.zeros((8, 8), dtype=np.int64)
+    for y, p in zip(labels, predictions):
+        expected[y, p] += 1
+    np.testing.assert_array_equal(matrix, expected)  # rows: true class, columns: predicted
+    assert matrix.sum() == len(records)
+    assert np.trace(matrix) == int((labels == predictions).sum())
+    assert 0 < np.trace(matrix) < len(records)
+    for c in range(8):
+        assert accuracy[c] == pytest.approx(100.0 * np.mean(predictions[labels == c] == c))
+    rows = list(csv.reader(open(folder / 'confusion.csv')))
+    assert rows[0][1:] == SYNTHETIC_CLASSES
+    assert np.array_equal(np.array([r[1:] for r in rows[1:]], dtype=np.int64), matrix)
+    per_class = list(csv.DictReader(open(folder / 'per_class.csv')))
+    assert [int(r['correct']) for r in per_class] == np.diag(matrix).tolist()
+    top5 = list(csv.DictReader(open(folder / 'top5.csv')))
+    assert [r['video'] for r in top5] == list(scores['video_ids'])
+    assert [r['class1'] for r in top5] == [SYNTHETIC_CLASSES[p] for p in predictions]
+    assert [r['label'] for r in top5] == [SYNTHETIC_CLASSES[y] for y in labels]
+    second = np.argsort(-scores['scores'], axis=1)[:, 1]
+    assert [r['class2'] for r in top5] == [SYNTHETIC_CLASSES[p] for p in second]
+    assert (folder / 'confusion.png').stat().st_size > 10000
+
+
+def test_most_confused_pairs():
+    from ops.analysis import most_confused
+    matrix = np.array([[5, 0, 2], [4, 1, 0], [0, 1, 3]])
+    assert most_confused(matrix, 2) == [(1, 0, 4), (0, 2, 2)]
+    assert most_confused(np.eye(3, dtype=int)) == []
