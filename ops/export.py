@@ -5,7 +5,10 @@ makes them; N is dynamic) and returns ``scores`` ``(N, num_class)``, the logits 
 the T frames. While exporting, MAS-Net takes its out-of-place path (ops/MASNet.py,
 ``recording_graph``); eager inference keeps its buffer-reusing one, and the parity check
 compares the two: max |exported - eager| of the logits on random input (batch 2) and on a
-real clip must stay within a tolerance.
+real clip must stay within ``tolerance * max(1, max |eager logit|)``: float32 rounding grows
+with the size of the values (a random-weight ResNet-50 at 224 px has logits up to 40 and
+differs by 1.1e-4, i.e. 3e-6 of the scale), so the tolerance is absolute for logits up to 1
+and relative beyond.
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``: no onnxscript needed) and is
 run with onnxruntime; both are optional dependencies (requirements-export.txt).
@@ -66,13 +69,14 @@ def load_runner(fmt: str, path: str):
     return run
 
 
-def max_abs_diff(model, runner, inputs: Dict[str, torch.Tensor]) -> Dict[str, float]:
-    """``{input name: max |runner(x) - model(x)|}``, the model run eagerly without autograd."""
+def max_abs_diff(model, runner, inputs: Dict[str, torch.Tensor]) -> Dict[str, tuple]:
+    """``{input name: (max |runner(x) - model(x)|, max |model(x)|)}``, the model run eagerly
+    without autograd."""
     diffs = {}
     for name, x in inputs.items():
         with torch.no_grad():
             expected = model(x).numpy()
-        diffs[name] = float(np.abs(runner(x) - expected).max())
+        diffs[name] = (float(np.abs(runner(x) - expected).max()), float(np.abs(expected).max()))
     return diffs
 
 
@@ -81,7 +85,8 @@ def export_and_check(model, prefix: str, formats=tuple(FORMATS), real: Optional[
     """Export `model` to ``prefix + .onnx / .pt`` and check parity with eager PyTorch.
 
     real: a real clip ``(1, T, 3, H, W)`` to check besides random input (batch 2).
-    Returns ``{format: {input: max abs diff}}``; raises ParityError above `tolerance`.
+    Returns ``{format: {input: max abs diff}}``; raises ParityError when a difference exceeds
+    ``tolerance * max(1, max |eager logit|)``.
     """
     model = model.cpu().eval()
     example = example_input(model)
@@ -92,12 +97,14 @@ def export_and_check(model, prefix: str, formats=tuple(FORMATS), real: Optional[
     for fmt in formats:
         path = prefix + FORMATS[fmt]
         (export_onnx if fmt == 'onnx' else export_torchscript)(model, path, example)
-        results[fmt] = max_abs_diff(model, load_runner(fmt, path), inputs)
-        for name, diff in results[fmt].items():
+        results[fmt] = {}
+        for name, (diff, scale) in max_abs_diff(model, load_runner(fmt, path), inputs).items():
+            allowed = tolerance * max(1.0, scale)
             logger.info(f'{fmt} {path}: max |exported - eager| on {name} input = {diff:.2e} '
-                        f'(tolerance {tolerance:.0e})')
-        worst = max(results[fmt].values())
-        if not worst <= tolerance:
-            raise ParityError(f'{fmt} export {path} differs from eager PyTorch by {worst:.2e} '
-                              f'> --tolerance {tolerance:.0e}')
+                        f'(max |logit| {scale:.3g}, allowed {allowed:.1e})')
+            if not diff <= allowed:
+                raise ParityError(f'{fmt} export {path} differs from eager PyTorch by {diff:.2e} '
+                                  f'on {name} input > {allowed:.1e} (--tolerance {tolerance:g} '
+                                  f'x max(1, max |logit| {scale:.3g}))')
+            results[fmt][name] = diff
     return results

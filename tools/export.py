@@ -6,7 +6,7 @@
 
 The exported models take (N, T, 3, H, W) normalised RGB frames and return (N, num_class)
 logits. The max |exported - eager| of the logits on random input and on the --video's clip is
-printed; above --tolerance the command fails (exit 1).
+printed; above --tolerance x max(1, max |logit|) the command fails (exit 1).
 """
 import argparse
 import os
@@ -36,7 +36,8 @@ def build_parser():
                         help='T (default: the checkpoint\'s, else 8)')
     parser.add_argument('--full_res', action='store_true', help='input_size*256/224 input')
     parser.add_argument('--tolerance', default=1e-4, type=float,
-                        help='largest max |exported - eager| logit difference accepted')
+                        help='largest max |exported - eager| logit difference accepted, relative to the '
+                             'largest |logit| when that is above 1 (default: %(default)g)')
     add_model_args(parser, defaults_from_checkpoint=True)
     return parser
 
