@@ -34,14 +34,30 @@ def open_source(source: Union[str, int]) -> cv2.VideoCapture:
     return capture
 
 
+def open_writer(path: str, fps: float, size) -> cv2.VideoWriter:
+    """An opened cv2.VideoWriter of ``size`` (width, height): mp4v for .mp4, else MJPG."""
+    fourcc = cv2.VideoWriter_fourcc(*('mp4v' if path.lower().endswith('.mp4') else 'MJPG'))
+    writer = cv2.VideoWriter(path, fourcc, fps, size)
+    if not writer.isOpened():
+        raise DataError(f"'{path}': OpenCV cannot write this video file")
+    return writer
+
+
+def write_video(path: str, frames, fps: float = 12.0) -> None:
+    """Write BGR uint8 frames (all of one size) to a video file."""
+    writer = open_writer(path, fps, (frames[0].shape[1], frames[0].shape[0]))
+    try:
+        for frame in frames:
+            writer.write(frame)
+    finally:
+        writer.release()
+
+
 class Annotator:
     """Writes the source's frames to a video file with the latest prediction drawn on them."""
 
     def __init__(self, path: str, fps: float, size):
-        fourcc = cv2.VideoWriter_fourcc(*('mp4v' if path.lower().endswith('.mp4') else 'MJPG'))
-        self.writer = cv2.VideoWriter(path, fourcc, fps, size)
-        if not self.writer.isOpened():
-            raise DataError(f"--annotate '{path}': OpenCV cannot write this video file")
+        self.writer = open_writer(path, fps, size)
         self.text = ''
 
     def write(self, frame):

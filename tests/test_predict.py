@@ -14,9 +14,11 @@ from ops.dataset import TSNDataSet, parse_list_file
 from ops.evaluation import load_scores
 from ops.models import TemporalModel
 from ops.predict import Recognizer, collect_inputs, frame_template, read_prediction_list
+from ops.stream import write_video
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from ops.transforms import build_transform
 from tests.conftest import ROOT, randomize_bn
+from tools.frames_to_video import main as frames_to_video
 
 T, SIZE = 4, 64
 FLAGS = ['--test_crops', '3', '--twice_sample', '--full_res']
@@ -41,14 +43,6 @@ def save_model(model, path):
     torch.save({'epoch': 1, 'arch': model.arch, 'type': model.base_model_name,
                 'num_segments': model.num_segments, 'input_size': model.input_size,
                 'state_dict': model.state_dict(), 'best_prec1': 0.0}, path)
-
-
-def write_video(path, frames, fps=10.0):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps,
-                             (frames[0].shape[1], frames[0].shape[0]))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
 
 
 def read_folder(folder):
@@ -77,7 +71,7 @@ def fitted(tiny_data_root, tmp_path_factory):
     videos.mkdir()
     records = parse_list_file(val_list)
     for r in records:
-        write_video(videos / f'{r.path}.mp4', read_folder(os.path.join(frames_root, r.path)))
+        write_video(str(videos / f'{r.path}.mp4'), read_folder(os.path.join(frames_root, r.path)))
     (tmp / 'videos.txt').write_text(''.join(f'{videos / r.path}.mp4 - {r.label}\n'
                                             for r in records))
     return weights, tmp, records
@@ -197,11 +191,12 @@ def test_sliding_window_switches_class_at_the_boundary(tmp_path):
     class, windows inside the second its class, with one switch at a window over the seam."""
     generate_synthetic(str(tmp_path / 'data'), train_per_class=0, val_per_class=1, width=64,
                        height=48, min_frames=40, max_frames=40)
-    frames_a = read_folder(tmp_path / 'data' / 'frames' / 'valid_0_0000')  # class 0
-    frames_b = read_folder(tmp_path / 'data' / 'frames' / 'valid_4_0000')  # class 4
     video = tmp_path / 'long.mp4'
-    write_video(video, frames_a + frames_b, fps=10.0)
-    window, stride, boundary = 16, 4, len(frames_a)
+    starts = frames_to_video([str(tmp_path / 'data' / 'frames' / 'valid_0_0000'),  # class 0
+                              str(tmp_path / 'data' / 'frames' / 'valid_4_0000'),  # class 4
+                              '--output', str(video), '--fps', '10'])
+    assert starts == [1, 41]
+    window, stride, boundary = 16, 4, 40
     torch.manual_seed(1)
     model = randomize_bn(TemporalModel(8, T, 'MASNet', 'resnet10', pretrain='none',
                                        input_size=SIZE))
