@@ -240,7 +240,8 @@ class Recognizer:
                           workers: int = 0) -> np.ndarray:
         """View-averaged scores (N, num_class) of `records`, with a progress bar."""
         loader = DataLoader(self.dataset(root, records), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, pin_memory=self.device.type == 'cuda')
+                            num_workers=min(workers, len(records)),
+                            pin_memory=self.device.type == 'cuda')
         scores, _ = evaluate_models([self.model], [loader], [self.num_segments], self.device,
                                     use_softmax=self.use_softmax)
         return scores[0]
