@@ -80,7 +80,7 @@ def save_confusion_figure(path: str, matrix: np.ndarray, categories: Sequence[st
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_write(path) as f:
-        fig.savefig(f, dpi=110, format='png')
+        fig.savefig(f, dpi=110, format='png', bbox_inches='tight')
     plt.close(fig)
 
 
