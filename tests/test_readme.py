@@ -154,7 +154,7 @@ def test_seed_commands_run_on_a_something_v1_layout(tmp_path):
     *tests, ensemble = section_commands('Testing')
     for command in tests:
         run_command(command, cwd, env)
-    files = sorted((cwd / 'score').iterdir())
+    files = sorted((cwd / 'score').glob('*.npz'))
     assert [f.name for f in files] == [
         'somethingv1_MASNet_resnet50_8f_1crop_1clip_224px.npz',
         'somethingv1_MASNet_resnet50_8f_3crop_10clip_256px.npz',
