@@ -35,6 +35,20 @@ def add_model_args(parser, defaults_from_checkpoint=False):
                              'of them as are visible; the CPU without CUDA)')
 
 
+def add_view_args(parser):
+    """Test-time views of test.py and predict.py: crops, clips, score averaging."""
+    parser.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
+                        help='1 center, 3 full-res, 5 corners+center, 10 = 5 + flips')
+    parser.add_argument('--batch_size', default=8, type=int, help='videos per batch (the release\'s 8)')
+    parser.add_argument('--full_res', action='store_true',
+                        help='crop input_size*256/224 (256 px) instead of input_size')
+    parser.add_argument('--twice_sample', action='store_true', help='2 clips per video')
+    parser.add_argument('--dense_sample', action='store_true', help='dense_sample_num clips')
+    parser.add_argument('--dense_sample_num', default=10, type=int)
+    parser.add_argument('--softmax', action='store_true',
+                        help="softmax of the views' averaged logits (the release's and TSM's)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description='Train MAS-Net (or the TSM / TSN baselines) on video frame folders.')

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from opts import add_data_args, add_model_args
+from opts import add_data_args, add_model_args, add_view_args
 from ops.evaluation import DEFAULT_SCORE_DIR
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.inference import evaluate_checkpoints
@@ -26,16 +26,7 @@ def build_parser():
     parser.add_argument('--test_segments', default=None,
                         help="segments per model, comma-separated (one value for all; default: "
                              "the checkpoint's, else the release's 16)")
-    parser.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
-                        help='1 center, 3 full-res, 5 corners+center, 10 = 5 + flips')
-    parser.add_argument('--batch_size', default=8, type=int, help='videos per batch')
-    parser.add_argument('--full_res', action='store_true',
-                        help='crop input_size*256/224 (256 px) instead of input_size')
-    parser.add_argument('--twice_sample', action='store_true', help='2 clips per video')
-    parser.add_argument('--dense_sample', action='store_true', help='dense_sample_num clips')
-    parser.add_argument('--dense_sample_num', default=10, type=int)
-    parser.add_argument('--softmax', action='store_true',
-                        help="softmax of the views' averaged logits (the release's and TSM's)")
+    add_view_args(parser)
     parser.add_argument('--max_num', type=int, default=None, help='evaluate the first N videos')
     parser.add_argument('--test_list', default=None, help='list file (default: the val list)')
     parser.add_argument('--coeff', default=None, help='ensemble weights, comma-separated')

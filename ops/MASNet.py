@@ -14,12 +14,32 @@ The computation uses cheaper equivalent operations than the release: MAM's thin 
 3x3 Conv2d on the same weight, the temporal mean is a mean over a view, the 2-way softmax is
 a sigmoid of the difference feeding one lerp, and TIM is three channel-scaled adds of
 neighbouring frames instead of a permute + Conv1d (tools/bench_model.py measures both).
+
+In eager inference (autograd off) MSM and TIM write into buffers they own instead of
+allocating; while a graph is recorded for export (tracing, scripting, ONNX, torch.export)
+they take the equivalent out-of-place path, so the exported graph computes the same values
+(tests/test_export.py checks ONNX and TorchScript against eager within 1e-4).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from archs.resnet import BasicBlock, Bottleneck, build_resnet
+
+
+def recording_graph():
+    """True while a graph is recorded for export (TorchScript tracing, ONNX, torch.export).
+
+    Exporters record ``out=`` calls and in-place updates of views badly or not at all
+    (``torch.onnx.export`` fails on ``lerp(..., out=)``), so they get out-of-place code.
+    """
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
+
+
+def reuse_buffers():
+    """True when MSM/TIM may overwrite buffers: eager inference (autograd off, no export)."""
+    return not torch.is_grad_enabled() and not recording_graph()
 
 
 def pointwise_conv(x, weight):
@@ -80,8 +100,8 @@ class MSM(nn.Module):
     prediction depend on its batch; here they are always applied.
     Inputs ``motion``, ``appearance``: ``(N*T, C, H, W)``; output ``(N*T, C, H, W)``;
     ``motion_mean`` ``(N, C, H, W)``, if given, is the temporal mean of ``motion``.
-    When autograd is off (inference) the output is written into ``motion``'s memory, which
-    saves an allocation per block; the caller must not need ``motion`` afterwards.
+    In eager inference (``reuse_buffers()``) the output is written into ``motion``'s memory,
+    which saves an allocation per block; the caller must not need ``motion`` afterwards.
     """
 
     def __init__(self, channels, num_segments, reduction=4, groups=4):
@@ -109,8 +129,11 @@ class MSM(nn.Module):
         s = F.conv2d(s, self.conv_fc2.weight.squeeze(2), padding=1, groups=self.groups)
         s = s.view(n, 2, c, h, w)  # (N, 2, C, H, W): logits of motion / appearance
         w_motion = torch.sigmoid(s[:, 0] - s[:, 1]).unsqueeze(1)  # softmax weight, (N, 1, C, H, W)
-        # w * motion + (1 - w) * appearance; without autograd it overwrites `motion` in place
-        out = torch.lerp(a, m, w_motion, out=None if torch.is_grad_enabled() else m)
+        # w * motion + (1 - w) * appearance; in eager inference it overwrites `motion` in place
+        if reuse_buffers():
+            out = torch.lerp(a, m, w_motion, out=m)
+        else:
+            out = torch.lerp(a, m, w_motion)
         return out.view(nt, c, h, w)
 
 
@@ -138,6 +161,11 @@ class TIM(nn.Module):
         nt, c, h, w = x.shape
         x = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, C, H, W)
         k = self.conv.weight.view(c, 3).t().reshape(3, 1, c, 1, 1)  # taps for t-1, t, t+1
+        if recording_graph():  # the same sum without in-place updates of slices
+            edge = torch.zeros_like(x[:, :1])  # (N, 1, C, H, W): zero padding
+            previous = torch.cat([edge, x[:, :-1]], dim=1)  # frame t-1 at t
+            following = torch.cat([x[:, 1:], edge], dim=1)  # frame t+1 at t
+            return (x * k[1] + previous * k[0] + following * k[2]).view(nt, c, h, w)
         if out is not None:
             out = out.view_as(x)
         out = torch.mul(x, k[1], out=out)
@@ -161,7 +189,7 @@ class _MASMixin:
         # 1x1 conv and temporal mean commute: average the C/64 channels, not the C
         motion_mean = self.MAM.project(accumulated.mean(dim=1))  # (N, C, H, W)
         selected = self.MSM(motion, x, motion_mean)  # (N*T, C, H, W)
-        if torch.is_grad_enabled():
+        if not reuse_buffers():
             return self.TIM(selected)
         # inference: x (this block's conv1 output) is not needed any more, reuse its memory
         return self.TIM(selected, out=x)

@@ -4,6 +4,7 @@ import os
 
 from torch.utils.data import DataLoader, Subset
 
+from ops.analysis import write_error_analysis
 from ops.checkpoint import read_checkpoint
 from ops.dataset import TSNDataSet
 from ops.dataset_config import get_dataset_config
@@ -14,9 +15,6 @@ from ops.models import model_from_checkpoint
 from ops.transforms import build_transform
 
 logger = logging.getLogger('masnet')
-
-# test.py's --test_segments when neither the flag nor the checkpoint gives one: the release's
-RELEASE_TEST_SEGMENTS = 16
 
 
 def split_per_model(text, cast, count, flag):
@@ -47,8 +45,7 @@ def evaluate_checkpoints(args):
     models, loaders, names = [], [], []
     for k, path in enumerate(weights):
         model = model_from_checkpoint(read_checkpoint(path), path, cfg.num_class, segments[k],
-                                      args.type, args.arch, args.input_size, args.full_res,
-                                      default_segments=RELEASE_TEST_SEGMENTS)
+                                      args.type, args.arch, args.input_size, args.full_res)
         num_segments = segments[k] = model.num_segments
         transform = build_transform('test', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std, num_crops=args.test_crops)
@@ -80,6 +77,9 @@ def evaluate_checkpoints(args):
             save_scores(out, model_scores, labels, video_ids, weights=path,
                         num_segments=num_segments, test_crops=args.test_crops, num_clips=num_clips)
             logger.info(f'scores written to {out}')
+            analysis = write_error_analysis(out, model_scores, labels, video_ids, cfg.categories,
+                                            scores_are_probabilities=args.softmax)
+            logger.info(f"error analysis written to {os.path.dirname(analysis['confusion.npz'])}")
     final = ensemble(scores, coeffs) / len(scores)  # the release's mean of weighted scores
     if len(weights) > 1:
         top1, top5, mean_class = summarize(final, labels)

@@ -19,6 +19,9 @@ from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 logger = logging.getLogger('masnet.model')
 
+# segments of a checkpoint that records none (the release's): the release's test.py default
+RELEASE_TEST_SEGMENTS = 16
+
 
 class TemporalModel(nn.Module):
     """Video classifier: backbone per frame -> dropout -> new_fc -> average over T.
@@ -136,13 +139,14 @@ class TemporalModel(nn.Module):
 def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
                           num_segments: Optional[int] = None, base_model: Optional[str] = None,
                           arch: Optional[str] = None, input_size: Optional[int] = None,
-                          full_res: bool = False, default_segments: int = 8) -> TemporalModel:
+                          full_res: bool = False,
+                          default_segments: int = RELEASE_TEST_SEGMENTS) -> TemporalModel:
     """Rebuild the TemporalModel a checkpoint was trained as, and load its weights.
 
     The model's settings come from the flags given here, then from the checkpoint's
     metadata ('type', 'arch', 'num_segments', 'input_size'; the release stores only
-    'arch'), then from the defaults (MASNet, resnet50, `default_segments`, 224 px); a
-    segment count taken from the defaults is logged.
+    'arch'), then from the defaults (MASNet, resnet50, `default_segments` = the release's
+    test.py default 16, 224 px); a segment count taken from the defaults is logged.
     Raises CheckpointError when the class count or segment count does not fit.
     """
     state_dict = checkpoint['state_dict']

@@ -251,8 +251,7 @@ def test_release_checkpoint_without_segments_uses_16(tmp_path, caplog):
     torch.save({'epoch': 3, 'arch': 'resnet10', 'best_prec1': 1.0,
                 'state_dict': {'module.' + k: v for k, v in model.state_dict().items()}}, path)
     with caplog.at_level(logging.INFO, logger='masnet'):
-        rebuilt = model_from_checkpoint(read_checkpoint(path), path, 5, input_size=64,
-                                        default_segments=16)
+        rebuilt = model_from_checkpoint(read_checkpoint(path), path, 5, input_size=64)
     assert rebuilt.num_segments == 16
     assert "records no segment count: using 16" in caplog.text
 

@@ -3,9 +3,11 @@
     python tools/gen_label.py sthv1 ANNOTATIONS/ FRAMES/ OUT/
         something-something-v1-labels.csv, -train.csv, -validation.csv ('id;label' lines)
         -> OUT/category.txt, OUT/train.txt, OUT/valid.txt
+        (+ -test.csv, ids only, if present -> OUT/test.txt, unlabelled: '<folder> <num_frames>')
     python tools/gen_label.py sthv2 ANNOTATIONS/ FRAMES/ OUT/
         labels.json ({name: index}), train.json, validation.json ([{id, template, ...}])
         -> OUT/category.txt, OUT/train.txt, OUT/valid.txt
+        (+ test.json, [{id}], if present -> OUT/test.txt, unlabelled, for predict.py --submission)
     python tools/gen_label.py kinetics ANNOTATIONS/ FRAMES/ OUT/
         train.csv, validate.csv ('label,youtube_id,time_start,time_end,split')
         -> OUT/category.txt, OUT/train_videofolder.txt, OUT/val_videofolder.txt
@@ -24,7 +26,10 @@ from ops.dataset import count_frames  # noqa: E402
 
 
 def write_split(out_file, samples, frame_root):
-    """Write `samples` [(folder, label)] whose frame folder exists; returns (written, skipped)."""
+    """Write `samples` [(folder, label)] whose frame folder exists; returns (written, skipped).
+
+    A label of None (test sets) writes an unlabelled '<folder> <num_frames>' line.
+    """
     written = skipped = 0
     with open(out_file, 'w') as f:
         for folder, label in samples:
@@ -33,7 +38,7 @@ def write_split(out_file, samples, frame_root):
             if frames == 0:
                 skipped += 1
                 continue
-            f.write(f'{folder} {frames} {label}\n')
+            f.write(f'{folder} {frames}' + ('' if label is None else f' {label}') + '\n')
             written += 1
     return written, skipped
 
@@ -54,6 +59,8 @@ def sthv1(annotations):
     for split, name in (('train.txt', 'train'), ('valid.txt', 'validation')):
         rows = [line.split(';', 1) for line in read(f'something-something-v1-{name}.csv')]
         splits[split] = [(video_id, index[label]) for video_id, label in rows]
+    if os.path.isfile(os.path.join(annotations, 'something-something-v1-test.csv')):
+        splits['test.txt'] = [(video_id, None) for video_id in read('something-something-v1-test.csv')]
     return categories, splits
 
 
@@ -68,6 +75,9 @@ def sthv2(annotations):
             items = json.load(f)
         splits[split] = [(item['id'], label_index[item['template'].replace('[', '').replace(']', '')])
                          for item in items]
+    if os.path.isfile(os.path.join(annotations, 'test.json')):  # ids only
+        with open(os.path.join(annotations, 'test.json')) as f:
+            splits['test.txt'] = [(item['id'], None) for item in json.load(f)]
     return categories, splits
 
 

@@ -1,0 +1,72 @@
+"""Export a checkpoint to ONNX and TorchScript, with a parity check against eager PyTorch.
+
+    python tools/export.py --weights ckpt.best.pth.tar --video my_video.mp4
+    python tools/export.py --weights ckpt.best.pth.tar --video frames/12345 --format onnx \
+                           --output masnet --tolerance 1e-4
+
+The exported models take (N, T, 3, H, W) normalised RGB frames and return (N, num_class)
+logits. The max |exported - eager| of the logits on random input and on the --video's clip is
+printed; above --tolerance x max(1, max |logit|) the command fails (exit 1).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from opts import add_model_args  # noqa: E402
+from ops.checkpoint import read_checkpoint  # noqa: E402
+from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
+from ops.export import FORMATS, ParityError, export_and_check  # noqa: E402
+from ops.models import model_from_checkpoint  # noqa: E402
+from ops.predict import Recognizer, collect_inputs  # noqa: E402
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--weights', required=True, help='checkpoint')
+    parser.add_argument('--video', required=True,
+                        help='video file or frame folder: the real clip of the parity check')
+    parser.add_argument('--format', nargs='+', default=list(FORMATS), choices=list(FORMATS))
+    parser.add_argument('--output', default=None,
+                        help='output path without extension (default: the checkpoint\'s)')
+    parser.add_argument('--num_segments', default=None, type=int,
+                        help='T (default: the checkpoint\'s, else 8)')
+    parser.add_argument('--full_res', action='store_true', help='input_size*256/224 input')
+    parser.add_argument('--tolerance', default=1e-4, type=float,
+                        help='largest max |exported - eager| logit difference accepted, relative to the '
+                             'largest |logit| when that is above 1 (default: %(default)g)')
+    add_model_args(parser, defaults_from_checkpoint=True)
+    return parser
+
+
+def real_clip(model, video):
+    """The center-crop test clip (1, T, 3, H, W) of a video file / frame folder."""
+    recognizer = Recognizer(model, [str(i) for i in range(model.num_class)])
+    root, records = collect_inputs(video)
+    clip, _ = recognizer.dataset(root, records[:1])[0]  # (T*3, H, W)
+    return clip.view(1, model.num_segments, 3, *clip.shape[-2:])
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    checkpoint = read_checkpoint(args.weights)
+    num_class = checkpoint['state_dict']['new_fc.weight'].shape[0] \
+        if 'new_fc.weight' in checkpoint['state_dict'] else 0
+    model = model_from_checkpoint(checkpoint, args.weights, num_class, args.num_segments,
+                                  args.type, args.arch, args.input_size, args.full_res)
+    prefix = args.output or args.weights.replace('.pth.tar', '').replace('.pth', '')
+    try:
+        return export_and_check(model.eval(), prefix, args.format, real_clip(model, args.video),
+                                args.tolerance)
+    except ParityError as exc:
+        sys.exit(f'export.py: error: {exc}')
+
+
+if __name__ == '__main__':
+    torch.set_grad_enabled(False)
+    main()
