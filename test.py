@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from opts import add_data_args, add_model_args
+from opts import add_data_args, add_model_args, int_at_least
 from ops.evaluation import DEFAULT_SCORE_DIR
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.inference import run
@@ -28,14 +28,14 @@ def build_parser():
                              'the checkpoint\'s, else 8)')
     parser.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
                         help='1 center, 3 full-res, 5 corners+center, 10 = 5 + flips')
-    parser.add_argument('--batch_size', default=1, type=int, help='videos per batch')
+    parser.add_argument('--batch_size', default=1, type=int_at_least(1), help='videos per batch')
     parser.add_argument('--full_res', action='store_true',
                         help='crop input_size*256/224 (256 px) instead of input_size')
     parser.add_argument('--twice_sample', action='store_true', help='2 clips per video')
     parser.add_argument('--dense_sample', action='store_true', help='dense_sample_num clips')
-    parser.add_argument('--dense_sample_num', default=10, type=int)
+    parser.add_argument('--dense_sample_num', default=10, type=int_at_least(1))
     parser.add_argument('--softmax', action='store_true', help='average softmax scores over views')
-    parser.add_argument('--max_num', type=int, default=None, help='evaluate the first N videos')
+    parser.add_argument('--max_num', type=int_at_least(1), default=None, help='evaluate the first N videos')
     parser.add_argument('--test_list', default=None, help='list file (default: the val list)')
     parser.add_argument('--coeff', default=None, help='ensemble weights, comma-separated')
     parser.add_argument('--csv_file', default=None,
@@ -43,12 +43,22 @@ def build_parser():
     parser.add_argument('--save_scores', default=DEFAULT_SCORE_DIR,
                         help="folder of the score files ('' = don't write) (default: %(default)s)")
     parser.add_argument('--log_file', default=None, help='also write the results to this file')
+    parser.add_argument('--overwrite', action='store_true',
+                        help="replace score files of another checkpoint / list (default: refuse)")
     return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dense_sample and args.twice_sample:
+        parser.error('--dense_sample and --twice_sample exclude each other (pick one clip sampling)')
+    return args
 
 
 @exit_on_user_error
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.log_file)
     return run(args)
 
