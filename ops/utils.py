@@ -144,6 +144,7 @@ def atomic_write(path, mode='wb'):
     mode: 'wb' or 'w' (text).
     """
     folder = os.path.dirname(os.path.abspath(path))
+    _fault_point(path, 'open')
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp_path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path),
@@ -151,7 +152,6 @@ def atomic_write(path, mode='wb'):
     except OSError as exc:
         raise (storage_error(exc, path) or exc) from None
     try:
-        _fault_point(path, 'open')
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
