@@ -1,8 +1,8 @@
 """Reliability: kills inside and between checkpoint writes, NaNs, full disks, concurrent runs,
-bad lists, flags and score files. The kill trials are a few of tools/fault_injection.py's."""
+bad lists, flags and score files. The kill trials are two of tools/fault_injection.py's
+(its full run, with Ctrl-C and random-time kills, is reported in the README)."""
 import errno
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -44,8 +44,6 @@ def test_reported_best_is_what_test_py_gives_on_the_best_checkpoint(tiny_data_ro
 @pytest.mark.parametrize('name,how', [
     ('kill -9 inside the 2nd best write', dict(fault=f'{F.BEST}:2:written:kill')),
     ('kill -9 between the best and the latest write', dict(fault=f'{F.LATEST}:2:open:kill')),
-    ('Ctrl-C at a random time', dict(kill_after=float(np.random.default_rng(0).uniform(3, 12)),
-                                     sig=signal.SIGINT, delay=0.2)),
 ])
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data_root, reference, tmp_path,
                                                         name, how):
@@ -152,7 +150,7 @@ def one_line_error(res, *words):
 
 def test_nan_weights_are_never_saved(tiny_data_root, tmp_path, capsys):
     out = str(tmp_path / 'exp')
-    res = train_cli(tiny_data_root, out, capsys, '--lr', '1e6', '--epochs', '3')
+    res = train_cli(tiny_data_root, out, capsys, '--lr', '1e6', '--epochs', '2')
     one_line_error(res, 'training diverged at epoch')
     ckpt = os.path.join(out, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'run', 'checkpoint')
     for name in os.listdir(ckpt) if os.path.isdir(ckpt) else []:

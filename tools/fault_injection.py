@@ -120,8 +120,10 @@ def kill_once(command, out, fault=None, delay=None, kill_after=None, sig=signal.
         env[FAULT_ENV] = fault
     if delay:
         env[DELAY_ENV] = str(delay)
+    # a shell's background job starts with Ctrl-C ignored: restore it, as in a terminal
     proc = subprocess.Popen(command, cwd=ROOT, env=_env(env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if kill_after is not None:
         try:
             proc.wait(timeout=kill_after)
