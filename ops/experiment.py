@@ -22,7 +22,7 @@ from ops.checkpoint import CheckpointError
 from ops.dataset import DataError
 from ops.dataset_config import DatasetError
 from ops.engine import TrainingDiverged
-from ops.utils import STORAGE_ERRNOS, atomic_write
+from ops.utils import STORAGE_ERRNOS, atomic_write, storage_error
 
 LOCK_NAME = 'run.lock'
 
@@ -124,11 +124,15 @@ def lock_run_folder(folder):
         handle.close()
         raise RunLockedError(f"run folder '{folder}' is in use by another run ({holder}); wait "
                              f"for it to end or pass another --store_name") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f'pid {os.getpid()} on {socket.gethostname()} since '
-                 f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f'pid {os.getpid()} on {socket.gethostname()} since '
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        handle.flush()
+    except OSError as exc:
+        handle.close()
+        raise (storage_error(exc, path) or exc) from None
     return handle
 
 
