@@ -5,6 +5,7 @@ A training run writes to
 and holds ``<run folder>/run.lock`` (an fcntl lock, released by the kernel when the process
 ends, even by kill -9) while it runs, so a second run on the same folder refuses to start.
 """
+import contextlib
 import fcntl
 import functools
 import glob
@@ -131,7 +132,8 @@ def lock_run_folder(folder):
                      f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
         handle.flush()
     except OSError as exc:
-        handle.close()
+        with contextlib.suppress(OSError):  # closing retries the failed write
+            handle.close()
         raise (storage_error(exc, path) or exc) from None
     return handle
 
