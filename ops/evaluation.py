@@ -36,6 +36,11 @@ def save_scores(path, scores, labels, video_ids, **settings):
 
 def load_scores(path):
     """``{'scores', 'labels', 'video_ids', ...}`` of a score file."""
+    if os.path.isfile(path):
+        with open(path, 'rb') as f:
+            if f.read(4) != b'PK\x03\x04':
+                raise ScoreFileError(f"score file '{path}' is not an npz file (empty or another "
+                                     f"format)")
     try:
         with np.load(path, allow_pickle=False) as data:
             loaded = {k: data[k] for k in data.files}
