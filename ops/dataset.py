@@ -350,8 +350,10 @@ class TSNDataSet(Dataset):
                 if 1 <= candidate <= num_frames:
                     frame = read(candidate)
                     if frame is not None:
-                        logger.warning("unreadable frame %s (frame %d): using frame %d instead",
-                                       where, index, candidate)
+                        problem = ('unreadable' if record.is_video_file or os.path.exists(where)
+                                   else f'missing (the list says {num_frames} frames)')
+                        logger.warning("%s frame %s (frame %d): using frame %d instead",
+                                       problem, where, index, candidate)
                         return frame
         raise DataError(f"video '{os.path.join(self.root_path, record.path)}' has no readable "
                         f"frame (checked {num_frames} frames)")

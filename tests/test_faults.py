@@ -224,3 +224,15 @@ def test_corrupt_score_files_are_one_line(tmp_path, content, capsys):
         average_scores.main([str(path)])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and 'bad.npz' in err
+
+
+def test_a_frame_count_beyond_the_folder_is_named(tmp_path, caplog):
+    import cv2
+    os.makedirs(tmp_path / 'v')
+    for i in range(1, 5):
+        cv2.imwrite(str(tmp_path / 'v' / f'{i:05d}.jpg'), np.full((8, 8, 3), 10 * i, np.uint8))
+    ds = TSNDataSet(str(tmp_path), None, 4, '{:05d}.jpg', None, random_shift=False,
+                    video_list=[VideoRecord('v', 8, 0)])
+    frames, _ = ds[0]
+    assert len(frames) == 4
+    assert 'missing (the list says 8 frames)' in caplog.text
