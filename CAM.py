@@ -9,7 +9,7 @@
 import argparse
 import os
 
-from opts import add_data_args, add_model_args
+from opts import add_data_args, add_model_args, int_at_least
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.gradcam import DEMO_CHECKPOINT, explain
 
@@ -22,8 +22,8 @@ def build_parser():
                         help='frame folder, video file or video id (default: first val video)')
     parser.add_argument('--label', type=int, default=None,
                         help='ground-truth class of a --video given as folder/file, if known')
-    parser.add_argument('--num_segments', type=int, default=None, help='default: the checkpoint\'s')
-    parser.add_argument('--target_class', type=int, default=None, help='default: the predicted class')
+    parser.add_argument('--num_segments', type=int_at_least(1), default=None, help='default: the checkpoint\'s')
+    parser.add_argument('--target_class', type=int_at_least(0), default=None, help='default: the predicted class')
     parser.add_argument('--output', default=os.path.join('imgs', 'CAM_result.png'))
     add_model_args(parser, defaults_from_checkpoint=True)
     return parser

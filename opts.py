@@ -7,6 +7,20 @@ from ops.temporal import TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
 
 
+def int_at_least(minimum):
+    """argparse type: an integer >= `minimum` (argparse names the flag in its error)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'invalid int value: {text!r}') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'must be >= {minimum}, got {value}')
+        return value
+    parse.__name__ = f'int >= {minimum}'
+    return parse
+
+
 def add_data_args(parser, default_dataset='synthetic', loader=True):
     """--dataset/--dataset_path, and -j/--workers when the command runs a data loader."""
     parser.add_argument('--dataset', default=default_dataset,
@@ -17,7 +31,8 @@ def add_data_args(parser, default_dataset='synthetic', loader=True):
                              "else the release's ../, or ../../datasets/ (the README's training "
                              "path) when the dataset is only there)")
     if loader:
-        parser.add_argument('-j', '--workers', default=8, type=int, help='data loading processes')
+        parser.add_argument('-j', '--workers', default=8, type=int_at_least(0),
+                            help='data loading processes')
 
 
 def add_model_args(parser, defaults_from_checkpoint=False):
@@ -28,7 +43,7 @@ def add_model_args(parser, defaults_from_checkpoint=False):
                         help='temporal modules: MASNet (MAM+MSM+TIM), TSM (shift) or TSN (none)')
     parser.add_argument('--arch', default=None if ckpt else 'resnet50', choices=ARCHS,
                         help='backbone')
-    parser.add_argument('--input_size', default=None if ckpt else 224, type=int,
+    parser.add_argument('--input_size', default=None if ckpt else 224, type=int_at_least(1),
                         help='network input side in pixels (224 in the paper)')
     parser.add_argument('--gpus', nargs='+', type=int, default=None,
                         help='GPU ids for DataParallel (default: 0 1 2 3 as the release, or as many '
@@ -39,12 +54,13 @@ def add_view_args(parser):
     """Test-time views of test.py and predict.py: crops, clips, score averaging."""
     parser.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
                         help='1 center, 3 full-res, 5 corners+center, 10 = 5 + flips')
-    parser.add_argument('--batch_size', default=8, type=int, help='videos per batch (the release\'s 8)')
+    parser.add_argument('--batch_size', default=8, type=int_at_least(1),
+                        help='videos per batch (the release\'s 8)')
     parser.add_argument('--full_res', action='store_true',
                         help='crop input_size*256/224 (256 px) instead of input_size')
     parser.add_argument('--twice_sample', action='store_true', help='2 clips per video')
     parser.add_argument('--dense_sample', action='store_true', help='dense_sample_num clips')
-    parser.add_argument('--dense_sample_num', default=10, type=int)
+    parser.add_argument('--dense_sample_num', default=10, type=int_at_least(1))
     parser.add_argument('--softmax', action='store_true',
                         help="softmax of the views' averaged logits (the release's and TSM's)")
 
@@ -54,7 +70,7 @@ def build_parser():
         description='Train MAS-Net (or the TSM / TSN baselines) on video frame folders.')
     add_data_args(parser)
     add_model_args(parser)
-    parser.add_argument('--num_segments', type=int, default=8, help='frames sampled per clip (T)')
+    parser.add_argument('--num_segments', type=int_at_least(1), default=8, help='frames sampled per clip (T)')
     parser.add_argument('--dropout', '--do', default=0.5, type=float, help='dropout before new_fc')
     parser.add_argument('--pretrain', default='imagenet',
                         help="'imagenet' (torchvision weights from the torch hub cache), 'none', "
@@ -67,8 +83,8 @@ def build_parser():
     parser.add_argument('--dense_sample', action='store_true',
                         help='I3D-style dense sampling (64-frame window)')
 
-    parser.add_argument('--epochs', default=70, type=int)
-    parser.add_argument('-b', '--batch-size', default=32, type=int, help='clips per batch (all GPUs)')
+    parser.add_argument('--epochs', default=70, type=int_at_least(1))
+    parser.add_argument('-b', '--batch-size', default=32, type=int_at_least(1), help='clips per batch (all GPUs)')
     parser.add_argument('--lr', '--learning-rate', default=0.01, type=float, help='base learning rate')
     parser.add_argument('--lr_type', default='MAS_lr', choices=LR_TYPES,
                         help='step_lr: x0.1 at each step; MAS_lr: x0.1, x0.1, x0.5, x0.2 at 4 '
@@ -86,15 +102,15 @@ def build_parser():
     parser.add_argument('--amp', action='store_true', help='mixed precision (autocast + GradScaler)')
     parser.add_argument('--seed', default=0, type=int, help='seed of sampling, augmentation, init')
 
-    parser.add_argument('--print-freq', '-p', default=20, type=int, help='log every N iterations')
-    parser.add_argument('--eval-freq', '-ef', default=1, type=int, help='validate every N epochs')
+    parser.add_argument('--print-freq', '-p', default=20, type=int_at_least(1), help='log every N iterations')
+    parser.add_argument('--eval-freq', '-ef', default=1, type=int_at_least(1), help='validate every N epochs')
     parser.add_argument('--resume', default='',
                         help="continue training from this checkpoint (default: the run folder's "
                              "ckpt.pth.tar when there is one)")
     parser.add_argument('--tune_from', default='',
                         help='initialise from a checkpoint of another dataset (new_fc not loaded)')
     parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')
-    parser.add_argument('--start-epoch', default=0, type=int, help='first epoch (set by --resume)')
+    parser.add_argument('--start-epoch', default=0, type=int_at_least(0), help='first epoch (set by --resume)')
 
     parser.add_argument('--store_name', default='', help='run name (default: from the settings)')
     parser.add_argument('--root_log', default='experiments',

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from opts import add_data_args, add_model_args, add_view_args
+from opts import add_data_args, add_model_args, add_view_args, int_at_least
 from ops.evaluation import DEFAULT_SCORE_DIR
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.inference import evaluate_checkpoints
@@ -27,7 +27,8 @@ def build_parser():
                         help="segments per model, comma-separated (one value for all; default: "
                              "the checkpoint's, else the release's 16)")
     add_view_args(parser)
-    parser.add_argument('--max_num', type=int, default=None, help='evaluate the first N videos')
+    parser.add_argument('--max_num', type=int_at_least(1), default=None,
+                        help='evaluate the first N videos')
     parser.add_argument('--test_list', default=None, help='list file (default: the val list)')
     parser.add_argument('--coeff', default=None, help='ensemble weights, comma-separated')
     parser.add_argument('--csv_file', default=None,
@@ -35,12 +36,22 @@ def build_parser():
     parser.add_argument('--save_scores', default=DEFAULT_SCORE_DIR,
                         help="folder of the score files ('' = don't write) (default: %(default)s)")
     parser.add_argument('--log_file', default=None, help='also write the results to this file')
+    parser.add_argument('--overwrite', action='store_true',
+                        help="replace score files of another checkpoint / list (default: refuse)")
     return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dense_sample and args.twice_sample:
+        parser.error('--dense_sample and --twice_sample exclude each other (pick one clip sampling)')
+    return args
 
 
 @exit_on_user_error
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.log_file)
     return evaluate_checkpoints(args)
 

@@ -62,6 +62,48 @@ def read_checkpoint(path, map_location='cpu'):
     return data
 
 
+def non_finite_entries(state):
+    """Names of the floating-point tensors holding NaN or inf in a (nested) state dict, e.g. a
+    model's or an optimizer's."""
+    bad = []
+
+    def visit(value, name):
+        if torch.is_tensor(value):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(name)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f'{name}.{key}' if name else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f'{name}.{i}')
+
+    visit(state, '')
+    return bad
+
+
+def check_trained_settings(checkpoint, path, **settings):
+    """Refuse a checkpoint whose recorded settings (e.g. num_segments=8, arch='resnet50') differ
+    from the given ones; settings the checkpoint does not record, or given as None, pass."""
+    for key, wanted in settings.items():
+        trained = checkpoint.get(key)
+        if wanted and trained and wanted != trained:
+            if key == 'num_segments':
+                raise CheckpointError(f"checkpoint '{path}' was trained with {trained} segments, "
+                                      f"not {wanted}")
+            raise CheckpointError(f"checkpoint '{path}' was trained with {key} {trained}, "
+                                  f"not {wanted}")
+
+
+def check_finite(checkpoint, path):
+    """Refuse a checkpoint holding NaN / inf weights (from a diverged run)."""
+    bad = non_finite_entries(checkpoint['state_dict'])
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}' holds {len(bad)} non-finite tensor(s) "
+                              f"[{_summarise(bad)}]: it comes from a diverged run; resume from "
+                              f"an earlier checkpoint or start afresh with another --store_name")
+
+
 def strip_wrapper_prefix(state_dict):
     """Drop the ``module.`` prefix DataParallel/DDP add to every parameter name."""
     stripped = {}

@@ -14,8 +14,11 @@ Sampling (T = num_segments, n = frames of the video, indices 1-based):
 
 Bad input policy: a missing or corrupt frame is logged and replaced by the nearest readable
 frame of the same video. A video with no readable frame is logged and, in training, replaced
-by another random video (counted in ``num_replaced``); in evaluation it is an error naming the
-video, since scores of a substitute would be silently wrong.
+by another random video (counted in ``num_replaced``; after MAX_REPLACEMENTS in a row the run
+stops with one line); in evaluation it is an error naming the video, since scores of a
+substitute would be silently wrong. ``load_checked_list`` checks a list before any epoch:
+labels in range, every video present (an error naming ``file:line``; for a training list only
+a warning unless none is present), and a readable first video among the first few.
 """
 import logging
 import os
@@ -29,6 +32,8 @@ logger = logging.getLogger('masnet.data')
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
 DENSE_WINDOW = 64
+MAX_REPLACEMENTS = 20  # unreadable training videos in a row before the run stops
+PROBE_VIDEOS = 5  # videos of each list decoded before training
 
 
 class DataError(RuntimeError):
@@ -38,10 +43,11 @@ class DataError(RuntimeError):
 class VideoRecord:
     """One line of a list file."""
 
-    def __init__(self, path, num_frames, label):
+    def __init__(self, path, num_frames, label, line_no=None):
         self.path = path
         self.num_frames = num_frames  # None: count when decoded (video files with '-')
         self.label = label
+        self.line_no = line_no  # line in the list file
 
     @property
     def is_video_file(self):
@@ -59,8 +65,12 @@ def parse_list_file(list_file):
     if not os.path.isfile(list_file):
         raise DataError(f"list file '{list_file}' does not exist")
     records = []
-    with open(list_file) as f:
-        for line_no, line in enumerate(f, start=1):
+    with open(list_file, 'rb') as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode('utf-8')
+            except UnicodeDecodeError:
+                raise DataError(f"{list_file}:{line_no}: not UTF-8 text (is it a list file?)") from None
             if not line.strip():
                 continue
             parts = line.split()
@@ -72,12 +82,75 @@ def parse_list_file(list_file):
                 frames = None if (num_frames == '-' and is_video) else int(num_frames)
                 if frames is not None and frames < 1:
                     raise ValueError('num_frames must be >= 1')
-                records.append(VideoRecord(path, frames, int(label)))
+                records.append(VideoRecord(path, frames, int(label), line_no))
             except ValueError as exc:
-                raise DataError(f"{list_file}:{line_no}: cannot parse '{line.strip()}' "
+                raise DataError(f"{list_file}:{line_no}: cannot parse '{line.strip()[:80]}' "
                                 f"(want '<folder> <num_frames> <label>': {exc})") from None
     if not records:
         raise DataError(f"list file '{list_file}' holds no video")
+    return records
+
+
+def check_labels(records, list_file, num_class):
+    """Refuse a label outside [0, num_class), naming the list file and line."""
+    for record in records:
+        if not 0 <= record.label < num_class:
+            raise DataError(f"{list_file}:{record.line_no}: label {record.label} of "
+                            f"'{record.path}' is not in [0, {num_class})")
+
+
+def missing_videos(records, root_path):
+    """The records whose frame folder / video file is absent below `root_path`.
+
+    One os.listdir per distinct parent folder (not one stat per video), so 200k-video lists
+    take seconds at most.
+    """
+    entries, missing = {}, []
+    for record in records:
+        parent, name = os.path.split(os.path.normpath(os.path.join(root_path, record.path)))
+        if parent not in entries:
+            try:
+                entries[parent] = set(os.listdir(parent))
+            except OSError:
+                entries[parent] = frozenset()
+        if name not in entries[parent]:
+            missing.append(record)
+    return missing
+
+
+def load_checked_list(list_file, root_path, num_class, image_tmpl, missing='error'):
+    """The VideoRecords of `list_file`, checked before any epoch (see the module docstring).
+
+    missing: 'error' (validation / test lists: a missing video would cost a whole epoch or
+        bias the scores) or 'warn' (training lists: missing videos are replaced by others,
+        as unreadable ones are; an error only if no video is present).
+    Raises DataError naming the file and line of the first problem.
+    """
+    records = parse_list_file(list_file)
+    check_labels(records, list_file, num_class)
+    absent = missing_videos(records, root_path)
+    if absent:
+        first = absent[0]
+        where = (f"{list_file}:{first.line_no}: '{os.path.join(root_path, first.path)}' does not "
+                 f"exist ({len(absent)} of {len(records)} videos of the list are missing")
+        if missing == 'error' or len(absent) == len(records):
+            raise DataError(f'{where}; check --dataset_path or remove them from the list)')
+        logger.warning(f'{where}; they are replaced by other videos in training)')
+    absent_ids = {id(r) for r in absent}
+    present = [r for r in records if id(r) not in absent_ids]
+    probe = TSNDataSet(root_path, None, 1, image_tmpl, None, random_shift=False,
+                       video_list=present[:PROBE_VIDEOS])
+    problems = []
+    for i in range(len(probe)):
+        try:
+            probe[i]
+            break
+        except DataError as exc:
+            problems.append(str(exc))
+    else:
+        raise DataError(f"{list_file}: none of the first {len(probe)} videos is readable "
+                        f"({problems[0]}); check --dataset_path and the frame template "
+                        f"'{image_tmpl}'")
     return records
 
 
@@ -148,7 +221,7 @@ def _decode_jpeg_file(path):
         return None
     if data.size == 0:
         return None
-    if path.lower().endswith(('.jpg', '.jpeg')):
+    if data[:2].tobytes() == b'\xff\xd8':  # a JPEG (whatever its name says)
         tail = data[-32:].tobytes()
         if b'\xff\xd9' not in tail:  # no end-of-image marker: truncated file
             return None
@@ -282,22 +355,30 @@ class TSNDataSet(Dataset):
                 if 1 <= candidate <= num_frames:
                     frame = read(candidate)
                     if frame is not None:
-                        logger.warning("unreadable frame %s (frame %d): using frame %d instead",
-                                       where, index, candidate)
+                        problem = ('unreadable' if record.is_video_file or os.path.exists(where)
+                                   else f'missing (the list says {num_frames} frames)')
+                        logger.warning("%s frame %s (frame %d): using frame %d instead",
+                                       problem, where, index, candidate)
                         return frame
         raise DataError(f"video '{os.path.join(self.root_path, record.path)}' has no readable "
                         f"frame (checked {num_frames} frames)")
 
     def __getitem__(self, index):
-        record = self.video_list[index]
-        try:
-            frames = self._load_frames(record)
-        except DataError as exc:
-            if self.test_mode or not self.random_shift:
-                raise
-            self.num_replaced += 1
-            logger.error('%s; training on another video instead', exc)
-            return self[random.randrange(len(self.video_list))]
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            record = self.video_list[index]
+            try:
+                frames = self._load_frames(record)
+                break
+            except DataError as exc:
+                if self.test_mode or not self.random_shift:
+                    raise
+                if attempt == MAX_REPLACEMENTS:
+                    raise DataError(f'{attempt + 1} training videos in a row have no readable '
+                                    f'frame (the last: {exc}); check --dataset_path and the '
+                                    f'frame template') from None
+                self.num_replaced += 1
+                logger.error('%s; training on another video instead', exc)
+                index = random.randrange(len(self.video_list))
         if self.transform is None:
             return frames, record.label
         return self.transform(frames, record.label)

@@ -2,8 +2,11 @@
 
 A score file (npz) holds, for every video of a list, the class scores averaged over its
 views (crops x clips): ``scores`` (N, num_class), ``labels`` (N,), ``predictions`` (N,),
-``video_ids`` (N,), plus the settings that produced it.
+``video_ids`` (N,), plus the settings that produced it (``weights``, ``list_file``, ...).
+Its name says dataset, model, frames, crops, clips and size; test.py refuses to replace a
+score file of another checkpoint or list unless --overwrite (check_score_file_free).
 """
+import os
 
 import numpy as np
 import torch
@@ -39,11 +42,19 @@ def load_scores(path):
     scores are squeezed to ``(N, C)`` and ``video_ids`` is None, so they are matched to other
     files by position (and labels).
     """
+    if os.path.isfile(path):
+        with open(path, 'rb') as f:
+            if f.read(4) != b'PK\x03\x04':
+                raise ScoreFileError(f"score file '{path}' is not an npz file (empty or another "
+                                     f"format)")
     try:
         with np.load(path, allow_pickle=False) as data:
             loaded = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise ScoreFileError(f"score file '{path}' cannot be read: {exc}") from None
+    except Exception as exc:  # missing, empty, truncated, not an npz, ...
+        message = f'{type(exc).__name__}: {exc}'.splitlines()[0]
+        raise ScoreFileError(f"score file '{path}' cannot be read ({message})") from None
+    if not isinstance(loaded, dict):
+        raise ScoreFileError(f"score file '{path}' is a .npy array, not an npz score file")
     missing = [k for k in ('scores', 'labels') if k not in loaded]
     if missing:
         raise ScoreFileError(f"score file '{path}' lacks {', '.join(missing)}")
@@ -56,6 +67,29 @@ def load_scores(path):
     loaded['scores'] = scores
     loaded.setdefault('video_ids', None)
     return loaded
+
+
+def check_score_file_free(path, weights, list_file, overwrite=False):
+    """Refuse to replace the score file `path` when it holds the scores of another checkpoint
+    or list (unless `overwrite`); the same evaluation run again may replace its own file."""
+    if overwrite or not os.path.exists(path):
+        return
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            old_weights = str(data['weights']) if 'weights' in data.files else None
+            old_list = str(data['list_file']) if 'list_file' in data.files else None
+    except Exception:
+        old_weights = old_list = '(unreadable file)'
+    same_weights = old_weights is not None and _same_file(old_weights, weights)
+    same_list = old_list is None or _same_file(old_list, list_file)
+    if not (same_weights and same_list):
+        raise ScoreFileError(f"score file '{path}' holds the scores of '{old_weights}' on "
+                             f"'{old_list}': pass --overwrite to replace it, or --save_scores "
+                             f"with another folder")
+
+
+def _same_file(a, b):
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def softmax(scores):

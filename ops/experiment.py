@@ -1,15 +1,21 @@
 """Run folders, logging and command-line error handling shared by the entry points.
 
 A training run writes to
-``<root>/<dataset>/<type>/<arch>/num_segments_<T>/<store_name>/{log,tensorboardX,checkpoint}``.
+``<root>/<dataset>/<type>/<arch>/num_segments_<T>/<store_name>/{log,tensorboardX,checkpoint}``
+and holds ``<run folder>/run.lock`` (an fcntl lock, released by the kernel when the process
+ends, even by kill -9) while it runs, so a second run on the same folder refuses to start.
 """
+import contextlib
+import fcntl
 import functools
 import glob
 import json
 import logging
 import os
+import socket
 import struct
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -17,9 +23,17 @@ from ops.checkpoint import CheckpointError
 from ops.dataset import DataError
 from ops.dataset_config import DatasetError
 from ops.engine import TrainingDiverged
+from ops.utils import STORAGE_ERRNOS, atomic_write, storage_error
+
+LOCK_NAME = 'run.lock'
+
+
+class RunLockedError(RuntimeError):
+    """The run folder is in use by another live process."""
+
 
 # errors of the user's input (or a diverged run), reported as one line instead of a traceback
-USER_ERRORS = (CheckpointError, DatasetError, DataError, TrainingDiverged)
+USER_ERRORS = (CheckpointError, DatasetError, DataError, TrainingDiverged, RunLockedError)
 
 
 def dataset_tag(dataset):
@@ -46,12 +60,31 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _PendingHandler(logging.Handler):
+    """Keeps the records logged before the log file exists (checks run before the run folder
+    is created), for the file handler set up next."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 def setup_logging(log_file=None, is_main=True):
-    """Log INFO to the console (main process) and to `log_file`; returns the 'masnet' logger."""
+    """Log INFO to the console (main process) and to `log_file`; returns the 'masnet' logger.
+
+    Without `log_file` the records are also kept, and written to the log file of a later
+    call (so a run's early messages reach its log.txt).
+    """
     logger = logging.getLogger('masnet')
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    pending = []
     for handler in list(logger.handlers):
+        if isinstance(handler, _PendingHandler):
+            pending = handler.records
         logger.removeHandler(handler)
         handler.close()
     console = _TqdmHandler()
@@ -62,14 +95,53 @@ def setup_logging(log_file=None, is_main=True):
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         file_handler = logging.FileHandler(log_file)
         file_handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%Y-%m-%d %H:%M:%S'))
+        for record in pending:
+            file_handler.handle(record)
         logger.addHandler(file_handler)
+    else:
+        logger.addHandler(_PendingHandler())
     return logger
 
 
 def save_args(args, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
+    with atomic_write(path, 'w') as f:
         json.dump(vars(args), f, indent=2, sort_keys=True)
+
+
+def lock_run_folder(folder):
+    """Hold `folder`'s run lock until the returned file is closed (or the process ends).
+
+    Raises RunLockedError naming the holder when another live process has it. A lock file
+    left by a killed run does not block: the kernel released its lock with the process.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_NAME)
+    handle = open(path, 'a+')
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or 'unknown process'
+        handle.close()
+        raise RunLockedError(f"run folder '{folder}' is in use by another run ({holder}); wait "
+                             f"for it to end or pass another --store_name") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f'pid {os.getpid()} on {socket.gethostname()} since '
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        handle.flush()
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # closing retries the failed write
+            handle.close()
+        raise (storage_error(exc, path) or exc) from None
+    return handle
+
+
+def _close_progress_bars():
+    """Clear the progress bars an exception left open, so the error gets a line of its own."""
+    for bar in list(getattr(tqdm, '_instances', ())):
+        bar.close()
 
 
 def _prog():
@@ -84,13 +156,17 @@ def exit_on_user_error(main):
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except USER_ERRORS + (ValueError,) as exc:
+        except USER_ERRORS + (ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in STORAGE_ERRNOS:
+                raise
             message = str(exc).strip()
             if 'Original Traceback' in message:  # re-raised from a DataLoader worker
-                message = message.splitlines()[-1]
+                message = message.splitlines()[-1].split(': ', 1)[-1]
+            _close_progress_bars()
             print(f'{_prog()}: error: {message}', file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
+            _close_progress_bars()
             print(f'{_prog()}: interrupted', file=sys.stderr)
             sys.exit(130)
 
@@ -112,6 +188,8 @@ def read_scalars(event_dir):
         pos = 0
         while pos + 12 <= len(data):
             (length,) = struct.unpack('<Q', data[pos:pos + 8])
+            if pos + 12 + length + 4 > len(data):  # a record cut short by a killed writer
+                break
             event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
             pos += 12 + length + 4
             for value in event.summary.value:

@@ -127,6 +127,9 @@ def explain(args):
     model = model_from_checkpoint(read_checkpoint(args.weights), args.weights, cfg.num_class,
                                   args.num_segments, args.type, args.arch, args.input_size)
     model = model.to(runtime.device).eval()
+    if args.target_class is not None and args.target_class >= cfg.num_class:
+        raise ValueError(f'--target_class {args.target_class}: the model has {cfg.num_class} '
+                         f'classes (0 to {cfg.num_class - 1})')
     root, record = find_video(args.video, cfg, args.label)
     transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                 model.input_std)

@@ -6,10 +6,11 @@ from torch.utils.data import DataLoader, Subset
 
 from ops.analysis import write_error_analysis
 from ops.checkpoint import read_checkpoint
-from ops.dataset import TSNDataSet
+from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import setup_runtime, wrap_model
-from ops.evaluation import ensemble, evaluate_models, save_scores, score_filename, summarize
+from ops.evaluation import (check_score_file_free, ensemble, evaluate_models, save_scores,
+                            score_filename, summarize)
 from ops.experiment import dataset_tag
 from ops.models import model_from_checkpoint
 from ops.transforms import build_transform
@@ -21,7 +22,12 @@ def split_per_model(text, cast, count, flag):
     """Per-checkpoint values of a comma-separated flag; a single value serves every checkpoint."""
     if text is None:
         return [None] * count
-    values = [cast(v) for v in str(text).split(',') if v != '']
+    try:
+        values = [cast(v) for v in str(text).split(',') if v != '']
+    except ValueError:
+        raise ValueError(f'{flag}: cannot parse {text!r}') from None
+    if cast is int and any(v < 1 for v in values):
+        raise ValueError(f'{flag}: every value must be >= 1, got {text!r}')
     if len(values) == 1:
         values = values * count
     if len(values) != count:
@@ -41,6 +47,7 @@ def evaluate_checkpoints(args):
     coeffs = split_per_model(args.coeff, float, len(weights), '--coeff') if args.coeff else None
     num_clips = 2 if args.twice_sample else args.dense_sample_num if args.dense_sample else 1
     list_file = args.test_list or cfg.val_list
+    records = load_checked_list(list_file, cfg.root_path, cfg.num_class, cfg.image_tmpl)
 
     models, loaders, names = [], [], []
     for k, path in enumerate(weights):
@@ -51,7 +58,8 @@ def evaluate_checkpoints(args):
                                     model.input_std, num_crops=args.test_crops)
         dataset = TSNDataSet(cfg.root_path, list_file, num_segments, cfg.image_tmpl, transform,
                              random_shift=False, test_mode=True, dense_sample=args.dense_sample,
-                             twice_sample=args.twice_sample, dense_sample_num=args.dense_sample_num)
+                             twice_sample=args.twice_sample, dense_sample_num=args.dense_sample_num,
+                             video_list=records)
         if args.max_num is not None:
             dataset = Subset(dataset, range(min(args.max_num, len(dataset))))
         loaders.append(DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
@@ -63,6 +71,10 @@ def evaluate_checkpoints(args):
         logger.info(f"{path}: {model.base_model_name} {model.arch}, {num_segments} segments, "
                     f"{args.test_crops} crop(s) x {num_clips} clip(s) of {model.crop_size}px")
 
+    if args.save_scores:
+        for path, name in zip(weights, names):
+            check_score_file_free(os.path.join(args.save_scores, name), path, list_file,
+                                  args.overwrite)
     scores, labels = evaluate_models(models, loaders, segments, runtime.device,
                                      use_softmax=args.softmax)
     base_set = loaders[0].dataset
@@ -74,7 +86,7 @@ def evaluate_checkpoints(args):
                     f'  ({len(labels)} videos)')
         if args.save_scores:
             out = os.path.join(args.save_scores, name)
-            save_scores(out, model_scores, labels, video_ids, weights=path,
+            save_scores(out, model_scores, labels, video_ids, weights=path, list_file=list_file,
                         num_segments=num_segments, test_crops=args.test_crops, num_clips=num_clips)
             logger.info(f'scores written to {out}')
             analysis = write_error_analysis(out, model_scores, labels, video_ids, cfg.categories,

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from archs import ARCHS
-from ops.checkpoint import CheckpointError, load_pretrained_backbone, load_state_dict_checked
+from ops.checkpoint import (CheckpointError, check_trained_settings, load_pretrained_backbone,
+                            load_state_dict_checked)
 from ops.optim import optim_policies
 from ops.temporal import TEMPORAL_TYPES, build_backbone
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -157,9 +158,7 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
         raise CheckpointError(f"checkpoint '{path}' has {fc_weight.shape[0]} classes, "
                               f"the dataset has {num_class}")
     trained_segments = checkpoint.get('num_segments')
-    if num_segments and trained_segments and num_segments != trained_segments:
-        raise CheckpointError(f"checkpoint '{path}' was trained with {trained_segments} segments, "
-                              f"not {num_segments}")
+    check_trained_settings(checkpoint, path, num_segments=num_segments)
     arch = arch or checkpoint.get('arch') or 'resnet50'
     if arch not in ARCHS:
         raise CheckpointError(f"checkpoint '{path}' names arch '{arch}', not one of "

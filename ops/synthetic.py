@@ -12,6 +12,7 @@ The on-disk format is the Something-Something V1 one: ``frames/<video>/{:05d}.jp
 folders, ``train.txt`` / ``valid.txt`` lists (``<folder> <num_frames> <label>``) and
 ``category.txt``. Generation is deterministic in the seed.
 """
+import logging
 import os
 import shutil
 import tempfile
@@ -119,6 +120,8 @@ def ensure_synthetic(root, **kwargs):
     if os.path.isfile(os.path.join(root, 'valid.txt')):
         return root
     parent = os.path.dirname(os.path.abspath(root))
+    logging.getLogger('masnet').info(f"generating the synthetic dataset into "
+                                     f"'{os.path.abspath(root)}' (first use)")
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.synthetic-', dir=parent)
     try:

@@ -1,20 +1,32 @@
-"""The training run behind main.py: data, model, optimiser, resume, epochs, checkpoints, logs."""
+"""The training run behind main.py: data, model, optimiser, resume, epochs, checkpoints, logs.
+
+What a run reports always matches its files, whatever kills it (tests/test_faults.py):
+the best checkpoint is written before the latest one, so the latest never records a best
+that is not on disk; the reported best top-1 is the one the best file holds (checked and
+repaired on resume); weights or a validation loss that are not finite stop the run before
+anything is saved; temporary files of a killed write are removed at the next start, under
+the run-folder lock.
+"""
 import logging
+import math
 import os
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ops.checkpoint import load_model_weights, save_checkpoint
-from ops.dataset import TSNDataSet
+from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
+                            load_state_dict_checked, non_finite_entries, read_checkpoint,
+                            save_checkpoint)
+from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.distributed import ShardSampler, cleanup, setup_runtime, wrap_model
-from ops.engine import train_one_epoch, validate
-from ops.experiment import default_store_name, run_folder, save_args, setup_logging
+from ops.distributed import ShardSampler, all_reduce_sum, cleanup, setup_runtime, wrap_model
+from ops.engine import TrainingDiverged, train_one_epoch, validate
+from ops.experiment import (RunLockedError, default_store_name, lock_run_folder, run_folder,
+                            save_args, setup_logging)
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.models import TemporalModel
 from ops.transforms import build_transform
-from ops.utils import set_seed
+from ops.utils import remove_stale_temp_files, set_seed
 
 logger = logging.getLogger('masnet')
 
@@ -22,15 +34,17 @@ LATEST_NAME = 'ckpt.pth.tar'
 BEST_NAME = 'ckpt.best.pth.tar'
 
 
-def build_loaders(cfg, model, args, runtime):
+def build_loaders(cfg, model, args, runtime, train_records, val_records):
     """Train loader (shuffled per epoch through a seeded sampler) and sharded val loader."""
     train_set = TSNDataSet(cfg.root_path, cfg.train_list, args.num_segments, cfg.image_tmpl,
                            model.get_augmentation(flip=cfg.flip, mirror_map=cfg.mirror_map),
-                           random_shift=True, dense_sample=args.dense_sample)
+                           random_shift=True, dense_sample=args.dense_sample,
+                           video_list=train_records)
     val_transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std)
     val_set = TSNDataSet(cfg.root_path, cfg.val_list, args.num_segments, cfg.image_tmpl,
-                         val_transform, random_shift=False, dense_sample=args.dense_sample)
+                         val_transform, random_shift=False, dense_sample=args.dense_sample,
+                         video_list=val_records)
     batch_size = max(args.batch_size // runtime.world_size, 1)
     train_sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
                                        shuffle=True, seed=args.seed)
@@ -58,6 +72,98 @@ def add_scalars(writer, epoch, values):
             writer.add_scalar(tag, value, epoch)
 
 
+def find_resume(args, latest):
+    """The checkpoint to resume from (None: start afresh), read and checked against the flags."""
+    resume = args.resume
+    if not (resume or args.tune_from) and os.path.isfile(latest):
+        # the same command run again (e.g. a requeued job) continues the run it left;
+        # with --evaluate it validates that run's latest checkpoint
+        resume = latest
+        logger.info(f"'{latest}' exists: resuming this run (another --store_name starts afresh)")
+    if args.evaluate and not resume:
+        raise CheckpointError(f"--evaluate: no checkpoint to validate ('{latest}' does not exist); "
+                              f"pass --resume FILE")
+    if not resume:
+        return None, None
+    checkpoint = read_checkpoint(resume)
+    check_trained_settings(checkpoint, resume, num_segments=args.num_segments, arch=args.arch,
+                           type=args.type)
+    check_finite(checkpoint, resume)
+    return resume, checkpoint
+
+
+def lock_run(args, runtime):
+    """Rank 0 locks the run folder(s); every process stops with the same line if it cannot."""
+    folders = sorted({run_folder(args.root_log, args), run_folder(args.root_checkpoint, args)})
+    locks, error = [], None
+    if runtime.is_main:
+        try:
+            locks = [lock_run_folder(folder) for folder in folders]
+        except RunLockedError as exc:
+            error = exc
+            for handle in locks:
+                handle.close()
+    if runtime.distributed and all_reduce_sum([error is not None], runtime)[0] and error is None:
+        error = RunLockedError(f"run folder '{folders[0]}' is in use by another run")
+    if error is not None:
+        raise error
+    return locks
+
+
+def best_on_disk(best_path, latest_checkpoint):
+    """The best top-1 the run may report: the one its best checkpoint holds.
+
+    Repairs a best file that a kill left behind the latest checkpoint when the latest is
+    itself the best model (it records its own top-1 as the best); otherwise the best file's
+    value wins and the disagreement is logged.
+    """
+    recorded = float(latest_checkpoint.get('best_prec1', 0.0))
+    best = None
+    if os.path.isfile(best_path):
+        try:
+            best = read_checkpoint(best_path)
+        except CheckpointError as exc:
+            logger.warning(f'{exc}: it is rewritten at the next validation')
+    if best is not None and non_finite_entries(best['state_dict']):
+        logger.warning(f"'{best_path}' holds non-finite weights: it is rewritten at the next "
+                       f"validation")
+        best = None
+    held = None if best is None else float(best.get('prec1', best.get('best_prec1', 0.0)))
+    if held is not None and held >= recorded:
+        return held
+    if latest_checkpoint.get('prec1') is not None and latest_checkpoint['prec1'] == recorded:
+        save_checkpoint(latest_checkpoint, best_path)
+        logger.info(f"'{best_path}' lagged behind the latest checkpoint (a run killed between "
+                    f"the two writes): repaired from the latest, best top-1 {recorded:.3f}")
+        return recorded
+    if held is None:
+        logger.warning(f"'{best_path}' is missing: the best top-1 restarts from the next "
+                       f"validation (the latest checkpoint recorded {recorded:.3f})")
+        if best is None and os.path.isfile(best_path):
+            os.remove(best_path)
+        return 0.0
+    logger.warning(f"the latest checkpoint records best top-1 {recorded:.3f} but '{best_path}' "
+                   f"holds {held:.3f}: reporting what is on disk")
+    return held
+
+
+def check_diverged(model, optimizer, val_loss, epoch, latest):
+    """Stop before saving an epoch whose weights, optimizer state or validation loss is not
+    finite, naming the last good checkpoint."""
+    bad = non_finite_entries(model.state_dict()) + non_finite_entries(
+        optimizer.state_dict()['state'])
+    if not bad and (val_loss is None or math.isfinite(val_loss)):
+        return
+    reason = (f'{len(bad)} non-finite tensor(s) [{", ".join(bad[:3])}]' if bad
+              else f'the validation loss is {val_loss}')
+    if os.path.isfile(latest):
+        last = f"the last good checkpoint is '{latest}' (epoch {read_checkpoint(latest)['epoch']})"
+    else:
+        last = 'no checkpoint was written'
+    raise TrainingDiverged(f'training diverged at epoch {epoch}: {reason}; nothing saved for '
+                           f'this epoch, {last}: run again with a lower --lr or a --clip-gradient')
+
+
 def train(args):
     """Train (or with --evaluate only validate) as the flags say; returns the best val top-1."""
     runtime = setup_runtime(args.gpus)
@@ -66,9 +172,31 @@ def train(args):
         args.store_name = default_store_name(args)
     log_dir = os.path.join(run_folder(args.root_log, args), 'log')
     ckpt_dir = os.path.join(run_folder(args.root_checkpoint, args), 'checkpoint')
-    setup_logging(os.path.join(log_dir, 'log.txt'), runtime.is_main)
+    latest, best_path = os.path.join(ckpt_dir, LATEST_NAME), os.path.join(ckpt_dir, BEST_NAME)
+    setup_logging(None, runtime.is_main)
+    # everything that can fail on bad input is checked before the run folder is created
     cfg = get_dataset_config(args.dataset, args.dataset_path)
+    train_records = None if args.evaluate else load_checked_list(
+        cfg.train_list, cfg.root_path, cfg.num_class, cfg.image_tmpl, missing='warn')
+    val_records = load_checked_list(cfg.val_list, cfg.root_path, cfg.num_class, cfg.image_tmpl)
+    resume, checkpoint = find_resume(args, latest)
+
+    locks = lock_run(args, runtime)
+    try:
+        return _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoint,
+                           log_dir, ckpt_dir, latest, best_path)
+    finally:
+        for handle in locks:
+            handle.close()
+
+
+def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoint, log_dir,
+                ckpt_dir, latest, best_path):
+    setup_logging(os.path.join(log_dir, 'log.txt'), runtime.is_main)
     if runtime.is_main:
+        stale = remove_stale_temp_files(ckpt_dir) + remove_stale_temp_files(log_dir)
+        if stale:
+            logger.info(f'removed {len(stale)} temporary file(s) of a killed run: {", ".join(stale)}')
         save_args(args, os.path.join(log_dir, 'args.json'))
     logger.info(f'{cfg.name}: {cfg.num_class} classes; {args.type} {args.arch}, '
                 f'{args.num_segments} segments, {args.input_size}px; device {runtime.device}, '
@@ -83,15 +211,8 @@ def train(args):
     use_scaler = args.amp and runtime.device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
     start_epoch, best_prec1 = args.start_epoch, 0.0
-    resume = args.resume
-    latest = os.path.join(ckpt_dir, LATEST_NAME)
-    if not (resume or args.tune_from) and os.path.isfile(latest):
-        # the same command run again (e.g. a requeued job) continues the run it left;
-        # with --evaluate it validates that run's latest checkpoint
-        resume = latest
-        logger.info(f"'{latest}' exists: resuming this run (another --store_name starts afresh)")
     if resume:
-        checkpoint = load_model_weights(model, resume)
+        load_state_dict_checked(model, checkpoint['state_dict'], source=f"checkpoint '{resume}'")
         if 'optimizer' in checkpoint:
             optimizer.load_state_dict(checkpoint['optimizer'])
         if checkpoint.get('scaler') and use_scaler:
@@ -99,10 +220,16 @@ def train(args):
         model.initialised_norms.update(checkpoint.get('initialised_norms') or ())
         start_epoch = int(checkpoint.get('epoch', 0))
         best_prec1 = float(checkpoint.get('best_prec1', 0.0))
+        if runtime.is_main and not args.evaluate:
+            best_prec1 = best_on_disk(best_path, checkpoint)
+        best_prec1 = all_reduce_sum([best_prec1 if runtime.is_main else 0.0], runtime)[0]
         logger.info(f"resumed '{resume}' at epoch {start_epoch} (best top-1 {best_prec1:.2f})")
     elif args.tune_from:
-        checkpoint = load_model_weights(model, args.tune_from, skip_prefixes=('new_fc.',))
-        model.init_norms_from(checkpoint['state_dict'])
+        tune = read_checkpoint(args.tune_from)
+        check_finite(tune, args.tune_from)
+        load_state_dict_checked(model, tune['state_dict'], source=f"checkpoint '{args.tune_from}'",
+                                skip_prefixes=('new_fc.',))
+        model.init_norms_from(tune['state_dict'])
         logger.info(f"fine-tuning from '{args.tune_from}' (new_fc re-initialised)")
     if args.partialbn:
         frozen = len(model.partial_bn_norms())
@@ -115,7 +242,8 @@ def train(args):
                            'weights (--pretrain none and no --tune_from)')
 
     net = wrap_model(model, runtime)
-    train_loader, val_loader, train_sampler = build_loaders(cfg, model, args, runtime)
+    train_loader, val_loader, train_sampler = build_loaders(cfg, model, args, runtime,
+                                                            train_records, val_records)
     criterion = torch.nn.CrossEntropyLoss().to(runtime.device)
 
     if args.evaluate:
@@ -123,11 +251,15 @@ def train(args):
         logger.info(f'Testing Results: Prec@1 {prec1:.3f} Prec@5 {prec5:.3f} Loss {loss:.5f}')
         cleanup(runtime)
         return prec1
+    if start_epoch >= args.epochs:
+        logger.info(f'nothing to train: the checkpoint is at epoch {start_epoch}, '
+                    f'--epochs is {args.epochs}')
 
     writer = None
     if runtime.is_main:
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(log_dir), 'tensorboardX'))
+        writer.flush()
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, args.epochs):
@@ -143,16 +275,17 @@ def train(args):
             add_scalars(writer, epoch, {'loss/train': loss, 'acc/train_top1': prec1,
                                         'acc/train_top5': prec5, 'lr': lr})
 
-            is_best = False
+            is_best, val_loss, prec1 = False, None, None
             if (epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1:
-                loss, prec1, prec5 = validate(net, val_loader, criterion, runtime)
+                val_loss, prec1, prec5 = validate(net, val_loader, criterion, runtime)
                 # the first validation always writes a best checkpoint, even at 0% top-1
-                is_best = prec1 > best_prec1 or not os.path.isfile(os.path.join(ckpt_dir, BEST_NAME))
+                is_best = prec1 > best_prec1 or not os.path.isfile(best_path)
                 best_prec1 = max(prec1, best_prec1)
-                logger.info(f'Epoch {epoch} val: Loss {loss:.5f} Prec@1 {prec1:.3f} '
+                logger.info(f'Epoch {epoch} val: Loss {val_loss:.5f} Prec@1 {prec1:.3f} '
                             f'Prec@5 {prec5:.3f} (best Prec@1 {best_prec1:.3f})')
-                add_scalars(writer, epoch, {'loss/test': loss, 'acc/test_top1': prec1,
+                add_scalars(writer, epoch, {'loss/test': val_loss, 'acc/test_top1': prec1,
                                             'acc/test_top5': prec5, 'acc/test_top1_best': best_prec1})
+            check_diverged(model, optimizer, val_loss, epoch, latest)
 
             if runtime.is_main:
                 state = {'epoch': epoch + 1, 'arch': args.arch, 'type': args.type,
@@ -160,13 +293,16 @@ def train(args):
                          'dataset': cfg.name, 'input_size': args.input_size,
                          'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'scaler': scaler.state_dict() if use_scaler else None,
-                         'best_prec1': best_prec1, 'args': vars(args),
+                         'prec1': prec1, 'best_prec1': best_prec1, 'args': vars(args),
                          'initialised_norms': sorted(model.initialised_norms)}
-                save_checkpoint(state, os.path.join(ckpt_dir, LATEST_NAME))
+                # best first: a kill between the two writes leaves the latest one epoch behind
+                # (redone on resume), never a latest that records a best not on disk
                 if is_best:
-                    save_checkpoint(state, os.path.join(ckpt_dir, BEST_NAME))
+                    save_checkpoint(state, best_path)
+                save_checkpoint(state, latest)
+                writer.flush()
     except KeyboardInterrupt:
-        logger.info(f'interrupted during epoch {epoch}; {os.path.join(ckpt_dir, LATEST_NAME)} '
+        logger.info(f'interrupted during epoch {epoch}; {latest} '
                     f'holds the last complete epoch: run the same command to resume')
         raise
     finally:

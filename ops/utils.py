@@ -1,9 +1,12 @@
 """Small helpers shared by every entry point: meters, top-k accuracy, class accuracy, seeding,
 atomic file writes."""
 import contextlib
+import errno
 import os
 import random
+import signal
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -65,22 +68,96 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def atomic_write(path):
-    """Open a binary file that replaces `path` only once fully written and flushed to disk.
+TMP_PREFIX = '.tmp_'
+# errors of the file system rather than of the program: reported as one line naming the path
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
+                  errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+# fault injection for tests/test_faults.py and tools/fault_injection.py:
+# MASNET_FAULT=<file name>:<n>:<point>:<signal> sends SIGKILL/SIGINT to this process during its
+# n-th atomic write of a file of that name, at point 'open' (nothing written yet) or 'written'
+# (data written, before the rename); MASNET_WRITE_DELAY=<seconds> sleeps at 'written'
+FAULT_ENV, DELAY_ENV = 'MASNET_FAULT', 'MASNET_WRITE_DELAY'
+_write_counts = {}
 
-    The data goes to a temporary file in the same folder, renamed over `path` in one
-    `os.replace`; on any error (or Ctrl-C) the temporary file is removed and `path` keeps
-    its old content.
+
+class FileWriteError(OSError):
+    """A file that cannot be written (disk full, no permission, ...), with the path in the message."""
+
+
+def storage_error(exc, path):
+    """The FileWriteError for `exc` if it (or an error it was raised from) is a file-system
+    error such as ENOSPC, else None."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, FileWriteError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            where = seen.filename or path
+            return FileWriteError(seen.errno, f"cannot write '{where}': {seen.strerror}")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _fault_point(path, point):
+    """The test hook of atomic_write (see FAULT_ENV); a no-op unless the variables are set."""
+    name = os.path.basename(path)
+    if point == 'written' and os.environ.get(DELAY_ENV):
+        time.sleep(float(os.environ[DELAY_ENV]))
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    target, nth, where, sig = spec.split(':')
+    if target != name or where != point:
+        return
+    _write_counts[name] = _write_counts.get(name, 0) + 1
+    if _write_counts[name] == int(nth):
+        os.kill(os.getpid(), signal.SIGKILL if sig == 'kill' else signal.SIGINT)
+        time.sleep(5)  # the signal arrives while the writer is inside the window
+
+
+def file_mode():
+    """0666 less the process umask: the permissions open() gives new files (0644 usually)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def remove_stale_temp_files(folder):
+    """Delete the temporary files of atomic writes a killed process left in `folder`;
+    returns their names. Call it only while no other process writes there (run-folder lock)."""
+    if not os.path.isdir(folder):
+        return []
+    stale = sorted(n for n in os.listdir(folder) if n.startswith(TMP_PREFIX))
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='wb'):
+    """Open a file that replaces `path` only once fully written and flushed to disk.
+
+    The data goes to a temporary file (``.tmp_*``) in the same folder, renamed over `path` in
+    one `os.replace`; on any error (or Ctrl-C) the temporary file is removed and `path` keeps
+    its old content. The file gets the permissions of a plain open() (umask respected).
+    A full disk or a permission error raises FileWriteError naming the path.
+    mode: 'wb' or 'w' (text).
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix='.tmp_', suffix=os.path.basename(path), dir=folder)
+    _fault_point(path, 'open')
     try:
-        with os.fdopen(fd, 'wb') as f:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path),
+                                        dir=folder)
+    except OSError as exc:
+        raise (storage_error(exc, path) or exc) from None
+    try:
+        with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            _fault_point(path, 'written')
             os.fsync(f.fileno())
+        os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
     except BaseException as exc:
         if os.path.exists(tmp_path):
@@ -89,4 +166,8 @@ def atomic_write(path):
             # Ctrl-C inside the writer, whose clean-up then failed (torch.save does): report
             # the interrupt, not the clean-up error
             raise KeyboardInterrupt from exc
+        if not isinstance(exc, KeyboardInterrupt):
+            error = storage_error(exc, path)
+            if error is not None and error is not exc:
+                raise error from None
         raise

@@ -1,0 +1,238 @@
+"""Reliability: kills inside and between checkpoint writes, NaNs, full disks, concurrent runs,
+bad lists, flags and score files. The kill trials are two of tools/fault_injection.py's
+(its full run, with Ctrl-C and random-time kills, is reported in the README)."""
+import errno
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import average_scores
+import test as test_main
+from ops import utils
+from ops.checkpoint import read_checkpoint, save_checkpoint
+from ops.dataset import DataError, TSNDataSet, VideoRecord, load_checked_list, parse_list_file
+from ops.evaluation import ScoreFileError, check_score_file_free, save_scores
+from ops.experiment import RunLockedError, lock_run_folder
+from ops.training import best_on_disk
+from tests.conftest import ROOT
+from tools import fault_injection as F
+
+
+@pytest.fixture(scope='module')
+def reference(tiny_data_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('reference'))
+    return out, F.reference_run(tiny_data_root, out, epochs=2)
+
+
+def test_reported_best_is_what_test_py_gives_on_the_best_checkpoint(tiny_data_root, reference):
+    out, ref = reference
+    top1, _, _ = test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root,
+                                 '--weights', os.path.join(F.run_dir(out), 'checkpoint', F.BEST),
+                                 '-j', '0', '--batch_size', '4', '--save_scores', ''])
+    assert ref['reported'] is not None and top1 == pytest.approx(ref['reported'], abs=1e-6)
+    assert ref[F.BEST]['prec1'] == ref['reported']
+    for name in (F.LATEST, F.BEST):  # readable like the logs (0644 under the usual umask)
+        mode = os.stat(os.path.join(F.run_dir(out), 'checkpoint', name)).st_mode
+        assert stat.S_IMODE(mode) == utils.file_mode()
+
+
+@pytest.mark.parametrize('name,how', [
+    ('kill -9 inside the 2nd best write', dict(fault=f'{F.BEST}:2:written:kill')),
+    ('kill -9 between the best and the latest write', dict(fault=f'{F.LATEST}:2:open:kill')),
+])
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data_root, reference, tmp_path,
+                                                        name, how):
+    out = str(tmp_path / 'run')
+    command = F.train_command(tiny_data_root, out, epochs=2)
+    window = F.kill_once(command, out, **how)
+    if 'best write' in name:
+        assert window == 'inside a best-checkpoint write'
+    if 'between' in name:
+        assert window == 'between the best and the latest write'
+    assert F.check_recovered(command, out, reference[1]) == []
+
+
+def test_files_get_the_umask_permissions(tmp_path):
+    path = tmp_path / 'f.bin'
+    with utils.atomic_write(str(path)) as f:
+        f.write(b'x')
+    plain = tmp_path / 'plain'
+    plain.write_bytes(b'x')
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_disk_full_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / 'ckpt.pth.tar'
+    save_checkpoint({'epoch': 1, 'state_dict': {'w': torch.ones(2)}}, str(path))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(os, 'fsync', full)
+    with pytest.raises(utils.FileWriteError, match=r"cannot write '.*ckpt.pth.tar': No space left"):
+        save_checkpoint({'epoch': 2, 'state_dict': {'w': torch.zeros(2)}}, str(path))
+    monkeypatch.undo()
+    assert read_checkpoint(str(path))['epoch'] == 1 and os.listdir(tmp_path) == ['ckpt.pth.tar']
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    (tmp_path / '.tmp_abcckpt.pth.tar').write_bytes(b'partial')
+    (tmp_path / 'ckpt.pth.tar').write_bytes(b'keep')
+    assert utils.remove_stale_temp_files(str(tmp_path)) == ['.tmp_abcckpt.pth.tar']
+    assert os.listdir(tmp_path) == ['ckpt.pth.tar']
+
+
+def test_run_lock_refuses_a_second_run_but_not_a_stale_lock(tmp_path):
+    held = lock_run_folder(str(tmp_path))
+    with pytest.raises(RunLockedError, match=f'pid {os.getpid()}'):
+        lock_run_folder(str(tmp_path))
+    held.close()  # as the kernel does for a killed process
+    lock_run_folder(str(tmp_path)).close()
+    # a lock held by another (live) process
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[1]);'
+                             'from ops.experiment import lock_run_folder as l; h = l(sys.argv[2]);'
+                             'print("locked", flush=True); sys.stdin.read()', ROOT, str(tmp_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'locked'
+    with pytest.raises(RunLockedError, match='in use by another run'):
+        lock_run_folder(str(tmp_path))
+    proc.kill()
+    proc.wait()
+    lock_run_folder(str(tmp_path)).close()
+
+
+def _state(epoch, prec1, best, value):
+    return {'epoch': epoch, 'prec1': prec1, 'best_prec1': best, 'state_dict': {'w': torch.full((2,), value)}}
+
+
+def test_best_checkpoint_is_repaired_or_reported_as_on_disk(tmp_path):
+    best = str(tmp_path / 'best')
+    # killed between the writes of the old order: the latest is the best model, the best file stale
+    save_checkpoint(_state(1, 0.0, 0.0, 1.0), best)
+    assert best_on_disk(best, _state(2, 25.0, 25.0, 2.0)) == 25.0
+    assert read_checkpoint(best)['epoch'] == 2
+    # the best file ahead of the latest (killed after the best write): its own value counts
+    save_checkpoint(_state(3, 30.0, 30.0, 3.0), best)
+    assert best_on_disk(best, _state(2, 25.0, 25.0, 2.0)) == 30.0
+    # a latest recording a best that is nowhere on disk: report what is on disk
+    save_checkpoint(_state(1, 10.0, 10.0, 1.0), best)
+    assert best_on_disk(best, _state(3, 5.0, 25.0, 2.0)) == 10.0
+    os.remove(best)
+    assert best_on_disk(best, _state(3, 5.0, 25.0, 2.0)) == 0.0
+
+
+def train_cli(data_root, out, capsys, *extra):
+    """main.py in this process; returns (exit status, stderr)."""
+    import main as train_main
+    capsys.readouterr()
+    try:
+        train_main.main(['--dataset', 'synthetic', '--dataset_path', data_root, '--arch',
+                         'resnet10', '--num_segments', '4', '--input_size', '32', '--pretrain',
+                         'none', '-b', '8', '-j', '0', '--root_log', out, '--root_checkpoint', out,
+                         '--store_name', 'run', *extra])
+        status = 0
+    except SystemExit as exc:
+        status = exc.code
+    return status, capsys.readouterr().err
+
+
+def one_line_error(res, *words):
+    status, err = res
+    lines = [ln for ln in err.splitlines() if 'error' in ln]
+    assert status == 2 and len(lines) == 1 and 'Traceback' not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_nan_weights_are_never_saved(tiny_data_root, tmp_path, capsys):
+    out = str(tmp_path / 'exp')
+    res = train_cli(tiny_data_root, out, capsys, '--lr', '1e6', '--epochs', '2')
+    one_line_error(res, 'training diverged at epoch')
+    ckpt = os.path.join(out, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'run', 'checkpoint')
+    for name in os.listdir(ckpt) if os.path.isdir(ckpt) else []:
+        data = read_checkpoint(os.path.join(ckpt, name))
+        assert all(torch.isfinite(v).all() for v in data['state_dict'].values()
+                   if v.is_floating_point()), name
+
+
+def test_bad_flags_and_inputs_are_one_line(tiny_data_root, tmp_path, capsys):
+    out = str(tmp_path / 'exp')
+    for flag in ('--num_segments', '--print-freq', '--eval-freq', '--input_size', '--epochs',
+                 '--batch-size'):
+        res = train_cli(tiny_data_root, out, capsys, flag, '0')
+        one_line_error(res, flag, 'must be >= 1')
+    one_line_error(train_cli(tiny_data_root, out, capsys, '--evaluate'), '--evaluate', 'no checkpoint')
+    assert not os.path.exists(out)  # a failed start leaves no run folder
+
+
+def test_lists_are_checked_before_training(tmp_path, tiny_data_root):
+    root = os.path.join(tiny_data_root, 'synthetic', 'frames')
+    video = sorted(os.listdir(root))[0]
+    bad = tmp_path / 'bad.txt'
+    bad.write_text(f'{video} 6 1\n{video} 6 8\n')
+    with pytest.raises(DataError, match=r'bad.txt:2: label 8 .* not in \[0, 8\)'):
+        load_checked_list(str(bad), root, 8, '{:05d}.jpg')
+    bad.write_text(f'{video} 6 1\nabsent 6 1\n')
+    with pytest.raises(DataError, match=r"bad.txt:2: '.*absent' does not exist \(1 of 2"):
+        load_checked_list(str(bad), root, 8, '{:05d}.jpg')
+    assert len(load_checked_list(str(bad), root, 8, '{:05d}.jpg', missing='warn')) == 2
+    bad.write_text(f'{video} 6 1\n')
+    with pytest.raises(DataError, match="none of the first 1 videos is readable.*'img_{:05d}.jpg'"):
+        load_checked_list(str(bad), root, 8, 'img_{:05d}.jpg')
+    bad.write_bytes(b'\x89PNG\x00\xff\xfe')
+    with pytest.raises(DataError, match='bad.txt:1: not UTF-8 text'):
+        parse_list_file(str(bad))
+
+
+def test_unreadable_training_videos_stop_the_run(tmp_path):
+    ds = TSNDataSet(str(tmp_path), None, 4, '{:05d}.jpg', None,
+                    video_list=[VideoRecord('absent', 8, 0)])
+    with pytest.raises(DataError, match='21 training videos in a row'):
+        ds[0]
+
+
+def test_png_named_jpg_decodes(tmp_path):
+    import cv2
+    from ops.dataset import _decode_jpeg_file
+    img = np.full((8, 8, 3), 200, np.uint8)
+    path = str(tmp_path / '00001.jpg')
+    cv2.imwrite(str(tmp_path / 'x.png'), img)
+    os.rename(str(tmp_path / 'x.png'), path)
+    assert np.array_equal(_decode_jpeg_file(path), img)
+
+
+def test_score_files_of_another_checkpoint_are_not_replaced(tmp_path):
+    path = str(tmp_path / 's.npz')
+    save_scores(path, np.zeros((2, 3)), [0, 1], ['a', 'b'], weights='a.pth.tar', list_file='v.txt')
+    check_score_file_free(path, 'a.pth.tar', 'v.txt')  # the same evaluation again
+    with pytest.raises(ScoreFileError, match="holds the scores of 'a.pth.tar'.*--overwrite"):
+        check_score_file_free(path, 'b.pth.tar', 'v.txt')
+    with pytest.raises(ScoreFileError):
+        check_score_file_free(path, 'a.pth.tar', 'other.txt')
+    check_score_file_free(path, 'b.pth.tar', 'v.txt', overwrite=True)
+
+
+@pytest.mark.parametrize('content', [b'', b'PK\x03\x04truncated', b'not an npz at all'])
+def test_corrupt_score_files_are_one_line(tmp_path, content, capsys):
+    path = tmp_path / 'bad.npz'
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        average_scores.main([str(path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and 'bad.npz' in err
+
+
+def test_a_frame_count_beyond_the_folder_is_named(tmp_path, caplog):
+    import cv2
+    os.makedirs(tmp_path / 'v')
+    for i in range(1, 5):
+        cv2.imwrite(str(tmp_path / 'v' / f'{i:05d}.jpg'), np.full((8, 8, 3), 10 * i, np.uint8))
+    ds = TSNDataSet(str(tmp_path), None, 4, '{:05d}.jpg', None, random_shift=False,
+                    video_list=[VideoRecord('v', 8, 0)])
+    frames, _ = ds[0]
+    assert len(frames) == 4
+    assert 'missing (the list says 8 frames)' in caplog.text
