@@ -82,11 +82,33 @@ def non_finite_entries(state):
     return bad
 
 
+# the model settings a checkpoint of this code base records beside the release's 'arch'
+SETTING_KEYS = ('type', 'arch', 'num_segments', 'input_size')
+
+
+def training_checkpoint(epoch, model, optimizer, settings, prec1=None, best_prec1=0.0,
+                        scaler_state=None, **extra):
+    """The dict main.py saves: the release's keys (epoch, arch, state_dict, best_prec1), the
+    model settings of SETTING_KEYS (from `settings`), what resuming needs (optimizer and
+    scaler state, the epoch's top-1 as prec1) and `extra` entries (e.g. args)."""
+    state = {key: settings[key] for key in SETTING_KEYS}
+    state.update(epoch=epoch, state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+                 scaler=scaler_state, prec1=prec1, best_prec1=best_prec1, **extra)
+    return state
+
+
+def trained_settings(checkpoint):
+    """``{type, arch, num_segments, input_size}`` a checkpoint records (None where it does not:
+    the release's record only 'arch')."""
+    return {key: checkpoint.get(key) for key in SETTING_KEYS}
+
+
 def check_trained_settings(checkpoint, path, **settings):
     """Refuse a checkpoint whose recorded settings (e.g. num_segments=8, arch='resnet50') differ
     from the given ones; settings the checkpoint does not record, or given as None, pass."""
+    recorded = trained_settings(checkpoint)
     for key, wanted in settings.items():
-        trained = checkpoint.get(key)
+        trained = recorded[key]
         if wanted and trained and wanted != trained:
             if key == 'num_segments':
                 raise CheckpointError(f"checkpoint '{path}' was trained with {trained} segments, "

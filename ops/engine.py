@@ -15,8 +15,13 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite (without a gradient scaler to absorb it)."""
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch, runtime, args, lr):
-    """Train for one epoch; returns (loss, top1, top5) averaged over all processes."""
+def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, runtime, lr: float,
+                    amp: bool = False, clip_gradient: float = 0.0, print_freq: int = 20):
+    """Train for one epoch; returns (loss, top1, top5) averaged over all processes.
+
+    amp: autocast the forward pass; clip_gradient: clip the global gradient norm to it (0: off);
+    print_freq: log a line every that many iterations; lr: the epoch's lr, for the log lines.
+    """
     batch_time, data_time = AverageMeter(), AverageMeter()
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.train()
@@ -28,7 +33,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch, runtime,
         data_time.update(time.time() - end)
         clips = clips.to(device, non_blocking=True)  # (N, T*3, H, W)
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, enabled=args.amp):
+        with torch.autocast(device_type=device.type, enabled=amp):
             output = model(clips)  # (N, num_class)
             loss = criterion(output, labels)
         if not torch.isfinite(loss) and not scaler.is_enabled():
@@ -38,9 +43,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch, runtime,
                                    f'--lr or a --clip-gradient')
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if args.clip_gradient:
+        if clip_gradient:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_gradient)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_gradient)
         scaler.step(optimizer)
         scaler.update()
 
@@ -52,7 +57,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch, runtime,
         batch_time.update(time.time() - end)
         end = time.time()
         bar.set_postfix(loss=f'{losses.avg:.3f}', top1=f'{top1.avg:.1f}')
-        if i % args.print_freq == 0:
+        if i % print_freq == 0:
             logger.info(f'Epoch: [{epoch}][{i}/{len(loader)}], lr: {lr:.5f}\t'
                         f'Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t'
                         f'Data {data_time.val:.3f} ({data_time.avg:.3f})\t'

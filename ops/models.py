@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from archs import ARCHS
 from ops.checkpoint import (CheckpointError, check_trained_settings, load_pretrained_backbone,
-                            load_state_dict_checked)
+                            load_state_dict_checked, trained_settings)
 from ops.optim import optim_policies
 from ops.temporal import TEMPORAL_TYPES, build_backbone
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -157,9 +157,10 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
     if fc_weight.shape[0] != num_class:
         raise CheckpointError(f"checkpoint '{path}' has {fc_weight.shape[0]} classes, "
                               f"the dataset has {num_class}")
-    trained_segments = checkpoint.get('num_segments')
+    trained = trained_settings(checkpoint)
+    trained_segments = trained['num_segments']
     check_trained_settings(checkpoint, path, num_segments=num_segments)
-    arch = arch or checkpoint.get('arch') or 'resnet50'
+    arch = arch or trained['arch'] or 'resnet50'
     if arch not in ARCHS:
         raise CheckpointError(f"checkpoint '{path}' names arch '{arch}', not one of "
                               f"{', '.join(ARCHS)}; pass --arch")
@@ -167,9 +168,9 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
         logger.info(f"'{path}' records no segment count: using {default_segments} "
                     f"(pass --test_segments to change it)")
     model = TemporalModel(num_class, num_segments or trained_segments or default_segments,
-                          base_model or checkpoint.get('type') or 'MASNet', arch,
+                          base_model or trained['type'] or 'MASNet', arch,
                           partial_bn=False, pretrain='none',
-                          input_size=input_size or checkpoint.get('input_size') or 224,
+                          input_size=input_size or trained['input_size'] or 224,
                           full_res=full_res)
     load_state_dict_checked(model, state_dict, source=f"checkpoint '{path}'")
     return model

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
                             load_state_dict_checked, non_finite_entries, read_checkpoint,
-                            save_checkpoint)
+                            save_checkpoint, training_checkpoint)
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import ShardSampler, all_reduce_sum, cleanup, setup_runtime, wrap_model
@@ -269,7 +269,9 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
                              args.warmup)
             apply_lr(optimizer, lr, args.weight_decay)
             loss, prec1, prec5 = train_one_epoch(net, train_loader, criterion, optimizer, scaler,
-                                                 epoch, runtime, args, lr)
+                                                 epoch, runtime, lr, amp=args.amp,
+                                                 clip_gradient=args.clip_gradient,
+                                                 print_freq=args.print_freq)
             logger.info(f'Epoch {epoch} train: Loss {loss:.4f} Prec@1 {prec1:.3f} '
                         f'Prec@5 {prec5:.3f} lr {lr:.6f}')
             add_scalars(writer, epoch, {'loss/train': loss, 'acc/train_top1': prec1,
@@ -288,13 +290,11 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
             check_diverged(model, optimizer, val_loss, epoch, latest)
 
             if runtime.is_main:
-                state = {'epoch': epoch + 1, 'arch': args.arch, 'type': args.type,
-                         'num_segments': args.num_segments, 'num_class': cfg.num_class,
-                         'dataset': cfg.name, 'input_size': args.input_size,
-                         'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                         'scaler': scaler.state_dict() if use_scaler else None,
-                         'prec1': prec1, 'best_prec1': best_prec1, 'args': vars(args),
-                         'initialised_norms': sorted(model.initialised_norms)}
+                state = training_checkpoint(
+                    epoch + 1, model, optimizer, vars(args), prec1, best_prec1,
+                    scaler.state_dict() if use_scaler else None, num_class=cfg.num_class,
+                    dataset=cfg.name, args=vars(args),
+                    initialised_norms=sorted(model.initialised_norms))
                 # best first: a kill between the two writes leaves the latest one epoch behind
                 # (redone on resume), never a latest that records a best not on disk
                 if is_best:

@@ -201,8 +201,6 @@ def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
 
 def test_diverged_training_stops_before_the_update():
     """A NaN loss stops the run with a one-line reason, before it corrupts the weights."""
-    from argparse import Namespace
-
     from ops.distributed import setup_runtime
     from ops.engine import TrainingDiverged, train_one_epoch
 
@@ -212,10 +210,9 @@ def test_diverged_training_stops_before_the_update():
     optimizer = torch.optim.SGD(model.parameters(), 0.1)
     scaler = torch.amp.GradScaler('cuda', enabled=False)
     loader = [(torch.randn(2, 12, 32, 32), torch.tensor([0, 1]))]
-    args = Namespace(amp=False, clip_gradient=0, print_freq=1)
     with pytest.raises(TrainingDiverged, match='loss is nan at epoch 3, iteration 0'):
         train_one_epoch(model, loader, lambda out, y: out.sum() * float('nan'), optimizer,
-                        scaler, 3, setup_runtime(None), args, 0.1)
+                        scaler, 3, setup_runtime(None), 0.1, print_freq=1)
     for k, v in model.named_parameters():  # no optimizer step was taken
         assert torch.equal(v, before[k]), k
 
