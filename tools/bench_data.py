@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ops.dataset import _decode_jpeg_file  # noqa: E402
+from ops.video_readers import decode_image_file  # noqa: E402
 from ops.transforms import GroupMultiScaleCrop, build_transform  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -54,7 +54,7 @@ def pil_pipeline(paths, size=224):
 
 
 def our_pipeline(paths, transform):
-    frames = [_decode_jpeg_file(p) for p in paths]
+    frames = [decode_image_file(p) for p in paths]
     return transform(frames, 0)[0]
 
 
@@ -75,7 +75,7 @@ def main(argv=None):
     transform = build_transform('train', 224, 256, MEAN, STD, flip=True)
     with tempfile.TemporaryDirectory() as folder:
         paths = write_frames(folder, args.frames)
-        decode_only = clips_per_second(lambda: [_decode_jpeg_file(p) for p in paths], args.clips)
+        decode_only = clips_per_second(lambda: [decode_image_file(p) for p in paths], args.clips)
         baseline, ours = [], []
         for _ in range(3):  # interleaved rounds
             baseline.append(clips_per_second(lambda: pil_pipeline(paths), args.clips // 3))
