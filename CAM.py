@@ -9,7 +9,7 @@
 import argparse
 import os
 
-from opts import add_model_args
+from opts import add_model_args, add_video_backend_arg
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.gradcam import DEMO_CHECKPOINT, run
 
@@ -28,6 +28,7 @@ def build_parser():
     parser.add_argument('--target_class', type=int, default=None, help='default: the predicted class')
     parser.add_argument('--output', default=os.path.join('imgs', 'CAM_result.png'))
     add_model_args(parser, defaults_from_checkpoint=True)
+    add_video_backend_arg(parser)
     return parser
 
 

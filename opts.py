@@ -3,6 +3,7 @@ import argparse
 
 from archs import ARCHS, TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
+from ops.video_readers import VIDEO_BACKENDS
 
 
 def add_data_args(parser, default_dataset='synthetic'):
@@ -15,6 +16,13 @@ def add_data_args(parser, default_dataset='synthetic'):
                              "else the release's ../, or ../../datasets/ (the README's training "
                              "path) when the dataset is only there)")
     parser.add_argument('-j', '--workers', default=8, type=int, help='data loading processes')
+    add_video_backend_arg(parser)
+
+
+def add_video_backend_arg(parser):
+    parser.add_argument('--video_backend', default='auto', choices=VIDEO_BACKENDS,
+                        help="decoder of video files in the lists: opencv, pyav (the 'av' "
+                             "package), decord; auto: the fastest installed (default: %(default)s)")
 
 
 def add_model_args(parser, defaults_from_checkpoint=False):

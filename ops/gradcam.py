@@ -131,7 +131,8 @@ def run(args):
     transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                 model.input_std)
     dataset = TSNDataSet(root, None, model.num_segments, cfg.image_tmpl, transform,
-                         random_shift=False, video_list=[record])
+                         random_shift=False, video_list=[record],
+                         video_backend=args.video_backend)
     clip, label = dataset[0]
     clip = clip.unsqueeze(0).to(runtime.device)  # (1, T*3, H, W)
     cams, probabilities, target = grad_cam(model, clip, args.target_class)

@@ -26,11 +26,13 @@ def build_loaders(cfg, model, args, runtime):
     """Train loader (shuffled per epoch through a seeded sampler) and sharded val loader."""
     train_set = TSNDataSet(cfg.root_path, cfg.train_list, args.num_segments, cfg.image_tmpl,
                            model.get_augmentation(flip=cfg.flip, mirror_map=cfg.mirror_map),
-                           random_shift=True, dense_sample=args.dense_sample)
+                           random_shift=True, dense_sample=args.dense_sample,
+                           video_backend=args.video_backend)
     val_transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std)
     val_set = TSNDataSet(cfg.root_path, cfg.val_list, args.num_segments, cfg.image_tmpl,
-                         val_transform, random_shift=False, dense_sample=args.dense_sample)
+                         val_transform, random_shift=False, dense_sample=args.dense_sample,
+                         video_backend=args.video_backend)
     batch_size = max(args.batch_size // runtime.world_size, 1)
     train_sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
                                        shuffle=True, seed=args.seed)
