@@ -15,9 +15,10 @@ Sampling (T = num_segments, n = frames of the video, indices 1-based):
            train/val: an I3D-style 64-frame window with stride 64 // T (random / central start).
 
 Bad input policy: a missing or corrupt frame is logged and replaced by the nearest readable
-frame of the same video (a listed count larger than the video is named in the warning). A video with no readable frame is logged and, in training, replaced
-by another random video (counted in ``num_replaced``); in evaluation it is an error naming the
-video, since scores of a substitute would be silently wrong.
+frame of the same video (a listed count larger than the video is named in the warning). A
+video with no readable frame is logged and, in training, replaced by another random video
+(counted in ``num_replaced``); in evaluation it is an error naming the video, since scores of a
+substitute would be silently wrong.
 """
 import logging
 import os
@@ -77,8 +78,9 @@ def parse_list_file(list_file):
                     raise ValueError('num_frames must be >= 1')
                 records.append(VideoRecord(path, frames, int(label)))
             except ValueError as exc:
+                want = "'<path> <num_frames|-> <label>' or '<path> <label>'"
                 raise DataError(f"{list_file}:{line_no}: cannot parse '{line.strip()}' "
-                                f"(want '<path> <num_frames|-> <label>' or '<path> <label>': {exc})") from None
+                                f"(want {want}: {exc})") from None
     if not records:
         raise DataError(f"list file '{list_file}' holds no video")
     return records
@@ -219,9 +221,9 @@ class TSNDataSet(Dataset):
             if missing:
                 limit = num_frames
                 if reader.end is not None and reader.end < num_frames:
-                    logger.warning("video '%s' is listed with %d frames but only %d decode: "
-                                   "later frames stand in for frame %d", path, num_frames,
-                                   reader.end, reader.end)
+                    logger.warning("video '%s' is listed with %d frames (or its container "
+                                   "claims them) but only %d decode: frame %d stands in for "
+                                   "the later ones", path, num_frames, reader.end, reader.end)
                     limit = max(reader.end, 1)
                 for index in missing:
                     frames[index] = self._nearest_readable(record, reader, frames, index, limit)

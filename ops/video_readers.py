@@ -56,7 +56,8 @@ def resolve_backend(name: str) -> str:
     if name == 'auto':
         return next(b for b in AUTO_ORDER if backend_available(b))
     if name not in VIDEO_BACKENDS:
-        raise VideoReadError(f"--video_backend {name}: unknown (choose from {', '.join(VIDEO_BACKENDS)})")
+        raise VideoReadError(f"--video_backend {name}: unknown "
+                             f"(choose from {', '.join(VIDEO_BACKENDS)})")
     if not backend_available(name):
         raise VideoReadError(f"--video_backend {name} needs the '{_PACKAGES[name]}' package: "
                              f"pip install -r requirements-video.txt")

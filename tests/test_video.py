@@ -126,7 +126,8 @@ def test_pyav_seeks_far_frames_without_decoding_from_the_start(tmp_path):
 def test_both_list_formats_and_folders_without_count(video_tree):
     root, _ = video_tree
     lines = ['tree/train/jumping/a.mp4 40 0', 'tree/train/jumping/a.mp4 - 0',
-             'tree/train/jumping/a.mp4 0', 'frames/train/jumping/a 1', 'frames/train/jumping/a 40 0']
+             'tree/train/jumping/a.mp4 0', 'frames/train/jumping/a 1',
+             'frames/train/jumping/a 40 0']
     list_file = root / 'mixed.txt'
     list_file.write_text('\n'.join(lines) + '\n')
     records = D.parse_list_file(str(list_file))
@@ -202,7 +203,7 @@ def test_listed_count_beyond_the_video_uses_its_last_frame(tmp_path, caplog, bac
         expected = reader.read([6, 16, 20])
     assert diff(frames[0], expected[6]) < 1 and diff(frames[1], expected[16]) < 1
     assert diff(frames[2], expected[20]) < 1 and diff(frames[3], expected[20]) < 1
-    assert 'listed with 40 frames but only 20 decode' in caplog.text
+    assert 'listed with 40 frames (or its container claims them) but only 20 decode' in caplog.text
 
 
 def test_missing_backend_and_template_mismatch_are_one_line_errors(tmp_path, monkeypatch):

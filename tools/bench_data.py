@@ -114,7 +114,8 @@ def ms_per_clip(path, num_frames, backend, clips, transform=None, segments=8):
 
 
 def loader_clips_per_second(path, num_frames, backend, transform, clips, workers=2):
-    """Clips/s of a 2-worker DataLoader of TSNDataSet (batch 1) on one video listed `clips` times."""
+    """Clips/s of a DataLoader (2 workers, batch 1) of TSNDataSet on one video listed `clips`
+    times."""
     from torch.utils.data import DataLoader
     records = [VideoRecord(os.path.basename(path), num_frames, 0) for _ in range(clips)]
     dataset = TSNDataSet(os.path.dirname(path), None, 8, transform=transform, video_list=records,

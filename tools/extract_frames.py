@@ -121,7 +121,8 @@ def main(argv=None):
     parser.add_argument('frame_dir')
     parser.add_argument('--short_side', type=int, default=256, help='0 keeps the original size')
     parser.add_argument('--tmpl', default=None,
-                        help=f"frame file name template (default: --dataset's, else {DEFAULT_TMPL})")
+                        help=f"frame file name template (default: --dataset's, else "
+                             f"{DEFAULT_TMPL})")
     parser.add_argument('--dataset', default=None,
                         help="name the frames as this dataset's layout reads them (e.g. kinetics: "
                              "img_{:05d}.jpg)")

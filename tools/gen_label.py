@@ -105,9 +105,11 @@ def _is_frame_folder(path):
 
 def _items(folder):
     """Video files and frame folders directly in `folder` (names, sorted)."""
-    return sorted(n for n in os.listdir(folder)
-                  if n.lower().endswith(VIDEO_EXTENSIONS)
-                  or (os.path.isdir(os.path.join(folder, n)) and _is_frame_folder(os.path.join(folder, n))))
+    def is_item(name):
+        path = os.path.join(folder, name)
+        return name.lower().endswith(VIDEO_EXTENSIONS) or (os.path.isdir(path)
+                                                           and _is_frame_folder(path))
+    return sorted(n for n in os.listdir(folder) if is_item(n))
 
 
 def tree_splits(root):
