@@ -153,7 +153,10 @@ def test_counts_are_found_once_and_kept_across_epochs_and_workers(video_tree, tm
 
     ds = D.TSNDataSet(str(root), str(list_file), 4, '{:05d}.jpg', None, random_shift=True,
                       video_backend='opencv')
-    loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=lambda batch: batch)
+    # forkserver: workers forked from a clean process, not from this one, whose earlier tests
+    # left decoder threads behind
+    loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=list,
+                        multiprocessing_context='forkserver')
     assert len([item for batch in loader for item in batch]) == 3
     first = open(index_file).read().splitlines()
     assert sorted(first) == sorted([f'{paths[0]} 40', f'{paths[1]} 30', f'{paths[2]} 20'])
