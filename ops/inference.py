@@ -75,8 +75,8 @@ def _evaluate(args, runtime):
                                   num_workers=args.workers,
                                   pin_memory=runtime.device.type == 'cuda'))
         # no DDP wrapper in evaluation: each process scores its own videos
-        model = model.to(runtime.device) if runtime.distributed else wrap_model(model, runtime)
-        models.append(model.eval())
+        models.append((model.to(runtime.device) if runtime.distributed
+                       else wrap_model(model, runtime)).eval())
         names.append(score_filename(dataset_tag(args.dataset), model.base_model_name, model.arch,
                                     num_segments, args.test_crops, num_clips, model.crop_size))
         logger.info(f"{path}: {model.base_model_name} {model.arch}, {num_segments} segments, "

@@ -135,7 +135,7 @@ def bench_videos(clips):
         for name, count, width, height in BENCH_VIDEOS:
             paths.append(os.path.join(folder, f'{width}x{height}_{count}.mp4'))
             write_h264(paths[-1], count, width, height)
-        print(f'ms per 8-frame clip (TSN train sampling, median of {clips}, 1 process, 1 thread)')
+        print(f'ms per 8-frame clip (TSN train sampling, median of {clips}, 1 process)')
         print('| video | ' + ' | '.join(f'{b} decode / +transform' for b in backends) + ' |')
         print('|---|' + '---|' * len(backends))
         for (name, count, _, _), path in zip(BENCH_VIDEOS, paths):
