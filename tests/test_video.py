@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ops import dataset as D
+from ops.dataset_config import get_dataset_config
 from ops import video_readers as V
 from tests.conftest import ROOT
 from tools import check_videos, extract_frames, gen_label
@@ -281,10 +282,31 @@ def test_gen_label_for_class_folder_trees(video_tree, tmp_path):
     assert (tmp_path / 'frames' / 'category.txt').read_text() == 'archery\njumping\nrunning\n'
 
 
-def test_kinetics_400_label_map():
+def test_kinetics_400_label_map_numbers_a_subset(tmp_path, capsys):
     names = open(gen_label.K400_LABEL_MAP).read().splitlines()
     assert len(names) == 400 == len(set(names)) and names == sorted(names)
     assert names[0] == 'abseiling' and names[-1] == 'zumba' and 'riding a bike' in names
+
+    ann, frames, out = tmp_path / 'ann', tmp_path / 'frames', tmp_path / 'K400'
+    os.makedirs(ann)
+    header = 'label,youtube_id,time_start,time_end,split\n'
+    (ann / 'train.csv').write_text(header + 'zumba,abc,10,20,train\nabseiling,xyz,0,10,train\n')
+    (ann / 'validate.csv').write_text(header + 'zumba,qqq,5,15,val\n')
+    (ann / 'test.csv').write_text('youtube_id,time_start,time_end,split\nttt,1,11,test\n')
+    for name in ('abc_000010_000020', 'xyz_000000_000010', 'qqq_000005_000015', 'ttt_000001_000011'):
+        os.makedirs(frames / name)
+        cv2.imwrite(str(frames / name / 'img_00001.jpg'), pattern(0))
+    gen_label.main(['kinetics', str(ann), str(frames), str(out)])
+    assert '--label_map' in capsys.readouterr().err  # 2 classes: the way to 400 is named
+    with pytest.raises(ValueError, match=r'lists 2 classes, kinetics has 400.*\.json dataset'):
+        get_dataset_config('kinetics', str(tmp_path))
+    gen_label.main(['kinetics', str(ann), str(frames), str(out), '--label_map',
+                    gen_label.K400_LABEL_MAP])
+    assert (out / 'train_videofolder.txt').read_text() == ('abc_000010_000020 1 399\n'
+                                                           'xyz_000000_000010 1 0\n')
+    assert (out / 'test_videofolder.txt').read_text() == 'ttt_000001_000011 1 -1\n'
+    cfg = get_dataset_config('kinetics', str(tmp_path))
+    assert cfg.num_class == 400 and cfg.categories[399] == 'zumba'
 
 
 def free_port():

@@ -8,7 +8,8 @@
         -> OUT/category.txt, OUT/train.txt, OUT/valid.txt
     python tools/gen_label.py kinetics ANNOTATIONS/ FRAMES/ OUT/
         train.csv, validate.csv ('label,youtube_id,time_start,time_end,split')
-        -> OUT/category.txt, OUT/train_videofolder.txt, OUT/val_videofolder.txt
+        (and test.csv, no labels) -> OUT/category.txt, OUT/train_videofolder.txt,
+        OUT/val_videofolder.txt (OUT/test_videofolder.txt, label -1)
     python tools/gen_label.py folders TREE/ OUT/ [--label_map tools/data/label_map_k400.txt]
         class-per-folder trees as Kinetics / UCF101 ship: TREE/<split>/<class>/<video file or
         frame folder>; a split without class folders (TREE/test/<video>) is a test split
@@ -86,15 +87,21 @@ def sthv2(annotations):
 
 
 def kinetics(annotations):
-    """Kinetics-400: folders '<youtube_id>_<start:06d>_<end:06d>', categories sorted by name."""
+    """Kinetics-400: folders '<youtube_id>_<start:06d>_<end:06d>', categories sorted by name;
+    test.csv (no labels), when present, gives test_videofolder.txt with label -1."""
     rows = {}
-    for split, name in (('train_videofolder.txt', 'train.csv'), ('val_videofolder.txt', 'validate.csv')):
-        with open(os.path.join(annotations, name)) as f:
-            rows[split] = list(csv.DictReader(f))
-    categories = sorted({r['label'] for split_rows in rows.values() for r in split_rows})
+    for split, name in (('train_videofolder.txt', 'train.csv'),
+                        ('val_videofolder.txt', 'validate.csv'), ('test_videofolder.txt', 'test.csv')):
+        path = os.path.join(annotations, name)
+        if name != 'test.csv' or os.path.isfile(path):
+            with open(path) as f:
+                rows[split] = list(csv.DictReader(f))
+    categories = sorted({r['label'] for split_rows in rows.values() for r in split_rows
+                         if r.get('label')})
     index = {c: i for i, c in enumerate(categories)}
     splits = {split: [(f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_"
-                       f"{int(float(r['time_end'])):06d}", index[r['label']]) for r in split_rows]
+                       f"{int(float(r['time_end'])):06d}",
+                       index[r['label']] if r.get('label') else UNLABELLED) for r in split_rows]
               for split, split_rows in rows.items()}
     return categories, splits
 
@@ -215,6 +222,7 @@ def renumber(categories, splits, label_map, map_file):
     if unknown:
         raise KeyError(f"classes {unknown[:3]} are not in the label map '{map_file}'")
     new = {old: index[c] for old, c in enumerate(categories)}
+    new[UNLABELLED] = UNLABELLED
     return label_map, {split: [(folder, new[label]) for folder, label in samples]
                        for split, samples in splits.items()}
 
