@@ -10,7 +10,7 @@
         train.csv, validate.csv ('label,youtube_id,time_start,time_end,split')
         (and test.csv, no labels) -> OUT/category.txt, OUT/train_videofolder.txt,
         OUT/val_videofolder.txt (OUT/test_videofolder.txt, label -1)
-    python tools/gen_label.py folders TREE/ OUT/ [--label_map tools/data/label_map_k400.txt]
+    python tools/gen_label.py folders TREE/ OUT/ [--label_map MAP]
         class-per-folder trees as Kinetics / UCF101 ship: TREE/<split>/<class>/<video file or
         frame folder>; a split without class folders (TREE/test/<video>) is a test split
         without labels (label -1) -> OUT/category.txt, OUT/<split>.txt
@@ -18,8 +18,8 @@
 Frame counts are read from FRAMES/<video folder>; videos without frames are skipped and counted.
 Video files are listed as MMAction2 writes them, ``<path> <label>`` (frames counted on first
 read). --label_map numbers the classes by a category file (one class a line, e.g. the
-Kinetics-400 map shipped in tools/data/), so a subset keeps the full dataset's indices;
-otherwise classes are the ones present, sorted, and a subset needs a .json dataset file.
+Kinetics-400 map tools/label_maps/label_map_k400.txt), so a subset keeps the full dataset's
+indices; otherwise classes are the ones present, sorted, and a subset needs a .json dataset.
 """
 import argparse
 import csv
@@ -33,7 +33,7 @@ from ops.dataset import count_frames  # noqa: E402
 from ops.dataset_config import read_categories  # noqa: E402
 from ops.video_readers import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS  # noqa: E402
 
-K400_LABEL_MAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+K400_LABEL_MAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'label_maps',
                               'label_map_k400.txt')
 UNLABELLED = -1
 
