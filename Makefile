@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup test demo bench figures clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-export.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-export.txt requirements-video.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -r requirements-dev.txt

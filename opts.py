@@ -5,6 +5,7 @@ from archs import ARCHS
 from ops.dataset_config import DATASETS
 from ops.temporal import TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
+from ops.video_readers import VIDEO_BACKENDS
 
 
 def int_at_least(minimum):
@@ -22,7 +23,8 @@ def int_at_least(minimum):
 
 
 def add_data_args(parser, default_dataset='synthetic', loader=True):
-    """--dataset/--dataset_path, and -j/--workers when the command runs a data loader."""
+    """--dataset/--dataset_path/--video_backend, and -j/--workers when the command runs a data
+    loader."""
     parser.add_argument('--dataset', default=default_dataset,
                         help=f"{', '.join(DATASETS)} (synthetic: generated on first use), or a "
                              f".json dataset file (default: %(default)s)")
@@ -33,6 +35,9 @@ def add_data_args(parser, default_dataset='synthetic', loader=True):
     if loader:
         parser.add_argument('-j', '--workers', default=8, type=int_at_least(0),
                             help='data loading processes')
+    parser.add_argument('--video_backend', default='auto', choices=VIDEO_BACKENDS,
+                        help="decoder of video files in the lists: opencv, pyav (the 'av' "
+                             "package), decord; auto: the fastest installed (default: %(default)s)")
 
 
 def add_model_args(parser, defaults_from_checkpoint=False):

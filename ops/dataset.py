@@ -1,8 +1,10 @@
 """TSN-style video dataset: list files, segment sampling, frame / video decoding.
 
 A list file has one video per line, ``<folder> <num_frames> <label>`` (frame folders,
-frames numbered from 1), or ``<file.mp4> <num_frames|-> <label>`` for video files, which
-are decoded on the fly with OpenCV.
+frames numbered from 1), or ``<file.mp4> <num_frames|-> <label>`` for video files, decoded on
+the fly by a reader of ops.video_readers (``--video_backend``), or MMAction2's
+``<path> <label>``. A ``-`` or absent count is found on first read and kept in the list's frame
+count index (``<list>.frames``), so later reads and epochs do not count again.
 
 Sampling (T = num_segments, n = frames of the video, indices 1-based):
     train  d = n // T; d > 0: i*d + randint(d); n > T: sorted random distinct picks;
@@ -13,24 +15,26 @@ Sampling (T = num_segments, n = frames of the video, indices 1-based):
            train/val: an I3D-style 64-frame window with stride 64 // T (random / central start).
 
 Bad input policy: a missing or corrupt frame is logged and replaced by the nearest readable
-frame of the same video. A video with no readable frame is logged and, in training, replaced
-by another random video (counted in ``num_replaced``; after MAX_REPLACEMENTS in a row the run
-stops with one line); in evaluation it is an error naming the video, since scores of a
-substitute would be silently wrong. ``load_checked_list`` checks a list before any epoch:
-labels in range, every video present (an error naming ``file:line``; for a training list only
-a warning unless none is present), and a readable first video among the first few.
+frame of the same video (a listed count larger than the video is named in the warning). A
+video with no readable frame is logged and, in training, replaced by another random video
+(counted in ``num_replaced``; after MAX_REPLACEMENTS in a row the run stops with one line); in
+evaluation it is an error naming the video, since scores of a substitute would be silently
+wrong. ``load_checked_list`` checks a list before any epoch: labels in range, every video
+present (an error naming ``file:line``; for a training list only a warning unless none is
+present), and a readable first video among the first few.
 """
 import logging
 import os
 import random
 
-import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from ops.video_readers import (VIDEO_EXTENSIONS, FolderReader, FrameCountIndex, VideoReadError,
+                               open_reader, resolve_backend)
+
 logger = logging.getLogger('masnet.data')
 
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
 DENSE_WINDOW = 64
 MAX_REPLACEMENTS = 20  # unreadable training videos in a row before the run stops
 PROBE_VIDEOS = 5  # videos of each list decoded before training
@@ -40,24 +44,23 @@ class DataError(RuntimeError):
     """A list file or video that cannot be used."""
 
 
+class TemplateError(DataError):
+    """Frame folders named with another template than the dataset's (never replaced in
+    training: every video would fail)."""
+
+
 class VideoRecord:
     """One line of a list file."""
 
     def __init__(self, path, num_frames, label, line_no=None):
         self.path = path
-        self.num_frames = num_frames  # None: count when decoded (video files with '-')
+        self.num_frames = num_frames  # None: counted on first read ('-' or a 2-field line)
         self.label = label
         self.line_no = line_no  # line in the list file
 
     @property
     def is_video_file(self):
         return self.path.lower().endswith(VIDEO_EXTENSIONS)
-
-
-def count_frames(folder):
-    """Number of image files in a frame folder."""
-    return sum(1 for name in os.listdir(folder)
-               if name.lower().endswith(('.jpg', '.jpeg', '.png', '.bmp')))
 
 
 def parse_list_file(list_file):
@@ -75,17 +78,19 @@ def parse_list_file(list_file):
                 continue
             parts = line.split()
             try:
+                if len(parts) == 2:  # MMAction2's '<path> <label>': count on first read
+                    parts.insert(1, '-')
                 if len(parts) != 3:
-                    raise ValueError(f'expected 3 fields, got {len(parts)}')
+                    raise ValueError(f'expected 2 or 3 fields, got {len(parts)}')
                 path, num_frames, label = parts
-                is_video = path.lower().endswith(VIDEO_EXTENSIONS)
-                frames = None if (num_frames == '-' and is_video) else int(num_frames)
+                frames = None if num_frames == '-' else int(num_frames)
                 if frames is not None and frames < 1:
                     raise ValueError('num_frames must be >= 1')
                 records.append(VideoRecord(path, frames, int(label), line_no))
             except ValueError as exc:
+                want = "'<path> <num_frames|-> <label>' or '<path> <label>'"
                 raise DataError(f"{list_file}:{line_no}: cannot parse '{line.strip()[:80]}' "
-                                f"(want '<folder> <num_frames> <label>': {exc})") from None
+                                f"(want {want}: {exc})") from None
     if not records:
         raise DataError(f"list file '{list_file}' holds no video")
     return records
@@ -95,8 +100,9 @@ def check_labels(records, list_file, num_class):
     """Refuse a label outside [0, num_class), naming the list file and line."""
     for record in records:
         if not 0 <= record.label < num_class:
+            hint = ' (an unlabelled list: predict.py takes it)' if record.label == -1 else ''
             raise DataError(f"{list_file}:{record.line_no}: label {record.label} of "
-                            f"'{record.path}' is not in [0, {num_class})")
+                            f"'{record.path}' is not in [0, {num_class}){hint}")
 
 
 def missing_videos(records, root_path):
@@ -118,7 +124,8 @@ def missing_videos(records, root_path):
     return missing
 
 
-def load_checked_list(list_file, root_path, num_class, image_tmpl, missing='error'):
+def load_checked_list(list_file, root_path, num_class, image_tmpl, missing='error',
+                      video_backend='auto'):
     """The VideoRecords of `list_file`, checked before any epoch (see the module docstring).
 
     missing: 'error' (validation / test lists: a missing video would cost a whole epoch or
@@ -139,7 +146,7 @@ def load_checked_list(list_file, root_path, num_class, image_tmpl, missing='erro
     absent_ids = {id(r) for r in absent}
     present = [r for r in records if id(r) not in absent_ids]
     probe = TSNDataSet(root_path, None, 1, image_tmpl, None, random_shift=False,
-                       video_list=present[:PROBE_VIDEOS])
+                       video_list=present[:PROBE_VIDEOS], video_backend=video_backend)
     problems = []
     for i in range(len(probe)):
         try:
@@ -213,47 +220,6 @@ def sample_dense_train_indices(num_frames, num_segments, rng=np.random, center=F
     return np.array([(i * stride + start) % num_frames for i in range(num_segments)]) + 1
 
 
-def _decode_jpeg_file(path):
-    """BGR uint8 frame of an image file, or None if missing / truncated / undecodable."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    if data[:2].tobytes() == b'\xff\xd8':  # a JPEG (whatever its name says)
-        tail = data[-32:].tobytes()
-        if b'\xff\xd9' not in tail:  # no end-of-image marker: truncated file
-            return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
-
-
-def read_video_frames(path, wanted=None):
-    """Decode a video file with OpenCV; returns ``{index (1-based): BGR frame}``.
-
-    wanted: the set of 1-based indices to keep (all frames when None). Decoding stops after
-    the largest wanted index.
-    """
-    capture = cv2.VideoCapture(path)
-    if not capture.isOpened():
-        return {}
-    last = max(wanted) if wanted else None
-    frames = {}
-    index = 0
-    try:
-        while last is None or index < last:
-            if not capture.grab():  # decode without converting to BGR
-                break
-            index += 1
-            if wanted is None or index in wanted:
-                ok, img = capture.retrieve()
-                if ok:
-                    frames[index] = img
-    finally:
-        capture.release()
-    return frames
-
-
 class TSNDataSet(Dataset):
     """Clips of T frames sampled TSN-style from the videos of a list file.
 
@@ -269,12 +235,13 @@ class TSNDataSet(Dataset):
         twice_sample: two clips per video in test mode.
         dense_sample_num: K, clips per video with dense test sampling.
         video_list: VideoRecords to use instead of reading `list_file` (which may be None).
+        video_backend: decoder of video files (ops.video_readers.VIDEO_BACKENDS).
     Item: ``(Tensor (V*clips*T*3, H, W), label)``, the clips' frames concatenated.
     """
 
     def __init__(self, root_path, list_file, num_segments=8, image_tmpl='{:05d}.jpg',
                  transform=None, random_shift=True, test_mode=False, dense_sample=False,
-                 twice_sample=False, dense_sample_num=10, video_list=None):
+                 twice_sample=False, dense_sample_num=10, video_list=None, video_backend='auto'):
         self.root_path = root_path
         self.list_file = list_file
         self.num_segments = num_segments
@@ -287,6 +254,11 @@ class TSNDataSet(Dataset):
         self.dense_sample_num = dense_sample_num
         self.video_list = video_list if video_list is not None else parse_list_file(list_file)
         self.num_replaced = 0
+        try:
+            self.video_backend = resolve_backend(video_backend)
+        except VideoReadError as exc:
+            raise DataError(str(exc)) from None
+        self.frame_counts = FrameCountIndex(list_file if video_list is None else None)
 
     @property
     def num_clips(self):
@@ -309,57 +281,58 @@ class TSNDataSet(Dataset):
             return sample_train_indices(num_frames, T)
         return sample_val_indices(num_frames, T)
 
-    def _frame_path(self, record, index):
-        return os.path.join(self.root_path, record.path, self.image_tmpl.format(index))
-
     def _load_frames(self, record):
         """The sampled BGR frames of `record`, repairing unreadable ones (see module doc)."""
         path = os.path.join(self.root_path, record.path)
-        if record.is_video_file:
-            num_frames = record.num_frames
-            if num_frames is None:
-                decoded = read_video_frames(path)
-                num_frames = len(decoded)
-                if num_frames == 0:
-                    raise DataError(f"video '{path}' has no decodable frame")
-                indices = self.sample_indices(num_frames)
-            else:
-                indices = self.sample_indices(num_frames)
-                decoded = read_video_frames(path, set(indices.tolist()))
-            read = decoded.get
-        else:
-            if not os.path.isdir(path):
-                raise DataError(f"frame folder '{path}' does not exist")
-            num_frames = record.num_frames
-            indices = self.sample_indices(num_frames)
-            cache = {}
+        try:
+            reader = open_reader(path, record.is_video_file, self.image_tmpl, self.video_backend)
+        except VideoReadError as exc:
+            raise DataError(str(exc)) from None
+        with reader:
+            num_frames = record.num_frames or self._count(record, reader, path)
+            indices = self.sample_indices(num_frames).tolist()
+            frames = reader.read(indices)  # {index: frame or None}
+            missing = sorted({i for i in indices if frames[i] is None})
+            if missing:
+                limit = num_frames
+                if reader.end is not None and reader.end < num_frames:
+                    logger.warning("video '%s' is listed with %d frames (or its container "
+                                   "claims them) but only %d decode: frame %d stands in for "
+                                   "the later ones", path, num_frames, reader.end, reader.end)
+                    limit = max(reader.end, 1)
+                for index in missing:
+                    frames[index] = self._nearest_readable(record, reader, frames, index, limit)
+            return [frames[i] for i in indices]
 
-            def read(i):
-                if i not in cache:
-                    cache[i] = _decode_jpeg_file(self._frame_path(record, i))
-                return cache[i]
+    def _count(self, record, reader, path):
+        """Frame count of a '-' entry: from the frame count index, else counted once and kept."""
+        count = self.frame_counts.get(record.path)
+        if count is None:
+            count = reader.count()
+            if count == 0:
+                raise DataError(f"video '{path}' has no decodable frame")
+            self.frame_counts.add(record.path, count)
+        record.num_frames = count
+        return count
 
-        frames = []
-        for index in indices.tolist():
-            frame = read(index)
-            if frame is None:
-                frame = self._nearest_readable(record, read, index, num_frames)
-            frames.append(frame)
-        return frames
-
-    def _nearest_readable(self, record, read, index, num_frames):
-        where = (os.path.join(self.root_path, record.path) if record.is_video_file
-                 else self._frame_path(record, index))
-        for distance in range(1, num_frames):
+    def _nearest_readable(self, record, reader, frames, index, num_frames):
+        """The frame nearest to `index` (within 1..num_frames) that decodes."""
+        is_folder = isinstance(reader, FolderReader)
+        where = reader.frame_path(index) if is_folder else os.path.join(self.root_path, record.path)
+        for distance in range(1, max(num_frames, index)):
             for candidate in (index - distance, index + distance):
                 if 1 <= candidate <= num_frames:
-                    frame = read(candidate)
-                    if frame is not None:
-                        problem = ('unreadable' if record.is_video_file or os.path.exists(where)
-                                   else f'missing (the list says {num_frames} frames)')
+                    if candidate not in frames:
+                        frames.update(reader.read([candidate]))
+                    if frames[candidate] is not None:
+                        problem = ('missing (the list says %d frames)' % num_frames
+                                   if is_folder and not os.path.exists(where) else 'unreadable')
                         logger.warning("%s frame %s (frame %d): using frame %d instead",
                                        problem, where, index, candidate)
-                        return frame
+                        return frames[candidate]
+        mismatch = reader.template_mismatch() if is_folder else None
+        if mismatch:
+            raise TemplateError(mismatch)
         raise DataError(f"video '{os.path.join(self.root_path, record.path)}' has no readable "
                         f"frame (checked {num_frames} frames)")
 
@@ -370,7 +343,7 @@ class TSNDataSet(Dataset):
                 frames = self._load_frames(record)
                 break
             except DataError as exc:
-                if self.test_mode or not self.random_shift:
+                if self.test_mode or not self.random_shift or isinstance(exc, TemplateError):
                     raise
                 if attempt == MAX_REPLACEMENTS:
                     raise DataError(f'{attempt + 1} training videos in a row have no readable '

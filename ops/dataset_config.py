@@ -85,6 +85,15 @@ def mirror_pairs(categories: List[str]) -> Dict[int, int]:
     return pairs
 
 
+def image_template(name: str) -> str:
+    """The frame file name template of a known dataset layout."""
+    if name == 'synthetic':
+        return '{:05d}.jpg'
+    if name not in _LAYOUTS:
+        raise DatasetError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
+    return _LAYOUTS[name][4]
+
+
 def read_categories(path: str) -> List[str]:
     """Class names, one per line (blank lines skipped)."""
     if not os.path.isfile(path):
@@ -168,7 +177,8 @@ def get_dataset_config(name: str, dataset_path: Optional[str] = None) -> Dataset
         categories = [str(i) for i in range(num_class)]
     if num_class is not None and len(categories) != num_class:
         raise DatasetError(f"category file '{category_path}' lists {len(categories)} classes, "
-                           f"{name} has {num_class}")
+                           f"{name} has {num_class} (for a subset of the classes, pass a .json "
+                           f"dataset file as --dataset; see the README)")
     return DatasetConfig(name, len(categories), categories, os.path.join(dataset_path, root),
                          os.path.join(dataset_path, train_list), os.path.join(dataset_path, val_list),
                          tmpl, True, mirror_pairs(categories))

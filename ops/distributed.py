@@ -8,6 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -86,6 +87,20 @@ def barrier(runtime):
 def cleanup(runtime):
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_shards(array, runtime):
+    """Undo a ShardSampler split: the per-process arrays of items r, r + W, ... interleaved
+    back into dataset order on every process (the array itself in a single process)."""
+    if not runtime.distributed:
+        return array
+    shards = [None] * runtime.world_size
+    dist.all_gather_object(shards, np.asarray(array))
+    total = sum(len(s) for s in shards)
+    merged = np.empty((total,) + shards[0].shape[1:], dtype=shards[0].dtype)
+    for rank, shard in enumerate(shards):
+        merged[rank::runtime.world_size] = shard
+    return merged
 
 
 class ShardSampler(Sampler):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ops.checkpoint import read_checkpoint
-from ops.dataset import DataError, TSNDataSet, VideoRecord, count_frames, parse_list_file
+from ops.dataset import DataError, TSNDataSet, VideoRecord, parse_list_file
+from ops.video_readers import count_frames
 from ops.dataset_config import get_dataset_config
 from ops.distributed import setup_runtime
 from ops.models import model_from_checkpoint
@@ -134,7 +135,8 @@ def explain(args):
     transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                 model.input_std)
     dataset = TSNDataSet(root, None, model.num_segments, cfg.image_tmpl, transform,
-                         random_shift=False, video_list=[record])
+                         random_shift=False, video_list=[record],
+                         video_backend=args.video_backend)
     clip, label = dataset[0]
     clip = clip.unsqueeze(0).to(runtime.device)  # (1, T*3, H, W)
     cams, probabilities, target = grad_cam(model, clip, args.target_class)

@@ -8,10 +8,10 @@ from ops.analysis import write_error_analysis
 from ops.checkpoint import read_checkpoint
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.distributed import setup_runtime, wrap_model
+from ops.distributed import ShardSampler, cleanup, gather_shards, setup_runtime, wrap_model
 from ops.evaluation import (check_score_file_free, ensemble, evaluate_models, save_scores,
                             score_filename, summarize)
-from ops.experiment import dataset_tag
+from ops.experiment import dataset_tag, setup_logging
 from ops.models import model_from_checkpoint
 from ops.transforms import build_transform
 
@@ -38,16 +38,29 @@ def split_per_model(text, cast, count, flag):
 def evaluate_checkpoints(args):
     """Evaluate the checkpoints of ``args.weights`` as test.py's flags say.
 
+    Under torchrun the videos are split over the processes (ShardSampler) and their scores
+    gathered back in list order, so the numbers and files are those of one process; the first
+    process logs and writes them.
     Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one).
     """
     runtime = setup_runtime(args.gpus)
+    if runtime.distributed:
+        setup_logging(args.log_file, runtime.is_main)
+    try:
+        return _evaluate(args, runtime)
+    finally:
+        cleanup(runtime)
+
+
+def _evaluate(args, runtime):
     cfg = get_dataset_config(args.dataset, args.dataset_path)
     weights = [w for w in args.weights.split(',') if w]
     segments = split_per_model(args.test_segments, int, len(weights), '--test_segments')
     coeffs = split_per_model(args.coeff, float, len(weights), '--coeff') if args.coeff else None
     num_clips = 2 if args.twice_sample else args.dense_sample_num if args.dense_sample else 1
     list_file = args.test_list or cfg.val_list
-    records = load_checked_list(list_file, cfg.root_path, cfg.num_class, cfg.image_tmpl)
+    records = load_checked_list(list_file, cfg.root_path, cfg.num_class, cfg.image_tmpl,
+                                video_backend=args.video_backend)
 
     models, loaders, names = [], [], []
     for k, path in enumerate(weights):
@@ -59,13 +72,17 @@ def evaluate_checkpoints(args):
         dataset = TSNDataSet(cfg.root_path, list_file, num_segments, cfg.image_tmpl, transform,
                              random_shift=False, test_mode=True, dense_sample=args.dense_sample,
                              twice_sample=args.twice_sample, dense_sample_num=args.dense_sample_num,
-                             video_list=records)
+                             video_list=records,
+                             video_backend=args.video_backend)
         if args.max_num is not None:
             dataset = Subset(dataset, range(min(args.max_num, len(dataset))))
-        loaders.append(DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+        loaders.append(DataLoader(dataset, batch_size=args.batch_size,
+                                  sampler=ShardSampler(dataset, runtime.rank, runtime.world_size),
                                   num_workers=args.workers,
                                   pin_memory=runtime.device.type == 'cuda'))
-        models.append(wrap_model(model, runtime).eval())
+        # no DDP wrapper in evaluation: each process scores its own videos
+        models.append((model.to(runtime.device) if runtime.distributed
+                       else wrap_model(model, runtime)).eval())
         names.append(score_filename(dataset_tag(args.dataset), model.base_model_name, model.arch,
                                     num_segments, args.test_crops, num_clips, model.crop_size))
         logger.info(f"{path}: {model.base_model_name} {model.arch}, {num_segments} segments, "
@@ -77,6 +94,8 @@ def evaluate_checkpoints(args):
                                   args.overwrite)
     scores, labels = evaluate_models(models, loaders, segments, runtime.device,
                                      use_softmax=args.softmax)
+    scores = [gather_shards(s, runtime) for s in scores]
+    labels = gather_shards(labels, runtime)
     base_set = loaders[0].dataset
     records = base_set.dataset.video_list if isinstance(base_set, Subset) else base_set.video_list
     video_ids = [r.path for r in records[:len(labels)]]
@@ -84,7 +103,7 @@ def evaluate_checkpoints(args):
         top1, top5, mean_class = summarize(model_scores, labels)
         logger.info(f'{path}: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}'
                     f'  ({len(labels)} videos)')
-        if args.save_scores:
+        if args.save_scores and runtime.is_main:
             out = os.path.join(args.save_scores, name)
             save_scores(out, model_scores, labels, video_ids, weights=path, list_file=list_file,
                         num_segments=num_segments, test_crops=args.test_crops, num_clips=num_clips)
@@ -96,7 +115,7 @@ def evaluate_checkpoints(args):
     if len(weights) > 1:
         top1, top5, mean_class = summarize(final, labels)
         logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}')
-    if args.csv_file:
+    if args.csv_file and runtime.is_main:
         with open(args.csv_file, 'w') as f:
             for video_id, pred in zip(video_ids, final.argmax(axis=1)):
                 f.write(f'{video_id};{cfg.categories[pred]}\n')

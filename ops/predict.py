@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ops.checkpoint import read_checkpoint
-from ops.dataset import VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord, count_frames
+from ops.dataset import VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord
+from ops.video_readers import count_frames
 from ops.dataset_config import get_dataset_config, read_categories
 from ops.evaluation import evaluate_models, softmax
 from ops.models import model_from_checkpoint

@@ -39,12 +39,14 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
     train_set = TSNDataSet(cfg.root_path, cfg.train_list, args.num_segments, cfg.image_tmpl,
                            model.get_augmentation(flip=cfg.flip, mirror_map=cfg.mirror_map),
                            random_shift=True, dense_sample=args.dense_sample,
-                           video_list=train_records)
+                           video_list=train_records,
+                           video_backend=args.video_backend)
     val_transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std)
     val_set = TSNDataSet(cfg.root_path, cfg.val_list, args.num_segments, cfg.image_tmpl,
                          val_transform, random_shift=False, dense_sample=args.dense_sample,
-                         video_list=val_records)
+                         video_list=val_records,
+                         video_backend=args.video_backend)
     batch_size = max(args.batch_size // runtime.world_size, 1)
     train_sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
                                        shuffle=True, seed=args.seed)
@@ -177,8 +179,10 @@ def train(args):
     # everything that can fail on bad input is checked before the run folder is created
     cfg = get_dataset_config(args.dataset, args.dataset_path)
     train_records = None if args.evaluate else load_checked_list(
-        cfg.train_list, cfg.root_path, cfg.num_class, cfg.image_tmpl, missing='warn')
-    val_records = load_checked_list(cfg.val_list, cfg.root_path, cfg.num_class, cfg.image_tmpl)
+        cfg.train_list, cfg.root_path, cfg.num_class, cfg.image_tmpl, missing='warn',
+        video_backend=args.video_backend)
+    val_records = load_checked_list(cfg.val_list, cfg.root_path, cfg.num_class, cfg.image_tmpl,
+                                    video_backend=args.video_backend)
     resume, checkpoint = find_resume(args, latest)
 
     locks = lock_run(args, runtime)

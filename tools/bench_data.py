@@ -1,6 +1,8 @@
-"""Speed of the training input pipeline against the release's PIL pipeline, in one process.
+"""Speed of the training input pipeline against the release's PIL pipeline, in one process;
+with --videos, the speed of each video decoder backend.
 
     python tools/bench_data.py --clips 300
+    python tools/bench_data.py --videos --clips 10
 
 Both decode 8 JPEG frames (320x240 unless --width/--height), take a multi-scale crop, resize it
 to 224, flip, stack and normalise to a (24, 224, 224) float tensor; the baseline does it the way
@@ -9,6 +11,12 @@ arrays stacked, per-channel normalisation loop), ours is ops.dataset + ops.trans
 process, no loader workers. Also prints the largest difference between the two pipelines'
 tensors for the same crop boxes and flips: one grey level, two on rare rounding ties (see
 ops/transforms.py).
+
+--videos generates H.264 videos (libx264, its default keyframe interval of 250 frames, 25 fps):
+a short one (10 s, 320x240) and two long ones (60 s, 340x256 and 1280x720), and reports for
+every installed backend the median ms per 8-frame clip with TSN training sampling (one random
+frame per segment), decoding only and through the full training transform, in one process;
+then clips/s of a DataLoader with 2 workers on the long 340x256 video.
 """
 import argparse
 import os
@@ -24,9 +32,10 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ops.dataset import _decode_jpeg_file  # noqa: E402
+from ops.dataset import TSNDataSet, VideoRecord, sample_train_indices  # noqa: E402
 from ops.synthetic import textured_scene  # noqa: E402
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, GroupMultiScaleCrop, build_transform  # noqa: E402
+from ops.video_readers import backend_available, decode_image_file, open_reader  # noqa: E402
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
@@ -59,7 +68,7 @@ def pil_pipeline(paths, size=224):
 
 
 def our_pipeline(paths, transform):
-    frames = [_decode_jpeg_file(p) for p in paths]
+    frames = [decode_image_file(p) for p in paths]
     return transform(frames, 0)[0]
 
 
@@ -86,20 +95,98 @@ def clips_per_second(fn, clips):
     return clips / (time.perf_counter() - start)
 
 
+BENCH_VIDEOS = (('short 10 s 320x240', 250, 320, 240), ('long 60 s 340x256', 1500, 340, 256),
+                ('long 60 s 1280x720', 1500, 1280, 720))
+
+
+def write_h264(path, count, width, height, fps=25):
+    """A video of `count` frames of a moving texture (libx264, default keyframe interval)."""
+    import av
+    rng = np.random.RandomState(0)
+    texture = cv2.resize(rng.randint(0, 255, (24, 64, 3)).astype(np.uint8), (width * 2, height),
+                         interpolation=cv2.INTER_CUBIC)
+    with av.open(path, 'w') as container:
+        stream = container.add_stream('libx264', rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+        stream.options = {'preset': 'veryfast'}
+        for i in range(count):
+            shift = (i * 3) % width
+            frame = av.VideoFrame.from_ndarray(texture[:, shift:shift + width].copy(), 'bgr24')
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def ms_per_clip(path, num_frames, backend, clips, transform=None, segments=8):
+    """Median ms to open `path` and read one TSN training clip (and transform it)."""
+    rng = np.random.RandomState(0)
+    times = []
+    for _ in range(clips):
+        indices = sample_train_indices(num_frames, segments, rng).tolist()
+        start = time.perf_counter()
+        with open_reader(path, True, backend=backend) as reader:
+            got = reader.read(indices)
+        frames = [got[i] for i in indices]
+        if transform is not None:
+            transform(frames, 0)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def loader_clips_per_second(path, num_frames, backend, transform, clips, workers=2):
+    """Clips/s of a DataLoader (2 workers, batch 1) of TSNDataSet on one video listed `clips`
+    times."""
+    from torch.utils.data import DataLoader
+    records = [VideoRecord(os.path.basename(path), num_frames, 0) for _ in range(clips)]
+    dataset = TSNDataSet(os.path.dirname(path), None, 8, transform=transform, video_list=records,
+                         video_backend=backend)
+    loader = DataLoader(dataset, batch_size=1, num_workers=workers)
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return clips / (time.perf_counter() - start)
+
+
+def bench_videos(clips):
+    backends = [b for b in ('opencv', 'pyav', 'decord') if backend_available(b)]
+    transform = build_transform('train', 224, 256, MEAN, STD, flip=True)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for name, count, width, height in BENCH_VIDEOS:
+            paths.append(os.path.join(folder, f'{width}x{height}_{count}.mp4'))
+            write_h264(paths[-1], count, width, height)
+        print(f'ms per 8-frame clip (TSN train sampling, median of {clips}, 1 process)')
+        print('| video | ' + ' | '.join(f'{b} decode / +transform' for b in backends) + ' |')
+        print('|---|' + '---|' * len(backends))
+        for (name, count, _, _), path in zip(BENCH_VIDEOS, paths):
+            cells = [f'{ms_per_clip(path, count, b, clips):.1f} / '
+                     f'{ms_per_clip(path, count, b, clips, transform):.1f}' for b in backends]
+            print(f'| {name}, {count} frames | ' + ' | '.join(cells) + ' |', flush=True)
+        _, count, width, height = BENCH_VIDEOS[1]
+        rates = [f'{b} {loader_clips_per_second(paths[1], count, b, transform, 4 * clips):.1f}'
+                 for b in backends]
+        print(f'DataLoader, 2 workers, {width}x{height} {count} frames, full transform: '
+              f'clips/s ' + ', '.join(rates))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--clips', type=int, default=200)
     parser.add_argument('--frames', type=int, default=8)
     parser.add_argument('--width', type=int, default=320)
     parser.add_argument('--height', type=int, default=240)
+    parser.add_argument('--videos', action='store_true', help='benchmark the video decoders')
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    if args.videos:
+        return bench_videos(args.clips)
     transform = build_transform('train', 224, 256, MEAN, STD, flip=True)
     with tempfile.TemporaryDirectory() as folder:
         paths = write_frames(folder, args.frames, args.width, args.height)
         normalised, grey = max_difference(paths, transform)
-        decode_only = clips_per_second(lambda: [_decode_jpeg_file(p) for p in paths], args.clips)
+        decode_only = clips_per_second(lambda: [decode_image_file(p) for p in paths], args.clips)
         baseline, ours = [], []
         for _ in range(3):  # interleaved rounds
             baseline.append(clips_per_second(lambda: pil_pipeline(paths), args.clips // 3))
