@@ -20,7 +20,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from archs import ARCHS, TEMPORAL_TYPES  # noqa: E402
+from archs import ARCHS  # noqa: E402
+from ops.temporal import TEMPORAL_TYPES  # noqa: E402
 from ops.export import example_input, export_and_check  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
 
