@@ -13,6 +13,7 @@ import pickle
 import torch
 
 from archs import IMAGENET_WEIGHT_FILES
+from ops.errors import UserError
 from ops.utils import atomic_write
 
 WRAPPER_PREFIXES = ('module.',)
@@ -21,7 +22,7 @@ IMAGENET_URL = 'https://download.pytorch.org/models/{}'
 logger = logging.getLogger('masnet.model')
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint file that cannot be read or does not fit the model."""
 
 

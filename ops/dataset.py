@@ -30,6 +30,7 @@ import random
 import numpy as np
 from torch.utils.data import Dataset
 
+from ops.errors import UserError
 from ops.video_readers import (VIDEO_EXTENSIONS, FolderReader, FrameCountIndex, VideoReadError,
                                open_reader, resolve_backend)
 
@@ -40,7 +41,7 @@ MAX_REPLACEMENTS = 20  # unreadable training videos in a row before the run stop
 PROBE_VIDEOS = 5  # videos of each list decoded before training
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A list file or video that cannot be used."""
 
 

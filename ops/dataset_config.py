@@ -15,8 +15,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ops.errors import UserError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserError):
     """A dataset that is unknown or whose files are missing / malformed."""
 
 

@@ -6,12 +6,13 @@ import torch
 from tqdm import tqdm
 
 from ops.distributed import all_reduce_sum
+from ops.errors import UserError
 from ops.utils import AverageMeter, accuracy
 
 logger = logging.getLogger('masnet')
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError):
     """The training loss became NaN or infinite (without a gradient scaler to absorb it)."""
 
 

@@ -13,12 +13,13 @@ import torch
 from tqdm import tqdm
 
 from ops.checkpoint import unwrap_model
+from ops.errors import UserError
 from ops.utils import accuracy, atomic_write, class_accuracy
 
 DEFAULT_SCORE_DIR = 'score'
 
 
-class ScoreFileError(ValueError):
+class ScoreFileError(UserError):
     """Score files that cannot be read or do not describe the same videos."""
 
 

@@ -19,21 +19,16 @@ import time
 
 from tqdm import tqdm
 
-from ops.checkpoint import CheckpointError
-from ops.dataset import DataError
-from ops.dataset_config import DatasetError
-from ops.engine import TrainingDiverged
+from ops.errors import UserError
 from ops.utils import STORAGE_ERRNOS, atomic_write, storage_error
 
 LOCK_NAME = 'run.lock'
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError):
     """The run folder is in use by another live process."""
 
 
-# errors of the user's input (or a diverged run), reported as one line instead of a traceback
-USER_ERRORS = (CheckpointError, DatasetError, DataError, TrainingDiverged, RunLockedError)
 
 
 def dataset_tag(dataset):
@@ -156,7 +151,7 @@ def exit_on_user_error(main):
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except USER_ERRORS + (ValueError, OSError) as exc:
+        except (UserError, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno not in STORAGE_ERRNOS:
                 raise
             message = str(exc).strip()

@@ -20,13 +20,15 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from ops.errors import UserError
+
 logger = logging.getLogger('masnet')
 
 FORMATS = {'onnx': '.onnx', 'torchscript': '.pt'}
 ONNX_OPSET = 17
 
 
-class ParityError(RuntimeError):
+class ParityError(UserError):
     """An exported model whose outputs differ from eager PyTorch beyond the tolerance."""
 
 

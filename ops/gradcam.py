@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ops.checkpoint import read_checkpoint
 from ops.dataset import DataError, TSNDataSet, VideoRecord, parse_list_file
+from ops.errors import FlagError
 from ops.video_readers import count_frames
 from ops.dataset_config import get_dataset_config
 from ops.distributed import setup_runtime
@@ -129,7 +130,7 @@ def explain(args):
                                   args.num_segments, args.type, args.arch, args.input_size)
     model = model.to(runtime.device).eval()
     if args.target_class is not None and args.target_class >= cfg.num_class:
-        raise ValueError(f'--target_class {args.target_class}: the model has {cfg.num_class} '
+        raise FlagError(f'--target_class {args.target_class}: the model has {cfg.num_class} '
                          f'classes (0 to {cfg.num_class - 1})')
     root, record = find_video(args.video, cfg, args.label)
     transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,

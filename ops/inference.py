@@ -9,6 +9,7 @@ from ops.checkpoint import read_checkpoint
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import ShardSampler, cleanup, gather_shards, setup_runtime, wrap_model
+from ops.errors import FlagError
 from ops.evaluation import (check_score_file_free, ensemble, evaluate_models, save_scores,
                             score_filename, summarize)
 from ops.experiment import dataset_tag, setup_logging
@@ -25,13 +26,13 @@ def split_per_model(text, cast, count, flag):
     try:
         values = [cast(v) for v in str(text).split(',') if v != '']
     except ValueError:
-        raise ValueError(f'{flag}: cannot parse {text!r}') from None
+        raise FlagError(f'{flag}: cannot parse {text!r}') from None
     if cast is int and any(v < 1 for v in values):
-        raise ValueError(f'{flag}: every value must be >= 1, got {text!r}')
+        raise FlagError(f'{flag}: every value must be >= 1, got {text!r}')
     if len(values) == 1:
         values = values * count
     if len(values) != count:
-        raise ValueError(f'{flag}: {len(values)} values for {count} checkpoint(s)')
+        raise FlagError(f'{flag}: {len(values)} values for {count} checkpoint(s)')
     return values
 
 

@@ -11,6 +11,8 @@ import time
 import numpy as np
 import torch
 
+from ops.errors import UserError
+
 
 class AverageMeter:
     """Running average of a scalar (loss, accuracy, time), weighted by batch size."""
@@ -80,7 +82,7 @@ FAULT_ENV, DELAY_ENV = 'MASNET_FAULT', 'MASNET_WRITE_DELAY'
 _write_counts = {}
 
 
-class FileWriteError(OSError):
+class FileWriteError(UserError, OSError):
     """A file that cannot be written (disk full, no permission, ...), with the path in the message."""
 
 

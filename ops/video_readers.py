@@ -24,6 +24,8 @@ from typing import Dict, Iterable, Optional
 import cv2
 import numpy as np
 
+from ops.errors import UserError
+
 logger = logging.getLogger('masnet.data')
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
@@ -36,7 +38,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 KNOWN_TEMPLATES = ('{:05d}.jpg', '{:06d}.jpg', 'img_{:05d}.jpg', 'image_{:05d}.jpg', '{:04d}.jpg')
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError):
     """A video or frame folder that cannot be opened, or a backend that is not installed."""
 
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ops import dataset as D
-from ops.dataset_config import get_dataset_config
+from ops.dataset_config import DatasetError, get_dataset_config
 from ops import video_readers as V
 from tests.conftest import ROOT
 from tools import check_videos, extract_frames, gen_label
@@ -246,7 +246,7 @@ def test_extraction_flags_truncated_videos(tmp_path, capsys):
     assert os.path.isfile(tmp_path / 'frames' / 'half' / extract_frames.DONE_MARKER)
 
     assert extract_frames.frame_template(None, 'kinetics') == 'img_{:05d}.jpg'
-    with pytest.raises(ValueError, match=r"--tmpl '\{:05d\}.jpg' differs.*'img_\{:05d\}.jpg'"):
+    with pytest.raises(DatasetError, match=r"--tmpl '\{:05d\}.jpg' differs.*'img_\{:05d\}.jpg'"):
         extract_frames.frame_template('{:05d}.jpg', 'kinetics')
 
     # check_videos.py lists it, and a second run only checks what the first did not
@@ -298,7 +298,7 @@ def test_kinetics_400_label_map_numbers_a_subset(tmp_path, capsys):
         cv2.imwrite(str(frames / name / 'img_00001.jpg'), pattern(0))
     gen_label.main(['kinetics', str(ann), str(frames), str(out)])
     assert '--label_map' in capsys.readouterr().err  # 2 classes: the way to 400 is named
-    with pytest.raises(ValueError, match=r'lists 2 classes, kinetics has 400.*\.json dataset'):
+    with pytest.raises(DatasetError, match=r'lists 2 classes, kinetics has 400.*\.json dataset'):
         get_dataset_config('kinetics', str(tmp_path))
     gen_label.main(['kinetics', str(ann), str(frames), str(out), '--label_map',
                     gen_label.K400_LABEL_MAP])
