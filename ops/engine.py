@@ -3,11 +3,10 @@ import logging
 import time
 
 import torch
-from tqdm import tqdm
 
 from ops.distributed import all_reduce_sum
 from ops.errors import UserError
-from ops.utils import AverageMeter, accuracy
+from ops.utils import AverageMeter, accuracy, progress
 
 logger = logging.getLogger('masnet')
 
@@ -28,8 +27,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
     model.train()
     device = runtime.device
     end = time.time()
-    bar = tqdm(loader, desc=f'train {epoch}', leave=False, disable=not runtime.is_main,
-               dynamic_ncols=True)
+    bar = progress(loader, enabled=runtime.is_main, desc=f'train {epoch}', leave=False)
+    # one report of the running loss / top-1: the bar on a terminal, the print-freq lines in
+    # a log file (and on the console when there is no bar)
     for i, (clips, labels) in enumerate(bar):
         data_time.update(time.time() - end)
         clips = clips.to(device, non_blocking=True)  # (N, T*3, H, W)
@@ -64,7 +64,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
                         f'Data {data_time.val:.3f} ({data_time.avg:.3f})\t'
                         f'Loss {losses.val:.4f} ({losses.avg:.4f})\t'
                         f'Prec@1 {top1.val:.3f} ({top1.avg:.3f})\t'
-                        f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})')
+                        f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})',
+                        extra={'console': bar.disable})
     return _reduce_meters(losses, top1, top5, runtime)
 
 
@@ -74,8 +75,7 @@ def validate(model, loader, criterion, runtime, desc='val'):
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.eval()
     device = runtime.device
-    for clips, labels in tqdm(loader, desc=desc, leave=False, disable=not runtime.is_main,
-                              dynamic_ncols=True):
+    for clips, labels in progress(loader, enabled=runtime.is_main, desc=desc, leave=False):
         clips = clips.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         output = model(clips).float()  # (N, num_class)

@@ -6,15 +6,18 @@ views (crops x clips): ``scores`` (N, num_class), ``labels`` (N,), ``predictions
 Its name says dataset, model, frames, crops, clips and size; test.py refuses to replace a
 score file of another checkpoint or list unless --overwrite (check_score_file_free).
 """
+import logging
 import os
+import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ops.checkpoint import unwrap_model
 from ops.errors import UserError
-from ops.utils import accuracy, atomic_write, class_accuracy
+from ops.utils import accuracy, atomic_write, class_accuracy, progress
+
+logger = logging.getLogger('masnet')
 
 DEFAULT_SCORE_DIR = 'score'
 
@@ -144,8 +147,10 @@ def evaluate_models(models, loaders, num_segments, device, use_softmax=False):
     outputs = [[] for _ in models]
     all_labels = []
     total = len(loaders[0].dataset)
-    bar = tqdm(total=total, desc='test', unit='video', dynamic_ncols=True)
-    for batches in zip(*loaders):
+    bar = progress(total=total, desc='test', unit='video')
+    log_every = max(1, len(loaders[0]) // 10)  # without a bar: a line per tenth of the videos
+    start, seen = time.time(), 0
+    for batch, batches in enumerate(zip(*loaders), start=1):
         labels = batches[0][1]
         for k, (model, (clips, _), segments) in enumerate(zip(models, batches, num_segments)):
             n = clips.size(0)
@@ -157,5 +162,8 @@ def evaluate_models(models, loaders, num_segments, device, use_softmax=False):
             outputs[k].append(scores.cpu())
         all_labels.append(labels)
         bar.update(labels.size(0))
+        seen += labels.size(0)
+        if bar.disable and (batch % log_every == 0 or batch == len(loaders[0])):
+            logger.info(f'test: {seen}/{total} videos, {time.time() - start:.0f} s')
     bar.close()
     return [torch.cat(o).numpy() for o in outputs], torch.cat(all_labels).numpy()

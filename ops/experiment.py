@@ -46,9 +46,12 @@ def run_folder(root, args):
 
 
 class _TqdmHandler(logging.StreamHandler):
-    """Console log lines that do not break tqdm progress bars."""
+    """Console log lines that do not break tqdm progress bars; records logged with
+    ``extra={'console': False}`` (what a progress bar already shows) go to the log file only."""
 
     def emit(self, record):
+        if not getattr(record, 'console', True):
+            return
         try:
             tqdm.write(self.format(record), file=sys.stdout)
         except Exception:

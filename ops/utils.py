@@ -5,13 +5,26 @@ import errno
 import os
 import random
 import signal
+import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ops.errors import UserError
+
+
+def on_terminal() -> bool:
+    """True when progress goes to a terminal; False under SLURM, nohup, a pipe or a file."""
+    return sys.stderr.isatty()
+
+
+def progress(iterable=None, enabled=True, **kwargs):
+    """A tqdm progress bar when `enabled` and on a terminal; a silent pass-through otherwise,
+    where the callers log a line per interval instead."""
+    return tqdm(iterable, disable=not (enabled and on_terminal()), dynamic_ncols=True, **kwargs)
 
 
 class AverageMeter:
