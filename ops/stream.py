@@ -16,7 +16,7 @@ from typing import Iterator, Optional, Union
 import cv2
 
 from ops.dataset import DataError
-from ops.predict import Prediction, Recognizer
+from ops.recognizer import Prediction, Recognizer
 from ops.transforms import GroupScale
 
 logger = logging.getLogger('masnet')

@@ -13,7 +13,7 @@ import test as test_entry
 from ops.dataset import TSNDataSet, parse_list_file
 from ops.evaluation import load_scores
 from ops.models import TemporalModel
-from ops.predict import Recognizer, collect_inputs, frame_template, read_prediction_list
+from ops.recognizer import Recognizer, collect_inputs, frame_template, read_prediction_list
 from ops.stream import write_video
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from ops.transforms import build_transform

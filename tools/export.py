@@ -21,7 +21,7 @@ from ops.checkpoint import read_checkpoint  # noqa: E402
 from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
 from ops.export import FORMATS, ParityError, export_and_check  # noqa: E402
 from ops.models import model_from_checkpoint  # noqa: E402
-from ops.predict import Recognizer, collect_inputs  # noqa: E402
+from ops.recognizer import Recognizer, collect_inputs  # noqa: E402
 
 
 def build_parser():

@@ -1,0 +1,330 @@
+"""Predict with a trained model, no labels needed: the Python API behind predict.py.
+
+    from ops.recognizer import Recognizer
+    recognizer = Recognizer.from_checkpoint('ckpt.best.pth.tar', categories='category.txt')
+    recognizer.predict('my_video.mp4', topk=5)      # -> Prediction (names + probabilities)
+    recognizer.predict(list_of_bgr_frames)           # frames already decoded (OpenCV BGR)
+
+An input is a video file, a frame folder, a folder of videos / frame folders, or a list file
+(``<path> [<num_frames> [<label>]]`` per line, labels optional). Clips are sampled, cropped
+and averaged over views exactly as test.py does (same TSNDataSet, transform and
+``evaluate_models``), so the same flags give the same scores.
+"""
+import csv
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ops.checkpoint import read_checkpoint
+from ops.dataset import VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord
+from ops.video_readers import count_frames
+from ops.dataset_config import read_categories
+from ops.evaluation import evaluate_models, softmax
+from ops.models import model_from_checkpoint
+from ops.transforms import build_transform
+from ops.utils import atomic_write
+
+logger = logging.getLogger('masnet')
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+UNKNOWN_LABEL = -1
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one video: ``indices``/``names``/``probabilities`` best first."""
+    video: str
+    indices: List[int]
+    names: List[str]
+    probabilities: List[float]
+    label: int = UNKNOWN_LABEL
+    extra: dict = field(default_factory=dict)  # e.g. start/end of a sliding window
+
+    @property
+    def top1(self) -> int:
+        return self.indices[0]
+
+    def as_dict(self) -> dict:
+        out = {'video': self.video, **self.extra}
+        if self.label != UNKNOWN_LABEL:
+            out['label'] = self.label
+        out['topk'] = [{'index': i, 'class': n, 'probability': round(p, 6)}
+                       for i, n, p in zip(self.indices, self.names, self.probabilities)]
+        return out
+
+    def as_text(self) -> str:
+        head = ' '.join(f'{k}={v}' for k, v in self.extra.items())
+        ranked = '  '.join(f'{r}. {n} ({p:.1%})' for r, (n, p) in
+                           enumerate(zip(self.names, self.probabilities), start=1))
+        return f'{self.video}{" " + head if head else ""}: {ranked}'
+
+
+def frame_template(folder: str, default: str) -> str:
+    """The frame name template of a frame folder: `default` if its frame 1 exists, else guessed
+    from the first image name (``img_00001.jpg`` -> ``img_{:05d}.jpg``)."""
+    if os.path.isfile(os.path.join(folder, default.format(1))):
+        return default
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    match = re.fullmatch(r'(.*?)(\d+)(\.\w+)', names[0]) if names else None
+    if not match or int(match.group(2)) != 1:
+        raise DataError(f"frame folder '{folder}': cannot tell how its frames are named (want "
+                        f"frames numbered from 1 like '{default.format(1)}'; pass --image_tmpl)")
+    prefix, digits, ext = match.groups()
+    return f'{prefix}{{:0{len(digits)}d}}{ext}'
+
+
+def _is_video_file(path):
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def _has_images(folder):
+    return any(n.lower().endswith(IMAGE_EXTENSIONS) for n in os.listdir(folder))
+
+
+def _folder_record(root, name):
+    frames = count_frames(os.path.join(root, name))
+    if frames == 0:
+        raise DataError(f"frame folder '{os.path.join(root, name)}' holds no image file")
+    return VideoRecord(name, frames, UNKNOWN_LABEL)
+
+
+def read_prediction_list(list_file: str) -> List[VideoRecord]:
+    """Records of a list file whose lines are ``<path> [<num_frames>|- [<label>]]``.
+
+    Missing frame counts are counted when the video is read; missing labels are unknown (-1).
+    """
+    if not os.path.isfile(list_file):
+        raise DataError(f"list file '{list_file}' does not exist")
+    records = []
+    with open(list_file) as f:
+        for line_no, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                if len(parts) > 3:
+                    raise ValueError(f'expected 1 to 3 fields, got {len(parts)}')
+                frames = None if len(parts) < 2 or parts[1] == '-' else int(parts[1])
+                if frames is not None and frames < 1:
+                    raise ValueError('num_frames must be >= 1')
+                label = int(parts[2]) if len(parts) == 3 else UNKNOWN_LABEL
+            except ValueError as exc:
+                raise DataError(f"{list_file}:{line_no}: cannot parse '{line.strip()}' "
+                                f"(want '<path> [<num_frames> [<label>]]': {exc})") from None
+            records.append(VideoRecord(parts[0], frames, label))
+    if not records:
+        raise DataError(f"list file '{list_file}' holds no video")
+    return records
+
+
+def collect_inputs(source: str, root: Optional[str] = None):
+    """(root, [VideoRecord]) of a video file, frame folder, folder of videos or list file.
+
+    root: folder the paths of a list file are relative to (default: the list's folder).
+    Frame counts left out of a list are counted here for frame folders.
+    """
+    if os.path.isfile(source) and not _is_video_file(source):
+        root = root if root is not None else os.path.dirname(os.path.abspath(source))
+        records = read_prediction_list(source)
+        for record in records:
+            if record.num_frames is None and not record.is_video_file:
+                folder = os.path.join(root, record.path)
+                if not os.path.isdir(folder):
+                    raise DataError(f"{source}: frame folder '{folder}' does not exist")
+                record.num_frames = _folder_record(root, record.path).num_frames
+        return root, records
+    if os.path.isfile(source):
+        folder, name = os.path.split(os.path.abspath(source))
+        return folder, [VideoRecord(name, None, UNKNOWN_LABEL)]
+    if not os.path.isdir(source):
+        raise DataError(f"input '{source}' is neither a video file, a folder nor a list file")
+    folder = os.path.abspath(source)
+    if _has_images(folder):
+        parent, name = os.path.split(folder)
+        return parent, [_folder_record(parent, name)]
+    records = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and _is_video_file(name):
+            records.append(VideoRecord(name, None, UNKNOWN_LABEL))
+        elif os.path.isdir(path) and _has_images(path):
+            records.append(_folder_record(folder, name))
+    if not records:
+        raise DataError(f"folder '{source}' holds no video file, frame folder or image")
+    return folder, records
+
+
+class Recognizer:
+    """A trained TemporalModel with its class names and test-time views.
+
+    Args:
+        model: the TemporalModel (moved to `device`, put in eval mode).
+        categories: class names, one per class.
+        device: where the model runs.
+        test_crops: 1, 3, 5 or 10 crop views (as test.py).
+        twice_sample / dense_sample / dense_sample_num: clips per video (as test.py).
+        use_softmax: average softmax scores over views instead of logits (test.py --softmax).
+        image_tmpl: frame file names of frame folders.
+    """
+
+    def __init__(self, model, categories: Sequence[str], device=None, test_crops: int = 1,
+                 twice_sample: bool = False, dense_sample: bool = False,
+                 dense_sample_num: int = 10, use_softmax: bool = False,
+                 image_tmpl: str = '{:05d}.jpg'):
+        if len(categories) != model.num_class:
+            raise DataError(f'{len(categories)} class names for a model of {model.num_class} '
+                            f'classes')
+        self.device = torch.device(device) if device is not None else torch.device('cpu')
+        self.model = model.to(self.device).eval()
+        self.categories = list(categories)
+        self.test_crops = test_crops
+        self.twice_sample = twice_sample
+        self.dense_sample = dense_sample
+        self.dense_sample_num = dense_sample_num
+        self.use_softmax = use_softmax
+        self.image_tmpl = image_tmpl
+        self.transform = build_transform('test', model.crop_size, model.scale_size,
+                                         model.input_mean, model.input_std, num_crops=test_crops)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, categories: Union[str, Sequence[str]],
+                        num_segments: Optional[int] = None, model_type: Optional[str] = None,
+                        arch: Optional[str] = None, input_size: Optional[int] = None,
+                        full_res: bool = False, device=None, **views) -> 'Recognizer':
+        """Load a checkpoint as test.py does; `categories` is a category file or a name list."""
+        if isinstance(categories, str):
+            categories = read_categories(categories)
+        model = model_from_checkpoint(read_checkpoint(path), path, len(categories), num_segments,
+                                      model_type, arch, input_size, full_res)
+        return cls(model, categories, device, **views)
+
+    @property
+    def num_segments(self) -> int:
+        return self.model.num_segments
+
+    @property
+    def num_clips(self) -> int:
+        return 2 if self.twice_sample else self.dense_sample_num if self.dense_sample else 1
+
+    def sample_indices(self, num_frames: int) -> np.ndarray:
+        """1-based frame indices of the test clips of a video of `num_frames` frames."""
+        return self.dataset(None, []).sample_indices(num_frames)
+
+    def dataset(self, root: Optional[str], records: List[VideoRecord]) -> TSNDataSet:
+        """The test-mode TSNDataSet of `records` (test.py's sampling and views)."""
+        return TSNDataSet(root, None, self.num_segments, self.image_tmpl, self.transform,
+                          random_shift=False, test_mode=True, dense_sample=self.dense_sample,
+                          twice_sample=self.twice_sample, dense_sample_num=self.dense_sample_num,
+                          video_list=records)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Class probabilities of view-averaged scores (N, C): softmax, unless already averaged
+        softmax scores (use_softmax)."""
+        return scores if self.use_softmax else softmax(scores)
+
+    def ranked(self, video: str, probabilities: np.ndarray, topk: int = 5,
+               label: int = UNKNOWN_LABEL, **extra) -> Prediction:
+        """The Prediction of one probability vector (num_class,)."""
+        order = np.argsort(-probabilities, kind='stable')[:min(topk, len(probabilities))]
+        return Prediction(video, [int(i) for i in order], [self.categories[i] for i in order],
+                          [float(probabilities[i]) for i in order], label, extra)
+
+    def scores_of_records(self, root: str, records: List[VideoRecord], batch_size: int = 1,
+                          workers: int = 0) -> np.ndarray:
+        """View-averaged scores (N, num_class) of `records`, with a progress bar."""
+        loader = DataLoader(self.dataset(root, records), batch_size=batch_size, shuffle=False,
+                            num_workers=min(workers, len(records)),
+                            pin_memory=self.device.type == 'cuda')
+        scores, _ = evaluate_models([self.model], [loader], [self.num_segments], self.device,
+                                    use_softmax=self.use_softmax)
+        return scores[0]
+
+    def clip_scores(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """View-averaged scores (num_class,) of sampled BGR frames (clips x T of them)."""
+        clip, _ = self.transform(list(frames), UNKNOWN_LABEL)  # (V*clips*T*3, H, W)
+        clip = clip.to(self.device).view(-1, self.num_segments * 3, *clip.shape[-2:])
+        with torch.no_grad():
+            scores = self.model(clip).float()  # (V*clips, C)
+        if self.use_softmax:
+            scores = scores.softmax(dim=1)
+        return scores.mean(dim=0).cpu().numpy()
+
+    def predict_frames(self, frames: Sequence[np.ndarray], topk: int = 5,
+                       video: str = 'frames', **extra) -> Prediction:
+        """Top-k of a decoded video (all its BGR frames, in order), sampled as a test clip."""
+        if not frames:
+            raise DataError(f"{video}: no frame to predict on")
+        picked = [frames[i - 1] for i in self.sample_indices(len(frames)).tolist()]
+        scores = self.clip_scores(picked)[None]  # (1, C)
+        return self.ranked(video, self.probabilities(scores)[0], topk, **extra)
+
+    def predict(self, source, topk: int = 5, batch_size: int = 1,
+                workers: int = 0) -> Union[Prediction, List[Prediction]]:
+        """Top-k of a path (one Prediction for a video/frame folder, a list for a folder of
+        videos or a list file) or of a sequence of decoded BGR frames."""
+        if not isinstance(source, (str, os.PathLike)):
+            return self.predict_frames(source, topk)
+        source = os.fspath(source)
+        root, records = collect_inputs(source)
+        predictions = self.predict_records(root, records, topk, batch_size, workers)
+        single = os.path.isfile(source) and _is_video_file(source) or \
+            os.path.isdir(source) and _has_images(source)
+        return predictions[0] if single else predictions
+
+    def predict_records(self, root: str, records: List[VideoRecord], topk: int = 5,
+                        batch_size: int = 1, workers: int = 0) -> List[Prediction]:
+        """Top-k Predictions of `records` below `root`, in order."""
+        folders = [r for r in records if not r.is_video_file]
+        if folders:  # one template for all folders, as in a dataset
+            self.image_tmpl = frame_template(os.path.join(root, folders[0].path), self.image_tmpl)
+        probabilities = self.probabilities(self.scores_of_records(root, records, batch_size,
+                                                                  workers))
+        return [self.ranked(r.path, p, topk, r.label) for r, p in zip(records, probabilities)]
+
+
+def write_json(path: str, predictions: List[Prediction]) -> None:
+    """``[{video, [label], topk: [{index, class, probability}]}]``, written atomically."""
+    with atomic_write(path) as f:
+        f.write(json.dumps([p.as_dict() for p in predictions], indent=1).encode())
+
+
+def write_csv(path: str, predictions: List[Prediction]) -> None:
+    """One row per video (window): video, [window columns], label, then class/probability of
+    each rank."""
+    extra = list(predictions[0].extra) if predictions else []
+    topk = max((len(p.indices) for p in predictions), default=0)
+    header = ['video'] + extra + ['label'] + [f'{c}{r}' for r in range(1, topk + 1)
+                                              for c in ('class', 'probability')]
+    rows = [[p.video] + [p.extra[k] for k in extra]
+            + ['' if p.label == UNKNOWN_LABEL else p.label]
+            + [v for n, q in zip(p.names, p.probabilities) for v in (n, f'{q:.6f}')]
+            for p in predictions]
+    _write_rows(path, [header] + rows)
+
+
+def write_submission(path: str, predictions: List[Prediction]) -> None:
+    """Something-Something V2 submission: ``<video id>;<class 1>;...;<class 5>`` per video, the
+    id being the video's folder / file name without extension."""
+    lines = []
+    for p in predictions:
+        if len(p.names) < 5:
+            raise DataError(f'--submission needs the top 5 classes; got --topk {len(p.names)}')
+        video_id = os.path.splitext(os.path.basename(p.video.rstrip('/')))[0]
+        lines.append(';'.join([video_id] + p.names[:5]))
+    with atomic_write(path) as f:
+        f.write(('\n'.join(lines) + '\n').encode())
+
+
+def _write_rows(path, rows):
+    text = io.StringIO()
+    csv.writer(text, lineterminator='\n').writerows(rows)
+    with atomic_write(path) as f:
+        f.write(text.getvalue().encode())
