@@ -10,12 +10,12 @@ is ``(N, T*3, H, W)`` (or ``(N, T, 3, H, W)``) normalised RGB, its output ``(N, 
 dependencies = ['torch', 'numpy', 'cv2']
 
 
-def _build(model_type, arch, weights=None, num_classes=174, num_segments=8, input_size=224,
+def _build(temporal_type, arch, weights=None, num_classes=174, num_segments=8, input_size=224,
            **kwargs):
     from ops.checkpoint import load_model_weights
     from ops.models import TemporalModel
 
-    model = TemporalModel(num_classes, num_segments, model_type, arch, pretrain='none',
+    model = TemporalModel(num_classes, num_segments, temporal_type, arch, pretrain='none',
                           partial_bn=False, input_size=input_size, **kwargs)
     if weights is not None:
         load_model_weights(model, weights)
@@ -42,7 +42,7 @@ def tsn_resnet50(weights=None, num_classes=174, num_segments=8, **kwargs):
     return _build('TSN', 'resnet50', weights, num_classes, num_segments, **kwargs)
 
 
-def temporal_model(model_type='MASNet', arch='resnet50', weights=None, num_classes=174,
+def temporal_model(temporal_type='MASNet', arch='resnet50', weights=None, num_classes=174,
                    num_segments=8, **kwargs):
     """Any --type / --arch combination of main.py."""
-    return _build(model_type, arch, weights, num_classes, num_segments, **kwargs)
+    return _build(temporal_type, arch, weights, num_classes, num_segments, **kwargs)

@@ -26,8 +26,8 @@ class ScoreFileError(UserError):
     """Score files that cannot be read or do not describe the same videos."""
 
 
-def score_filename(dataset, model_type, arch, segments, crops, clips, size):
-    return f'{dataset}_{model_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px.npz'
+def score_filename(dataset, temporal_type, arch, segments, crops, clips, size):
+    return f'{dataset}_{temporal_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px.npz'
 
 
 def save_scores(path, scores, labels, video_ids, **settings):

@@ -84,9 +84,9 @@ def _evaluate(args, runtime):
         # no DDP wrapper in evaluation: each process scores its own videos
         models.append((model.to(runtime.device) if runtime.distributed
                        else wrap_model(model, runtime)).eval())
-        names.append(score_filename(dataset_tag(args.dataset), model.base_model_name, model.arch,
+        names.append(score_filename(dataset_tag(args.dataset), model.temporal_type, model.arch,
                                     num_segments, args.test_crops, num_clips, model.crop_size))
-        logger.info(f"{path}: {model.base_model_name} {model.arch}, {num_segments} segments, "
+        logger.info(f"{path}: {model.temporal_type} {model.arch}, {num_segments} segments, "
                     f"{args.test_crops} crop(s) x {num_clips} clip(s) of {model.crop_size}px")
 
     if args.save_scores:

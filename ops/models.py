@@ -30,7 +30,8 @@ class TemporalModel(nn.Module):
     Args:
         num_class: number of action classes.
         num_segments: frames sampled per clip (T).
-        base_model: temporal module type, one of ``TEMPORAL_TYPES`` ('MASNet', 'TSM', 'TSN').
+        base_model: the temporal type (the release's name for it; ``--type``, a checkpoint's
+            'type', ``self.temporal_type``), one of ``TEMPORAL_TYPES`` ('MASNet', 'TSM', 'TSN').
         backbone: ResNet arch (``archs.ARCHS``).
         dropout: dropout before new_fc (the backbone's fc becomes this Dropout).
         consensus_type: 'avg' (the only consensus the release uses).
@@ -61,7 +62,7 @@ class TemporalModel(nn.Module):
             raise ValueError(f"unknown consensus '{consensus_type}' (only 'avg' is supported)")
         self.num_class = num_class
         self.num_segments = num_segments
-        self.base_model_name = base_model
+        self.temporal_type = base_model
         self.arch = backbone
         self.dropout = dropout
         self.input_size = input_size

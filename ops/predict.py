@@ -27,7 +27,7 @@ def run_prediction(args) -> List[Prediction]:
         dense_sample=args.dense_sample, dense_sample_num=args.dense_sample_num,
         use_softmax=args.softmax, image_tmpl=image_tmpl or '{:05d}.jpg')
     model = recognizer.model
-    logger.info(f'{args.weights}: {model.base_model_name} {model.arch}, {model.num_segments} '
+    logger.info(f'{args.weights}: {model.temporal_type} {model.arch}, {model.num_segments} '
                 f'segments, {args.test_crops} crop(s) x {recognizer.num_clips} clip(s) of '
                 f'{model.crop_size}px on {recognizer.device}')
     if args.window is not None:

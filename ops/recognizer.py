@@ -196,14 +196,14 @@ class Recognizer:
 
     @classmethod
     def from_checkpoint(cls, path: str, categories: Union[str, Sequence[str]],
-                        num_segments: Optional[int] = None, model_type: Optional[str] = None,
+                        num_segments: Optional[int] = None, temporal_type: Optional[str] = None,
                         arch: Optional[str] = None, input_size: Optional[int] = None,
                         full_res: bool = False, device=None, **views) -> 'Recognizer':
         """Load a checkpoint as test.py does; `categories` is a category file or a name list."""
         if isinstance(categories, str):
             categories = read_categories(categories)
         model = model_from_checkpoint(read_checkpoint(path), path, len(categories), num_segments,
-                                      model_type, arch, input_size, full_res)
+                                      temporal_type, arch, input_size, full_res)
         return cls(model, categories, device, **views)
 
     @property

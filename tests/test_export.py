@@ -22,15 +22,15 @@ def randomize_tim(model, seed=0):
     return model
 
 
-@pytest.mark.parametrize('model_type', ['MASNet', 'TSM', 'TSN'])
-def test_onnx_and_torchscript_match_eager(model_type, tmp_path):
+@pytest.mark.parametrize('temporal_type', ['MASNet', 'TSM', 'TSN'])
+def test_onnx_and_torchscript_match_eager(temporal_type, tmp_path):
     torch.manual_seed(0)
-    model = TemporalModel(10, 8, model_type, 'resnet10', pretrain='none', input_size=64)
+    model = TemporalModel(10, 8, temporal_type, 'resnet10', pretrain='none', input_size=64)
     model = randomize_tim(randomize_bn(model)).eval()
     torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)  # logits of a useful size
     real = example_input(model, seed=5).clamp(-2, 2)
     with torch.no_grad():  # as in tools/export.py: the eager side takes the in-place path
-        results = export_and_check(model, str(tmp_path / model_type), real=real, tolerance=1e-4)
+        results = export_and_check(model, str(tmp_path / temporal_type), real=real, tolerance=1e-4)
     for fmt in ('onnx', 'torchscript'):
         assert set(results[fmt]) == {'random', 'real'}
         assert max(results[fmt].values()) <= 1e-4
@@ -39,9 +39,9 @@ def test_onnx_and_torchscript_match_eager(model_type, tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     assert np.abs(expected).max() > 0.1  # not a trivially small output
-    got = load_runner('onnx', str(tmp_path / f'{model_type}.onnx'))(x)
+    got = load_runner('onnx', str(tmp_path / f'{temporal_type}.onnx'))(x)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
-    got = load_runner('torchscript', str(tmp_path / f'{model_type}.pt'))(x)
+    got = load_runner('torchscript', str(tmp_path / f'{temporal_type}.pt'))(x)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 

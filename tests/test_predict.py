@@ -40,7 +40,7 @@ def fit_head(model, clips, labels, num_class):
 
 
 def save_model(model, path):
-    torch.save({'epoch': 1, 'arch': model.arch, 'type': model.base_model_name,
+    torch.save({'epoch': 1, 'arch': model.arch, 'type': model.temporal_type,
                 'num_segments': model.num_segments, 'input_size': model.input_size,
                 'state_dict': model.state_dict(), 'best_prec1': 0.0}, path)
 

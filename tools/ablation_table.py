@@ -35,23 +35,23 @@ def file_metrics(path):
     data = load_scores(path)
     scores, labels = data['scores'], data['labels']
     top1, _, _ = summarize(scores, labels)
-    model_type = os.path.basename(path).split('_')[1]  # <dataset>_<type>_<arch>_...
-    return model_type, [top1] + [pair_accuracy(scores, labels, p) for p in PAIRS]
+    temporal_type = os.path.basename(path).split('_')[1]  # <dataset>_<type>_<arch>_...
+    return temporal_type, [top1] + [pair_accuracy(scores, labels, p) for p in PAIRS]
 
 
 def table(paths):
     """One row per model type: mean +- sample std over its score files (e.g. seeds)."""
     runs = {}
     for path in paths:
-        model_type, metrics = file_metrics(path)
-        runs.setdefault(model_type, []).append(metrics)
+        temporal_type, metrics = file_metrics(path)
+        runs.setdefault(temporal_type, []).append(metrics)
     rows = ['| model | runs | top-1 (8 classes) | ' + ' | '.join(PAIR_NAMES) + ' |',
             '|' + ' --- |' * (3 + len(PAIRS))]
-    for model_type in sorted(runs, key=lambda t: ROW_ORDER.index(t) if t in ROW_ORDER else 99):
-        values = np.array(runs[model_type])
+    for temporal_type in sorted(runs, key=lambda t: ROW_ORDER.index(t) if t in ROW_ORDER else 99):
+        values = np.array(runs[temporal_type])
         spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
         cells = ' | '.join(f'{m:.1f} ± {s:.1f}' for m, s in zip(values.mean(axis=0), spread))
-        rows.append(f'| {model_type} | {len(values)} | {cells} |')
+        rows.append(f'| {temporal_type} | {len(values)} | {cells} |')
     return '\n'.join(rows)
 
 

@@ -39,11 +39,11 @@ def uncounted_macs(model, clip, handlers):
     return total
 
 
-def count(model_type='MASNet', arch='resnet50', num_segments=8, input_size=224, num_class=174):
+def count(temporal_type='MASNet', arch='resnet50', num_segments=8, input_size=224, num_class=174):
     """(parameters, GFLOPs) of one clip of `num_segments` frames at `input_size` px."""
     from fvcore.nn import FlopCountAnalysis
 
-    model = TemporalModel(num_class, num_segments, model_type, arch, pretrain='none',
+    model = TemporalModel(num_class, num_segments, temporal_type, arch, pretrain='none',
                           input_size=input_size).eval()
     params = sum(p.numel() for p in model.parameters())
     clip = torch.zeros(1, num_segments * 3, input_size, input_size)
@@ -52,7 +52,7 @@ def count(model_type='MASNet', arch='resnet50', num_segments=8, input_size=224, 
     analysis.uncalled_modules_warnings(False)
     with torch.no_grad():
         flops = analysis.total()
-    flops += uncounted_macs(model, clip, temporal_module(model_type).uncounted_macs)
+    flops += uncounted_macs(model, clip, temporal_module(temporal_type).uncounted_macs)
     return params, flops / 1e9
 
 
