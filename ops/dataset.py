@@ -26,6 +26,7 @@ present), and a readable first video among the first few.
 import logging
 import os
 import random
+from typing import List
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -60,11 +61,11 @@ class VideoRecord:
         self.line_no = line_no  # line in the list file
 
     @property
-    def is_video_file(self):
+    def is_video_file(self) -> bool:
         return self.path.lower().endswith(VIDEO_EXTENSIONS)
 
 
-def parse_list_file(list_file):
+def parse_list_file(list_file: str) -> List['VideoRecord']:
     """VideoRecords of `list_file`; a malformed line raises DataError naming file and line."""
     if not os.path.isfile(list_file):
         raise DataError(f"list file '{list_file}' does not exist")
@@ -97,7 +98,7 @@ def parse_list_file(list_file):
     return records
 
 
-def check_labels(records, list_file, num_class):
+def check_labels(records: List['VideoRecord'], list_file: str, num_class: int) -> None:
     """Refuse a label outside [0, num_class), naming the list file and line."""
     for record in records:
         if not 0 <= record.label < num_class:
@@ -106,7 +107,7 @@ def check_labels(records, list_file, num_class):
                             f"'{record.path}' is not in [0, {num_class}){hint}")
 
 
-def missing_videos(records, root_path):
+def missing_videos(records: List['VideoRecord'], root_path: str) -> List['VideoRecord']:
     """The records whose frame folder / video file is absent below `root_path`.
 
     One os.listdir per distinct parent folder (not one stat per video), so 200k-video lists
@@ -125,8 +126,8 @@ def missing_videos(records, root_path):
     return missing
 
 
-def load_checked_list(list_file, root_path, num_class, image_tmpl, missing='error',
-                      video_backend='auto'):
+def load_checked_list(list_file: str, root_path: str, num_class: int, image_tmpl: str,
+                      missing: str = 'error', video_backend: str = 'auto') -> List['VideoRecord']:
     """The VideoRecords of `list_file`, checked before any epoch (see the module docstring).
 
     missing: 'error' (validation / test lists: a missing video would cost a whole epoch or
@@ -167,7 +168,7 @@ def _spread(num_frames, num_segments):
     return (np.arange(num_segments) * num_frames) // num_segments
 
 
-def sample_train_indices(num_frames, num_segments, rng=np.random):
+def sample_train_indices(num_frames: int, num_segments: int, rng=np.random) -> np.ndarray:
     """TSN random-shift sampling: one random frame per equal segment (1-based)."""
     d = num_frames // num_segments
     if d > 0:
@@ -179,20 +180,20 @@ def sample_train_indices(num_frames, num_segments, rng=np.random):
     return offsets + 1
 
 
-def sample_val_indices(num_frames, num_segments):
+def sample_val_indices(num_frames: int, num_segments: int) -> np.ndarray:
     """The central frame of each of T equal segments (1-based)."""
     tick = num_frames / num_segments
     return np.array([int(tick / 2.0 + tick * i) for i in range(num_segments)]) + 1
 
 
-def sample_twice_indices(num_frames, num_segments):
+def sample_twice_indices(num_frames: int, num_segments: int) -> np.ndarray:
     """Two clips: the val indices, then the first frame of each segment (1-based)."""
     tick = num_frames / num_segments
     starts = [int(tick * i) for i in range(num_segments)]
     return np.concatenate([sample_val_indices(num_frames, num_segments), np.array(starts) + 1])
 
 
-def sample_dense_test_indices(num_frames, num_segments, num_clips=10):
+def sample_dense_test_indices(num_frames: int, num_segments: int, num_clips: int = 10) -> np.ndarray:
     """`num_clips` shifted clips, as the release: integer starts
     ``linspace(0, tick-1, K, dtype=int)``, indices ``int(tick*i + start)`` (1-based).
 
@@ -206,7 +207,8 @@ def sample_dense_test_indices(num_frames, num_segments, num_clips=10):
     return np.array(offsets) + 1
 
 
-def sample_dense_train_indices(num_frames, num_segments, rng=np.random, center=False):
+def sample_dense_train_indices(num_frames: int, num_segments: int, rng=np.random,
+                               center: bool = False) -> np.ndarray:
     """I3D-style dense sampling: T frames with stride 64 // T in a 64-frame window (1-based).
 
     The window starts at random (train) or in the middle (``center``); videos shorter than
@@ -262,14 +264,14 @@ class TSNDataSet(Dataset):
         self.frame_counts = FrameCountIndex(list_file if video_list is None else None)
 
     @property
-    def num_clips(self):
+    def num_clips(self) -> int:
         if self.test_mode and self.twice_sample:
             return 2
         if self.test_mode and self.dense_sample:
             return self.dense_sample_num
         return 1
 
-    def sample_indices(self, num_frames):
+    def sample_indices(self, num_frames: int) -> np.ndarray:
         """1-based frame indices of this dataset's mode for a video of `num_frames` frames."""
         T = self.num_segments
         if self.test_mode and self.twice_sample:

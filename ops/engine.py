@@ -1,6 +1,7 @@
 """One training epoch and one validation pass, on any device / process layout."""
 import logging
 import time
+from typing import Tuple
 
 import torch
 
@@ -16,7 +17,8 @@ class TrainingDiverged(UserError):
 
 
 def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, runtime, lr: float,
-                    amp: bool = False, clip_gradient: float = 0.0, print_freq: int = 20):
+                    amp: bool = False, clip_gradient: float = 0.0,
+                    print_freq: int = 20) -> Tuple[float, float, float]:
     """Train for one epoch; returns (loss, top1, top5) averaged over all processes.
 
     amp: autocast the forward pass; clip_gradient: clip the global gradient norm to it (0: off);
@@ -70,7 +72,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
 
 
 @torch.no_grad()
-def validate(model, loader, criterion, runtime, desc='val'):
+def validate(model, loader, criterion, runtime, desc: str = 'val') -> Tuple[float, float, float]:
     """Evaluate single-view clips; returns (loss, top1, top5) over the whole (sharded) set."""
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.eval()

@@ -9,6 +9,7 @@ score file of another checkpoint or list unless --overwrite (check_score_file_fr
 import logging
 import os
 import time
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ class ScoreFileError(UserError):
     """Score files that cannot be read or do not describe the same videos."""
 
 
-def score_filename(dataset, temporal_type, arch, segments, crops, clips, size):
+def score_filename(dataset: str, temporal_type: str, arch: str, segments: int, crops: int,
+                   clips: int, size: int) -> str:
     return f'{dataset}_{temporal_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px.npz'
 
 
@@ -39,7 +41,7 @@ def save_scores(path, scores, labels, video_ids, **settings):
                  **{k: np.asarray(v) for k, v in settings.items()})
 
 
-def load_scores(path):
+def load_scores(path: str) -> Dict:
     """``{'scores' (N, C), 'labels', 'video_ids', ...}`` of a score file.
 
     Score files of the release (scores ``(N, 1, C)``, no ``video_ids``) are accepted: their
@@ -117,7 +119,8 @@ def check_same_videos(score_sets, paths):
             raise ScoreFileError(f"score files '{ref_path}' and '{path}' disagree in labels")
 
 
-def ensemble(score_list, weights=None, use_softmax=False):
+def ensemble(score_list: List[np.ndarray], weights: Optional[List[float]] = None,
+             use_softmax: bool = False) -> np.ndarray:
     """Weighted sum of score arrays (N, num_class), softmax-normalised first if asked."""
     weights = [1.0] * len(score_list) if weights is None else list(weights)
     if len(weights) != len(score_list):
@@ -128,7 +131,7 @@ def ensemble(score_list, weights=None, use_softmax=False):
     return total
 
 
-def summarize(scores, labels):
+def summarize(scores, labels) -> Tuple[float, float, float]:
     """(top-1, top-5, mean class accuracy) in percent."""
     scores = torch.as_tensor(np.asarray(scores))
     labels = np.asarray(labels)
@@ -138,7 +141,8 @@ def summarize(scores, labels):
 
 
 @torch.no_grad()
-def evaluate_models(models, loaders, num_segments, device, use_softmax=False):
+def evaluate_models(models, loaders, num_segments: List[int], device: torch.device,
+                    use_softmax: bool = False) -> Tuple[List[np.ndarray], np.ndarray]:
     """Per-video scores of every model, averaged over its views (crops x clips).
 
     models / loaders / num_segments: one entry per model; the loaders iterate the same
