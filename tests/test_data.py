@@ -20,24 +20,21 @@ MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 # ---- sampling (SPEC 3.3; indices 1-based) ---------------------------------------------------
 
-@pytest.mark.parametrize('n', [80, 8, 3])
-def test_val_indices_formula(n):
-    T = 8
-    tick = n / T
-    expected = [int(tick / 2 + tick * i) + 1 for i in range(T)]
-    assert D.sample_val_indices(n, T).tolist() == expected
-    if n == 3:  # short video: frames spread, not all frame 1
-        assert D.sample_val_indices(n, T).tolist() == [1, 1, 1, 2, 2, 3, 3, 3]
+@pytest.mark.parametrize('n,expected', [
+    (80, [6, 16, 26, 36, 46, 56, 66, 76]),  # tick 10: the middle of each segment
+    (20, [2, 4, 7, 9, 12, 14, 17, 19]),  # tick 2.5: int(1.25 + 2.5 i) + 1
+    (8, [1, 2, 3, 4, 5, 6, 7, 8]),
+    (3, [1, 1, 1, 2, 2, 3, 3, 3]),  # short video: frames spread, not all frame 1
+])
+def test_val_indices(n, expected):
+    assert D.sample_val_indices(n, 8).tolist() == expected
 
 
 def test_train_indices_long_video_one_per_segment():
-    rng = np.random.RandomState(0)
-    idx = D.sample_train_indices(50, 8, rng)
-    d = 50 // 8
-    expected_rng = np.random.RandomState(0)
-    expected = np.arange(8) * d + expected_rng.randint(d, size=8) + 1
-    assert idx.tolist() == expected.tolist()
-    assert all(i * d + 1 <= v <= (i + 1) * d for i, v in enumerate(idx))
+    # d = 50 // 8 = 6: segment i covers frames 6i+1 .. 6i+6; RandomState(0).randint(6, size=8)
+    # draws 4 5 0 3 3 3 1 3
+    assert D.sample_train_indices(50, 8, np.random.RandomState(0)).tolist() == \
+        [5, 12, 13, 22, 28, 34, 38, 46]
 
 
 def test_train_indices_exact_and_short():
@@ -49,10 +46,9 @@ def test_train_indices_exact_and_short():
 
 
 def test_twice_indices():
-    n, T = 40, 8
-    tick = n / T
-    expected = [int(tick / 2 + tick * i) + 1 for i in range(T)] + [int(tick * i) + 1 for i in range(T)]
-    assert D.sample_twice_indices(n, T).tolist() == expected
+    # tick 5: the val clip int(2.5 + 5i) + 1, then the segment starts int(5i) + 1
+    assert D.sample_twice_indices(40, 8).tolist() == [3, 8, 13, 18, 23, 28, 33, 38,
+                                                      1, 6, 11, 16, 21, 26, 31, 36]
 
 
 def test_dense_test_indices_of_a_short_video_spread_its_frames():
