@@ -197,12 +197,12 @@ def test_unreadable_training_videos_stop_the_run(tmp_path):
 
 def test_png_named_jpg_decodes(tmp_path):
     import cv2
-    from ops.dataset import _decode_jpeg_file
+    from ops.video_readers import decode_image_file
     img = np.full((8, 8, 3), 200, np.uint8)
     path = str(tmp_path / '00001.jpg')
     cv2.imwrite(str(tmp_path / 'x.png'), img)
     os.rename(str(tmp_path / 'x.png'), path)
-    assert np.array_equal(_decode_jpeg_file(path), img)
+    assert np.array_equal(decode_image_file(path), img)
 
 
 def test_score_files_of_another_checkpoint_are_not_replaced(tmp_path):
