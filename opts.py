@@ -55,6 +55,12 @@ def add_model_args(parser, defaults_from_checkpoint=False):
                              'of them as are visible; the CPU without CUDA)')
 
 
+def add_compile_arg(parser):
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the model (the first batches compile it: about a '
+                             'minute for a ResNet-50 on a CPU); eager where it cannot compile')
+
+
 def add_view_args(parser):
     """Test-time views of test.py and predict.py: crops, clips, score averaging."""
     parser.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
@@ -75,6 +81,7 @@ def build_parser():
         description='Train MAS-Net (or the TSM / TSN baselines) on video frame folders.')
     add_data_args(parser)
     add_model_args(parser)
+    add_compile_arg(parser)
     parser.add_argument('--num_segments', type=int_at_least(1), default=8, help='frames sampled per clip (T)')
     parser.add_argument('--dropout', '--do', default=0.5, type=float, help='dropout before new_fc')
     parser.add_argument('--pretrain', default='imagenet',

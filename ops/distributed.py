@@ -69,6 +69,21 @@ def wrap_model(model, runtime):
     return model
 
 
+def compile_model(model, enabled=True):
+    """``torch.compile(model)`` for --compile. Graphs that cannot be compiled (no C++ compiler,
+    an unsupported op) run eagerly with a warning instead of failing the run; compiling happens
+    in the first batches of each mode (train / eval)."""
+    if not enabled:
+        return model
+    if not hasattr(torch, 'compile'):
+        print('warning: --compile: this PyTorch has no torch.compile; running eagerly',
+              file=sys.stderr)
+        return model
+    from torch import _dynamo
+    _dynamo.config.suppress_errors = True
+    return torch.compile(model)
+
+
 def all_reduce_sum(values, runtime):
     """Sum a list of numbers over all processes (identity in a single process)."""
     if not runtime.distributed:

@@ -8,7 +8,8 @@ from ops.analysis import write_error_analysis
 from ops.checkpoint import read_checkpoint
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.distributed import ShardSampler, cleanup, gather_shards, setup_runtime, wrap_model
+from ops.distributed import (ShardSampler, cleanup, compile_model, gather_shards, setup_runtime,
+                             wrap_model)
 from ops.errors import FlagError
 from ops.evaluation import (check_score_file_free, ensemble, evaluate_models, save_scores,
                             score_filename, summarize)
@@ -82,8 +83,8 @@ def _evaluate(args, runtime):
                                   num_workers=args.workers,
                                   pin_memory=runtime.device.type == 'cuda'))
         # no DDP wrapper in evaluation: each process scores its own videos
-        models.append((model.to(runtime.device) if runtime.distributed
-                       else wrap_model(model, runtime)).eval())
+        models.append(compile_model((model.to(runtime.device) if runtime.distributed
+                                     else wrap_model(model, runtime)).eval(), args.compile))
         names.append(score_filename(dataset_tag(args.dataset), model.temporal_type, model.arch,
                                     num_segments, args.test_crops, num_clips, model.crop_size))
         logger.info(f"{path}: {model.temporal_type} {model.arch}, {num_segments} segments, "

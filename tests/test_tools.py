@@ -146,3 +146,17 @@ def test_ablation_table_averages_seeds_and_scores_pairs(tmp_path):
     assert rows[2] == ('| TSN | 2 | 75.0 ± 35.4 | 100.0 ± 0.0 | 100.0 ± 0.0 | 50.0 ± 70.7 | '
                        '50.0 ± 70.7 |')
     assert rows[3] == '| MASNet | 1 | ' + ' | '.join(['100.0 ± 0.0'] * 5) + ' |'
+
+
+def test_gpu_check_says_so_in_one_line_without_a_gpu(tmp_path):
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU: the check itself runs with scripts/gpu_check.sh')
+    out = subprocess.run([sys.executable, 'tools/gpu_check.py', '--out', str(tmp_path / 'r.json')],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines() == ['gpu_check: no CUDA GPU on this machine: nothing to check']
+    assert not (tmp_path / 'r.json').exists()
+

@@ -244,3 +244,25 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tiny_data
     assert res.returncode == 0, res.stderr
     assert read_checkpoint(latest)['epoch'] == done + 1
     assert f'at epoch {done}' in open(os.path.join(run_dir(out), 'log', 'log.txt')).read()
+
+
+def test_test_py_compiled_gives_the_eager_scores(tiny_data_root, tmp_path, monkeypatch):
+    """--compile: torch.compile'd evaluation, scores within 1e-4 of eager (float32)."""
+    import torch._dynamo
+    monkeypatch.setattr(torch._dynamo.config, 'suppress_errors', False)  # compile_model sets it
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    path = str(tmp_path / 'model.pth.tar')
+    save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,
+                     'input_size': 32, 'best_prec1': 0.0, 'state_dict': model.state_dict()}, path)
+    common = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights', path,
+              '-j', '0', '--batch_size', '8']
+    test_main.main(common + ['--save_scores', str(tmp_path / 'eager')])
+    torch._dynamo.utils.counters.clear()
+    test_main.main(common + ['--save_scores', str(tmp_path / 'compiled'), '--compile'])
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1  # it did compile
+    eager, compiled = (load_scores(glob.glob(str(tmp_path / d / '*.npz'))[0])
+                       for d in ('eager', 'compiled'))
+    np.testing.assert_allclose(compiled['scores'], eager['scores'], rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()

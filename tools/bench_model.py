@@ -2,6 +2,7 @@
 
     python tools/bench_model.py                    # 8 x 3 x 224 x 224, eval + training step
     python tools/bench_model.py --size 112 --repeats 3
+    python tools/bench_model.py --device cuda --amp bf16 --channels_last --compile
 
 Three networks on the same 8 frames: a plain ResNet-50 (torchvision's resnet50 when
 torchvision is installed, otherwise archs/'s copy of its exact structure: no conv biases, no
@@ -12,6 +13,7 @@ of per-round ratios, so they are robust to the machine's load. Peak memory of a 
 fresh subprocess per network (peak resident set growth on Linux CPUs, max_memory_allocated on GPU).
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -53,12 +55,19 @@ def make_input(name, num_segments, size, device):
     return torch.randn(1, num_segments * 3, size, size, device=device)  # (1, T*3, H, W)
 
 
-def step(model, x, train):
-    if train:
-        model(x).sum().backward()
-    else:
-        with torch.no_grad():
-            model(x)
+AMP_DTYPES = {'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def step(model, x, train, amp=None):
+    """One forward (eval) or forward + backward (train), autocast to `amp` (a dtype) if given."""
+    autocast = (torch.autocast(device_type=x.device.type, dtype=amp) if amp is not None
+                else contextlib.nullcontext())
+    with autocast:
+        if train:
+            model(x).float().sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
 
 
 def sync(device):
@@ -66,31 +75,56 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_networks(num_segments, size, repeats, train, device):
-    """Seconds per forward (or forward + backward) of each network: {name: [per round]}.
+def prepare(model, x, channels_last=False, compile=False):
+    """The model (and input) in channels_last memory format and / or torch.compile'd."""
+    if channels_last:  # the 4-D weights (Conv2d); TIM's Conv1d and MSM's Conv3d keep theirs
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
+    return model, x
+
+
+def time_networks(num_segments, size, repeats, train, device, networks=NETWORKS, amp=None,
+                  channels_last=False, compile=False):
+    """Seconds per forward (or forward + backward) of each network: ({name: [per round]},
+    {name: seconds of the warm-up step, compilation included}).
 
     The networks run in turn within each round, so a round's ratios compare runs made under
     the same machine load."""
-    models = {n: build(n, num_segments).to(device).train(train) for n in NETWORKS}
-    inputs = {n: make_input(n, num_segments, size, device) for n in NETWORKS}
-    times = {n: [] for n in NETWORKS}
-    for n in NETWORKS:  # warm-up
-        step(models[n], inputs[n], train)
+    models, inputs, warmup = {}, {}, {}
+    for n in networks:
+        models[n], inputs[n] = prepare(build(n, num_segments).to(device).train(train),
+                                       make_input(n, num_segments, size, device),
+                                       channels_last, compile)
+    for n in networks:  # warm-up (compiles)
+        sync(device)
+        start = time.perf_counter()
+        step(models[n], inputs[n], train, amp)
+        sync(device)
+        warmup[n] = time.perf_counter() - start
+    times = {n: [] for n in networks}
     for _ in range(repeats):
-        for n in NETWORKS:
+        for n in networks:
             sync(device)
             start = time.perf_counter()
-            step(models[n], inputs[n], train)
+            step(models[n], inputs[n], train, amp)
             sync(device)
             times[n].append(time.perf_counter() - start)
-    return times
+    return times, warmup
 
 
 def summarize(times):
-    """Median time of each network and median over rounds of its time / the plain time."""
+    """Median time of each network, median over rounds of its time / the plain time, and the
+    spread (min, max) of those per-round ratios."""
     medians = {n: statistics.median(t) for n, t in times.items()}
-    ratios = {n: statistics.median(a / b for a, b in zip(t, times['plain'])) for n, t in times.items()}
-    return medians, ratios
+    per_round = {n: [a / b for a, b in zip(t, times['plain'])] for n, t in times.items()}
+    ratios = {n: statistics.median(r) for n, r in per_round.items()}
+    spread = {n: (min(r), max(r)) for n, r in per_round.items()}
+    return medians, ratios, spread
 
 
 def peak_memory(name, num_segments, size, device):
@@ -123,38 +157,82 @@ def rss_kib(field):
     raise RuntimeError(f'{field} not in /proc/self/status')
 
 
+def benchmark(num_segments=8, size=224, repeats=5, device=torch.device('cpu'), amp='none',
+              channels_last=False, compile=False):
+    """Inference and training-step times and ratios to the plain ResNet-50, as a dict.
+
+    Compiled runs compare the compiled MAS-ResNet-50 with the compiled plain ResNet-50 (the
+    release-style network is left out)."""
+    networks = ('plain', 'masnet') if compile else NETWORKS
+    results = {'num_segments': num_segments, 'size': size, 'device': str(device), 'amp': amp,
+               'channels_last': channels_last, 'compile': compile, 'repeats': repeats}
+    for train in (False, True):
+        times, warmup = time_networks(num_segments, size, repeats, train, device, networks,
+                                      AMP_DTYPES[amp], channels_last, compile)
+        medians, ratios, spread = summarize(times)
+        results['train' if train else 'inference'] = {
+            n: {'ms': medians[n] * 1000, 'ratio': ratios[n], 'ratio_spread': spread[n],
+                'first_step_s': warmup[n]} for n in networks}
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--num_segments', type=int, default=8)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--amp', default='none', choices=AMP_DTYPES,
+                        help='autocast dtype (fp16: GPUs; bf16: GPUs and CPUs)')
+    parser.add_argument('--channels_last', action='store_true', help='NHWC memory format')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile both networks (the first step, compiling, is reported)')
+    parser.add_argument('--no_memory', action='store_true', help='skip the peak-memory runs')
+    parser.add_argument('--json', default=None, help='also write the results to this file')
     parser.add_argument('--memory_of', choices=NETWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.memory_of:
         print(json.dumps(peak_memory(args.memory_of, args.num_segments, args.size, device)))
-        return
+        return None
 
     baseline = type(plain_resnet50()).__module__
+    options = ', '.join(o for o, on in ((f'amp {args.amp}', args.amp != 'none'),
+                                        ('channels_last', args.channels_last),
+                                        ('compiled', args.compile)) if on) or 'eager fp32'
     print(f'baseline: {baseline}; {args.num_segments} x 3 x {args.size} x {args.size}, {device}, '
-          f'{torch.get_num_threads()} threads, median of {args.repeats}')
-    for train in (False, True):
-        times, ratios = summarize(time_networks(args.num_segments, args.size, args.repeats,
-                                                train, device))
-        label = 'train step (fwd+bwd)' if train else 'inference (eval)'
-        print(f'{label}: plain ResNet-50 {times["plain"] * 1000:.0f} ms | '
-              f'MAS-ResNet-50 {times["masnet"] * 1000:.0f} ms ({ratios["masnet"]:.2f}x) | '
-              f'release-style {times["release"] * 1000:.0f} ms ({ratios["release"]:.2f}x)')
-    memory = {}
-    for name in NETWORKS:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), '--memory_of', name,
-                              '--num_segments', str(args.num_segments), '--size', str(args.size),
-                              '--device', args.device], capture_output=True, text=True, check=True)
-        memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    print('peak memory of a training step: ' +
-          ' | '.join(f'{n} {m:.0f} MiB' for n, m in memory.items()))
+          f'{torch.get_num_threads()} threads, {options}, median of {args.repeats}')
+    results = benchmark(args.num_segments, args.size, args.repeats, device, args.amp,
+                        args.channels_last, args.compile)
+    for key, label in (('inference', 'inference (eval)'), ('train', 'train step (fwd+bwd)')):
+        rows = results[key]
+        line = f'{label}: plain ResNet-50 {rows["plain"]["ms"]:.0f} ms'
+        for name, title in (('masnet', 'MAS-ResNet-50'), ('release', 'release-style')):
+            if name in rows:
+                low, high = rows[name]['ratio_spread']
+                line += (f' | {title} {rows[name]["ms"]:.0f} ms ({rows[name]["ratio"]:.2f}x, '
+                         f'rounds {low:.2f}-{high:.2f})')
+        print(line)
+    if args.compile:
+        print('first (compiling) step, s: ' + ', '.join(
+            f'{key} {name} {rows[name]["first_step_s"]:.1f}'
+            for key, rows in ((k, results[k]) for k in ('inference', 'train')) for name in rows))
+    if not args.no_memory:
+        memory = {}
+        for name in NETWORKS:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), '--memory_of', name,
+                                  '--num_segments', str(args.num_segments), '--size',
+                                  str(args.size), '--device', args.device],
+                                 capture_output=True, text=True, check=True)
+            memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        results['train_peak_memory_mib'] = memory
+        print('peak memory of a training step: ' +
+              ' | '.join(f'{n} {m:.0f} MiB' for n, m in memory.items()))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=2)
+    return results
 
 
 if __name__ == '__main__':

@@ -1,0 +1,130 @@
+"""One command to check and measure this code base on a CUDA GPU machine; one JSON report.
+
+    python tools/gpu_check.py --out gpu_check.json        # or: bash scripts/gpu_check.sh
+
+On a machine with a CUDA GPU it runs, each step recorded in the report (an exception is
+recorded and the next step runs):
+  1. the model benchmark (tools/bench_model.py) on the GPU: fp32, AMP fp16, AMP bf16,
+     channels_last, and compiled, MAS-ResNet-50 against a plain ResNet-50;
+  2. a few training steps of MAS-ResNet-50 with DataParallel over the visible GPUs and with
+     AMP + GradScaler: the losses must be finite and the scaler's scale must have been updated;
+  3. main.py for one epoch on the synthetic dataset on the GPU, then test.py on its checkpoint.
+Without CUDA it says so in one line and exits 0. Exits 1 when a step failed.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ops.models import TemporalModel  # noqa: E402
+from tools import bench_model  # noqa: E402
+
+BENCH_VARIANTS = {'fp32': {}, 'amp_fp16': {'amp': 'fp16'}, 'amp_bf16': {'amp': 'bf16'},
+                  'channels_last': {'channels_last': True}, 'compiled': {'compile': True}}
+
+
+def training_steps(steps=5, num_segments=8, size=224, clips_per_gpu=2):
+    """DataParallel + AMP + GradScaler training steps on random clips: losses and scales."""
+    gpus = torch.cuda.device_count()
+    device = torch.device('cuda', 0)
+    model = TemporalModel(174, num_segments, 'MASNet', 'resnet50', pretrain='none').to(device)
+    net = torch.nn.DataParallel(model, device_ids=list(range(gpus)))
+    optimizer = torch.optim.SGD(model.get_optim_policies(), 0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler('cuda')
+    criterion = torch.nn.CrossEntropyLoss()
+    losses, scales = [], []
+    for _ in range(steps):
+        clips = torch.randn(clips_per_gpu * gpus, num_segments * 3, size, size, device=device)
+        labels = torch.randint(0, 174, (clips.size(0),), device=device)
+        with torch.autocast('cuda', dtype=torch.float16):
+            loss = criterion(net(clips), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 20)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+        scales.append(scaler.get_scale())
+    finite = all(map(torch.isfinite, map(torch.tensor, losses)))
+    return {'gpus': gpus, 'losses': losses, 'scales': scales, 'finite_losses': bool(finite),
+            'ok': bool(finite) and len(scales) == steps}
+
+
+def train_and_test(workdir):
+    """main.py for one epoch on the synthetic dataset on the GPU, then test.py."""
+    run = os.path.join(workdir, 'exp')
+    common = ['--dataset', 'synthetic', '--dataset_path', os.path.join(workdir, 'data'),
+              '--arch', 'resnet18', '--input_size', '112', '-j', '2']
+    train = [sys.executable, 'main.py', *common, '--num_segments', '8', '--pretrain', 'none',
+             '--epochs', '1', '-b', '16', '--lr_type', 'cos_lr', '--amp', '--store_name', 'gpu',
+             '--root_log', run, '--root_checkpoint', run]
+    result = {}
+    start = time.time()
+    done = subprocess.run(train, cwd=ROOT, capture_output=True, text=True)
+    result['train'] = {'returncode': done.returncode, 'seconds': time.time() - start,
+                       'tail': (done.stdout + done.stderr)[-1500:]}
+    weights = os.path.join(run, 'synthetic', 'MASNet', 'resnet18', 'num_segments_8', 'gpu',
+                           'checkpoint', 'ckpt.best.pth.tar')
+    test = [sys.executable, 'test.py', *common, '--weights', weights, '--test_crops', '3',
+            '--twice_sample', '--full_res', '--batch_size', '8', '--save_scores',
+            os.path.join(workdir, 'score')]
+    start = time.time()
+    done = subprocess.run(test, cwd=ROOT, capture_output=True, text=True)
+    result['test'] = {'returncode': done.returncode, 'seconds': time.time() - start,
+                      'tail': (done.stdout + done.stderr)[-1500:]}
+    result['ok'] = result['train']['returncode'] == 0 and result['test']['returncode'] == 0
+    return result
+
+
+def run_step(report, name, function, *args, **kwargs):
+    print(f'gpu_check: {name} ...', flush=True)
+    try:
+        report[name] = function(*args, **kwargs)
+    except Exception as exc:  # record it and go on with the next step
+        report[name] = {'ok': False, 'error': f'{type(exc).__name__}: {exc}',
+                        'traceback': traceback.format_exc()[-3000:]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--out', default='gpu_check.json', help='the JSON report')
+    parser.add_argument('--repeats', type=int, default=15, help='benchmark rounds')
+    parser.add_argument('--skip', nargs='*', default=[], choices=['bench', 'train', 'test'],
+                        help='steps to leave out')
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print('gpu_check: no CUDA GPU on this machine: nothing to check')
+        return 0
+    report = {'torch': torch.__version__, 'cuda': torch.version.cuda,
+              'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    device = torch.device('cuda', 0)
+    if 'bench' not in args.skip:
+        for variant, options in BENCH_VARIANTS.items():
+            run_step(report, f'bench_{variant}', bench_model.benchmark, 8, 224, args.repeats,
+                     device, **options)
+    if 'train' not in args.skip:
+        run_step(report, 'training_steps', training_steps)
+    if 'test' not in args.skip:
+        with tempfile.TemporaryDirectory() as workdir:
+            run_step(report, 'train_and_test', train_and_test, workdir)
+    with open(args.out, 'w') as f:
+        json.dump(report, f, indent=2)
+    failed = [name for name, value in report.items()
+              if isinstance(value, dict) and value.get('ok') is False]
+    print(f'gpu_check: report written to {args.out}; '
+          + (f'failed: {", ".join(failed)}' if failed else 'every step passed'))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
