@@ -16,6 +16,7 @@ Backends (``--video_backend``):
 PyAV and decord are optional (requirements-video.txt); asking for one that is not installed is an
 error naming the package.
 """
+import abc
 import logging
 import os
 from fractions import Fraction
@@ -86,19 +87,21 @@ def count_frames(folder: str) -> int:
     return sum(1 for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
-class FrameReader:
-    """Base class: ``count()``, ``read(indices)``, ``close()``; a context manager.
+class FrameReader(abc.ABC):
+    """The reader interface: ``count()``, ``read(indices)``, ``close()``; a context manager.
 
     ``end`` is the number of frames found to decode when a read ran past the end of the
     video (None while unknown).
     """
     end: Optional[int] = None
 
+    @abc.abstractmethod
     def count(self) -> int:
-        raise NotImplementedError
+        """Number of frames of the video."""
 
+    @abc.abstractmethod
     def read(self, indices: Iterable[int]) -> Dict[int, Optional[np.ndarray]]:
-        raise NotImplementedError
+        """``{index: BGR frame or None}`` for the 1-based `indices`."""
 
     def close(self) -> None:
         pass
