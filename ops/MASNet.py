@@ -15,16 +15,22 @@ The computation uses cheaper equivalent operations than the release: MAM's thin 
 a sigmoid of the difference feeding one lerp, and TIM is three channel-scaled adds of
 neighbouring frames instead of a permute + Conv1d (tools/bench_model.py measures both).
 
-In eager inference (autograd off) MSM and TIM write into buffers they own instead of
-allocating; while a graph is recorded for export (tracing, scripting, ONNX, torch.export)
-they take the equivalent out-of-place path, so the exported graph computes the same values
-(tests/test_export.py checks ONNX and TorchScript against eager within 1e-4).
+A block computes its MAM -> MSM -> TIM chain one of three ways, all the same function:
+- eager inference (autograd off): MSM and TIM write into buffers they own instead of
+  allocating;
+- eager with autograd (training, Grad-CAM): MSM's blend and TIM run as one autograd function
+  (ops/mas_fused.py) that recomputes the motion in backward instead of keeping two more
+  full-size activations per block;
+- while a graph is recorded (tracing, ONNX, torch.export, torch.compile): plain out-of-place
+  ops on 4-D tensors, which exporters record and compilers fuse into one kernel
+  (tests/test_export.py checks ONNX and TorchScript against eager within 1e-4).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from archs.resnet import BasicBlock, Bottleneck, build_resnet
+from ops.mas_fused import pointwise_conv, select_and_interact, temporal_conv, temporal_taps
 
 
 def recording_graph():
@@ -40,18 +46,6 @@ def recording_graph():
 def reuse_buffers():
     """True when MSM/TIM may overwrite buffers: eager inference (autograd off, no export)."""
     return not torch.is_grad_enabled() and not recording_graph()
-
-
-def pointwise_conv(x, weight):
-    """A bias-free 1x1 convolution computed as a batched matmul.
-
-    x: ``(B, C_in, H, W)``, weight: ``(C_out, C_in, 1, 1)``; returns ``(B, C_out, H, W)``.
-    MAM's 1x1 convs have very few channels on one side (C/64), a shape for which oneDNN's
-    convolution is several times slower than a matmul on CPU (forward and backward).
-    """
-    b, c_in, h, w = x.shape
-    weight = weight.view(1, -1, c_in).expand(b, -1, -1)  # (B, C_out, C_in)
-    return torch.bmm(weight, x.reshape(b, c_in, h * w)).view(b, -1, h, w)
 
 
 class MAM(nn.Module):
@@ -102,6 +96,7 @@ class MSM(nn.Module):
     ``motion_mean`` ``(N, C, H, W)``, if given, is the temporal mean of ``motion``.
     In eager inference (``reuse_buffers()``) the output is written into ``motion``'s memory,
     which saves an allocation per block; the caller must not need ``motion`` afterwards.
+    MAS blocks call ``selection`` and ``blend`` (or ops/mas_fused.py in training) themselves.
     """
 
     def __init__(self, channels, num_segments, reduction=4, groups=4):
@@ -116,25 +111,36 @@ class MSM(nn.Module):
                                   groups=groups, bias=False)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, motion, appearance, motion_mean=None):
+    def selection(self, motion_mean, appearance):
+        """The softmax weight of motion, ``(N, 1, C, H, W)``, from the temporal mean of motion
+        ``(N, C, H, W)`` and the appearance ``(N*T, C, H, W)``."""
         nt, c, h, w = appearance.shape
         n = nt // self.num_segments
-        m = motion.view(n, self.num_segments, c, h, w)  # (N, T, C, H, W)
-        a = appearance.view(n, self.num_segments, c, h, w)
-        if motion_mean is None:
-            motion_mean = m.mean(dim=1)
-        s = motion_mean + a.mean(dim=1)  # (N, C, H, W)
+        s = motion_mean + appearance.view(n, self.num_segments, c, h, w).mean(dim=1)  # (N, C, H, W)
         s = F.conv2d(s, self.conv_fc1.weight.squeeze(2), padding=1, groups=self.groups)
         s = self.relu(self.bn_fc1(s.unsqueeze(2)).squeeze(2))  # (N, C/r, H, W)
         s = F.conv2d(s, self.conv_fc2.weight.squeeze(2), padding=1, groups=self.groups)
         s = s.view(n, 2, c, h, w)  # (N, 2, C, H, W): logits of motion / appearance
-        w_motion = torch.sigmoid(s[:, 0] - s[:, 1]).unsqueeze(1)  # softmax weight, (N, 1, C, H, W)
-        # w * motion + (1 - w) * appearance; in eager inference it overwrites `motion` in place
-        if reuse_buffers():
-            out = torch.lerp(a, m, w_motion, out=m)
-        else:
-            out = torch.lerp(a, m, w_motion)
+        return torch.sigmoid(s[:, 0] - s[:, 1]).unsqueeze(1)  # 2-way softmax, (N, 1, C, H, W)
+
+    def blend(self, motion, appearance, w_motion):
+        """``w * motion + (1 - w) * appearance``, ``(N*T, C, H, W)``, w shared by the T frames.
+
+        In eager inference it overwrites ``motion`` in place."""
+        nt, c, h, w = appearance.shape
+        n = nt // self.num_segments
+        if recording_graph():  # 4-D, so the compiler keeps the activations' memory format
+            w_motion = w_motion.expand(n, self.num_segments, c, h, w).reshape(nt, c, h, w)
+            return torch.lerp(appearance, motion, w_motion)
+        m = motion.view(n, self.num_segments, c, h, w)  # (N, T, C, H, W)
+        a = appearance.view(n, self.num_segments, c, h, w)
+        out = torch.lerp(a, m, w_motion, out=m) if reuse_buffers() else torch.lerp(a, m, w_motion)
         return out.view(nt, c, h, w)
+
+    def forward(self, motion, appearance, motion_mean=None):
+        if motion_mean is None:
+            motion_mean = motion.view(-1, self.num_segments, *motion.shape[1:]).mean(dim=1)
+        return self.blend(motion, appearance, self.selection(motion_mean, appearance))
 
 
 class TIM(nn.Module):
@@ -159,19 +165,16 @@ class TIM(nn.Module):
 
     def forward(self, x, out=None):
         nt, c, h, w = x.shape
-        x = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, C, H, W)
-        k = self.conv.weight.view(c, 3).t().reshape(3, 1, c, 1, 1)  # taps for t-1, t, t+1
-        if recording_graph():  # the same sum without in-place updates of slices
-            edge = torch.zeros_like(x[:, :1])  # (N, 1, C, H, W): zero padding
-            previous = torch.cat([edge, x[:, :-1]], dim=1)  # frame t-1 at t
-            following = torch.cat([x[:, 1:], edge], dim=1)  # frame t+1 at t
-            return (x * k[1] + previous * k[0] + following * k[2]).view(nt, c, h, w)
+        x5 = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, C, H, W)
+        if recording_graph():  # out of place, and 4-D like the activations (see MSM.blend)
+            k_prev, k_same, k_next = temporal_taps(self.conv.weight)
+            pad = (0, 0, 0, 0, 0, 0)  # W, H, C: no padding
+            previous = F.pad(x5[:, :-1], pad + (1, 0)).view(nt, c, h, w)  # frame t-1 at t
+            following = F.pad(x5[:, 1:], pad + (0, 1)).view(nt, c, h, w)  # frame t+1 at t
+            return x * k_same + previous * k_prev + following * k_next
         if out is not None:
-            out = out.view_as(x)
-        out = torch.mul(x, k[1], out=out)
-        out[:, 1:].addcmul_(x[:, :-1], k[0])  # frame t-1
-        out[:, :-1].addcmul_(x[:, 1:], k[2])  # frame t+1
-        return out.view(nt, c, h, w)
+            out = out.view_as(x5)
+        return temporal_conv(x5, self.conv.weight, out).view(nt, c, h, w)
 
 
 class _MASMixin:
@@ -185,14 +188,17 @@ class _MASMixin:
 
     def temporal(self, x):
         accumulated = self.MAM.accumulate(x)  # (N, T, C/64, H, W)
-        motion = self.MAM.project(accumulated.flatten(0, 1))  # (N*T, C, H, W)
+        reduced = accumulated.flatten(0, 1)  # (N*T, C/64, H, W)
         # 1x1 conv and temporal mean commute: average the C/64 channels, not the C
         motion_mean = self.MAM.project(accumulated.mean(dim=1))  # (N, C, H, W)
-        selected = self.MSM(motion, x, motion_mean)  # (N*T, C, H, W)
-        if not reuse_buffers():
-            return self.TIM(selected)
-        # inference: x (this block's conv1 output) is not needed any more, reuse its memory
-        return self.TIM(selected, out=x)
+        w_motion = self.MSM.selection(motion_mean, x)  # (N, 1, C, H, W)
+        if torch.is_grad_enabled() and not recording_graph():
+            # training: one autograd function that recomputes motion in backward (ops/mas_fused)
+            return select_and_interact(x, reduced, self.MAM.conv3.weight, w_motion,
+                                       self.TIM.conv.weight)
+        selected = self.MSM.blend(self.MAM.project(reduced), x, w_motion)  # (N*T, C, H, W)
+        # eager inference: x (this block's conv1 output) is not needed any more, reuse its memory
+        return self.TIM(selected, out=x if reuse_buffers() else None)
 
 
 class MASBottleneck(_MASMixin, Bottleneck):

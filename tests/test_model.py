@@ -243,3 +243,86 @@ def test_mixed_precision_runs_and_stays_close():
             mixed = model(x)
     assert mixed.dtype == torch.bfloat16
     assert torch.corrcoef(torch.stack([full.flatten(), mixed.float().flatten()]))[0, 1] > 0.99
+
+
+def test_select_interact_gradients_float64():
+    """The fused blend + TIM's hand-written backward, against numerical gradients."""
+    from ops.mas_fused import select_and_interact
+    g = torch.Generator().manual_seed(0)
+    N, T, C, r, H, W = 2, 4, 8, 2, 3, 3
+    shapes = [(N * T, C, H, W), (N * T, r, H, W), (C, r, 1, 1), (N, 1, C, H, W), (C, 1, 3)]
+    inputs = [torch.randn(s, generator=g, dtype=torch.float64).requires_grad_() for s in shapes]
+    inputs[3].data.uniform_(0, 1, generator=g)  # a softmax weight
+    assert torch.autograd.gradcheck(select_and_interact, inputs)
+
+
+def saved_bytes(fn, *args):
+    """Bytes of the distinct storages autograd saves for backward while `fn(*args)` runs."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(storages.values())
+
+
+def test_training_keeps_no_extra_full_size_activations():
+    """In training a block's MAM -> MSM -> TIM keeps its input alive and only small tensors
+    besides (the motion and the blend are recomputed in backward), and still computes the
+    reference's gradients."""
+    T = 4
+    torch.manual_seed(0)
+    block = randomize_tim(MASBottleneck(256, 64, num_segments=T)).double()
+    x = torch.randn(2 * T, 64, 14, 14, dtype=torch.float64, requires_grad=True)
+    full_size = x.numel() * x.element_size()
+    saved = saved_bytes(block.temporal, x)
+    # x itself plus MSM's per-clip (N, C, H, W) tensors (0.7 of x at T=4); autograd through
+    # the plain ops also keeps the motion and the blend: 3.7 times x
+    assert full_size <= saved < 2 * full_size
+    upstream = torch.randn(x.shape, dtype=torch.float64)
+    params = [block.MAM.conv1.weight, block.MAM.conv3.weight, block.MSM.conv_fc2.weight,
+              block.TIM.conv.weight]
+    got = torch.autograd.grad((block.temporal(x) * upstream).sum(), [x] + params)
+    reference = ref.tim(block.TIM, ref.msm(block.MSM, ref.mam(block.MAM, x, T), x, T), T)
+    expected = torch.autograd.grad((reference * upstream).sum(), [x] + params)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_fused_training_path_under_autocast():
+    """Mixed dtypes (bf16 activations, fp32 parameters): output in the activations' dtype,
+    every gradient in its input's dtype and close to the fp32 gradients."""
+    T = 4
+    torch.manual_seed(0)
+    block = randomize_tim(MASBottleneck(256, 64, num_segments=T))
+    x = torch.randn(2 * T, 64, 8, 8)
+    weights = [block.MAM.conv3.weight, block.TIM.conv.weight]
+    full = torch.autograd.grad(block.temporal(x).square().sum(), weights)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = block.temporal(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    mixed = torch.autograd.grad(out.float().square().sum(), weights)
+    for a, b in zip(mixed, full):
+        assert a.dtype == torch.float32
+        assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.99
+
+
+def test_graph_recording_path_matches_reference(monkeypatch):
+    """The out-of-place 4-D form exporters record and torch.compile fuses: the reference's
+    outputs and gradients in float64."""
+    from ops import MASNet
+    T = 4
+    torch.manual_seed(0)
+    block = randomize_tim(randomize_bn(MASBottleneck(256, 64, num_segments=T))).double()
+    x = torch.randn(2 * T, 256, 8, 8, dtype=torch.float64, requires_grad=True)
+    expected = ref.bottleneck(block, x, T)
+    monkeypatch.setattr(MASNet, 'recording_graph', lambda: True)
+    got = block(x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn(got.shape, dtype=torch.float64)
+    params = [x, block.MSM.conv_fc1.weight, block.TIM.conv.weight]
+    for a, b in zip(torch.autograd.grad((got * upstream).sum(), params),
+                    torch.autograd.grad((expected * upstream).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -160,3 +160,29 @@ def test_gpu_check_says_so_in_one_line_without_a_gpu(tmp_path):
     assert out.stdout.strip().splitlines() == ['gpu_check: no CUDA GPU on this machine: nothing to check']
     assert not (tmp_path / 'r.json').exists()
 
+
+
+def test_bench_model_ratios_are_medians_of_per_round_ratios():
+    from tools.bench_model import summarize
+    times = {'plain': [1.0, 2.0, 1.0], 'masnet': [1.1, 2.4, 1.2]}
+    medians, ratios, spread = summarize(times)
+    assert medians == {'plain': 1.0, 'masnet': 1.2}
+    assert ratios['masnet'] == pytest.approx(1.2) and ratios['plain'] == 1.0
+    assert spread['masnet'] == pytest.approx((1.1, 1.2))
+
+
+def test_bench_model_small_run(tmp_path):
+    """One tiny round of every part: eager times, peak memory (in subprocesses) and the
+    profile of MAS-Net's extra operators."""
+    from tools import bench_model
+    out = tmp_path / 'bench.json'
+    bench_model.main(['--size', '64', '--num_segments', '2', '--repeats', '1', '--modes', 'eager',
+                      '--profile', '--json', str(out)])
+    results = json.loads(out.read_text())
+    for key in ('inference', 'train'):
+        assert set(results['eager'][key]) == set(bench_model.NETWORKS)
+        assert results['eager'][key]['plain']['ratio'] == 1.0
+        assert results['eager'][key]['masnet']['ms'] > 0
+    assert all(m > 0 for m in results['train_peak_memory_mib'].values())
+    extra = {op: mas - plain for op, plain, mas in results['extra_time_profile']['train']}
+    assert extra.get('aten::bmm', 0) > 0  # MAM's matmuls: the plain network has none

@@ -1,16 +1,22 @@
-"""Speed of MAS-ResNet-50 against a plain ResNet-50, measured in one process.
+"""Speed and memory of MAS-ResNet-50 against a plain ResNet-50, measured in one process.
 
-    python tools/bench_model.py                    # 8 x 3 x 224 x 224, eval + training step
-    python tools/bench_model.py --size 112 --repeats 3
-    python tools/bench_model.py --device cuda --amp bf16 --channels_last --compile
+    python tools/bench_model.py                    # 8 x 3 x 224 x 224: eager and compiled,
+                                                   # inference + training step, 15 rounds
+    python tools/bench_model.py --modes eager --profile   # + where MAS-Net's extra time goes
+    python tools/bench_model.py --size 112 --repeats 3 --modes eager
+    python tools/bench_model.py --device cuda --amp bf16 --channels_last
 
 Three networks on the same 8 frames: a plain ResNet-50 (torchvision's resnet50 when
 torchvision is installed, otherwise archs/'s copy of its exact structure: no conv biases, no
 temporal modules), MAS-ResNet-50 as implemented in ops/MASNet.py, and the
 same MAS-ResNet-50 computed the release's way (ops/reference.py: Conv3d over one time step,
 avg_pool3d, permute + Conv1d). Runs are interleaved and the ratios are medians over rounds
-of per-round ratios, so they are robust to the machine's load. Peak memory of a training step is measured in a
-fresh subprocess per network (peak resident set growth on Linux CPUs, max_memory_allocated on GPU).
+of per-round ratios, so they are robust to the machine's load. Peak memory of a training step
+is measured in a fresh subprocess per network: max_memory_allocated on GPUs; on Linux CPUs the
+growth of the peak resident set, with glibc told to return every freed block above 64 KiB to
+the system at once (MALLOC_MMAP_THRESHOLD_), so that the peak counts live tensors, not blocks
+the allocator kept. ``--profile`` prints, per operator, the self time MAS-ResNet-50 spends
+beyond the plain network (eager, torch.profiler).
 """
 import argparse
 import contextlib
@@ -127,6 +133,10 @@ def summarize(times):
     return medians, ratios, spread
 
 
+# glibc: serve every block over 64 KiB by mmap and unmap it when freed (see the docstring)
+MEMORY_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
+
+
 def peak_memory(name, num_segments, size, device):
     """Memory taken by one training step of `name`, in MiB (run in this fresh process)."""
     model = build(name, num_segments).to(device).train()
@@ -176,18 +186,78 @@ def benchmark(num_segments=8, size=224, repeats=5, device=torch.device('cpu'), a
     return results
 
 
+def operator_self_ms(name, num_segments, size, device, train, steps=3):
+    """Self time per operator of one step of `name` (eager), in ms: {operator: ms}."""
+    from torch.profiler import profile
+    model = build(name, num_segments).to(device).train(train)
+    x = make_input(name, num_segments, size, device)
+    for _ in range(2):
+        step(model, x, train)
+    with profile() as prof:
+        for _ in range(steps):
+            step(model, x, train)
+        sync(device)
+    return {e.key: e.self_cpu_time_total / 1000 / steps for e in prof.key_averages()}
+
+
+def extra_time_profile(num_segments, size, device, rows=12):
+    """Operators MAS-ResNet-50 spends the most time on beyond the plain ResNet-50:
+    {'inference'|'train': [(operator, plain ms, MAS ms), ...]}, largest difference first."""
+    profiles = {}
+    for key, train in (('inference', False), ('train', True)):
+        plain, mas = (operator_self_ms(n, num_segments, size, device, train)
+                      for n in ('plain', 'masnet'))
+        table = [(op, plain.get(op, 0.0), mas.get(op, 0.0)) for op in set(plain) | set(mas)]
+        table.sort(key=lambda row: row[1] - row[2])
+        profiles[key] = table[:rows]
+    return profiles
+
+
+def measure_memory(args):
+    """Peak training-step memory of each network, MiB, each in a fresh subprocess."""
+    memory = {}
+    for name in NETWORKS:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), '--memory_of', name,
+                              '--num_segments', str(args.num_segments), '--size', str(args.size),
+                              '--device', args.device], env={**os.environ, **MEMORY_ENV},
+                             capture_output=True, text=True, check=True)
+        memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    return memory
+
+
+def print_times(results):
+    label = 'compiled' if results['compile'] else 'eager'
+    for key, title in (('inference', 'inference (eval)'), ('train', 'train step (fwd+bwd)')):
+        rows = results[key]
+        line = f'{label} {title}: plain ResNet-50 {rows["plain"]["ms"]:.0f} ms'
+        for name, network in (('masnet', 'MAS-ResNet-50'), ('release', 'release-style')):
+            if name in rows:
+                low, high = rows[name]['ratio_spread']
+                line += (f' | {network} {rows[name]["ms"]:.0f} ms ({rows[name]["ratio"]:.3f}x, '
+                         f'rounds {low:.2f}-{high:.2f})')
+        print(line)
+    if results['compile']:
+        print('first (compiling) step, s: ' + ', '.join(
+            f'{key} {name} {rows[name]["first_step_s"]:.1f}'
+            for key, rows in ((k, results[k]) for k in ('inference', 'train')) for name in rows))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--num_segments', type=int, default=8)
     parser.add_argument('--size', type=int, default=224)
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=15, help='timed rounds (medians over them)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--modes', nargs='+', default=['eager', 'compiled'],
+                        choices=['eager', 'compiled'],
+                        help='eager and / or both networks torch.compile\'d (the first, '
+                             'compiling step is reported apart)')
     parser.add_argument('--amp', default='none', choices=AMP_DTYPES,
                         help='autocast dtype (fp16: GPUs; bf16: GPUs and CPUs)')
     parser.add_argument('--channels_last', action='store_true', help='NHWC memory format')
-    parser.add_argument('--compile', action='store_true',
-                        help='torch.compile both networks (the first step, compiling, is reported)')
     parser.add_argument('--no_memory', action='store_true', help='skip the peak-memory runs')
+    parser.add_argument('--profile', action='store_true',
+                        help='also print the operators behind MAS-Net\'s extra time (eager)')
     parser.add_argument('--json', default=None, help='also write the results to this file')
     parser.add_argument('--memory_of', choices=NETWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -199,36 +269,25 @@ def main(argv=None):
 
     baseline = type(plain_resnet50()).__module__
     options = ', '.join(o for o, on in ((f'amp {args.amp}', args.amp != 'none'),
-                                        ('channels_last', args.channels_last),
-                                        ('compiled', args.compile)) if on) or 'eager fp32'
+                                        ('channels_last', args.channels_last)) if on) or 'fp32'
     print(f'baseline: {baseline}; {args.num_segments} x 3 x {args.size} x {args.size}, {device}, '
-          f'{torch.get_num_threads()} threads, {options}, median of {args.repeats}')
-    results = benchmark(args.num_segments, args.size, args.repeats, device, args.amp,
-                        args.channels_last, args.compile)
-    for key, label in (('inference', 'inference (eval)'), ('train', 'train step (fwd+bwd)')):
-        rows = results[key]
-        line = f'{label}: plain ResNet-50 {rows["plain"]["ms"]:.0f} ms'
-        for name, title in (('masnet', 'MAS-ResNet-50'), ('release', 'release-style')):
-            if name in rows:
-                low, high = rows[name]['ratio_spread']
-                line += (f' | {title} {rows[name]["ms"]:.0f} ms ({rows[name]["ratio"]:.2f}x, '
-                         f'rounds {low:.2f}-{high:.2f})')
-        print(line)
-    if args.compile:
-        print('first (compiling) step, s: ' + ', '.join(
-            f'{key} {name} {rows[name]["first_step_s"]:.1f}'
-            for key, rows in ((k, results[k]) for k in ('inference', 'train')) for name in rows))
+          f'{torch.get_num_threads()} threads, {options}, medians of {args.repeats} rounds')
+    results = {}
+    for mode in args.modes:
+        results[mode] = benchmark(args.num_segments, args.size, args.repeats, device, args.amp,
+                                  args.channels_last, compile=mode == 'compiled')
+        print_times(results[mode])
     if not args.no_memory:
-        memory = {}
-        for name in NETWORKS:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), '--memory_of', name,
-                                  '--num_segments', str(args.num_segments), '--size',
-                                  str(args.size), '--device', args.device],
-                                 capture_output=True, text=True, check=True)
-            memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        memory = measure_memory(args)
         results['train_peak_memory_mib'] = memory
-        print('peak memory of a training step: ' +
-              ' | '.join(f'{n} {m:.0f} MiB' for n, m in memory.items()))
+        print('peak memory of a training step: ' + ' | '.join(
+            f'{n} {m:.0f} MiB ({m / memory["plain"]:.3f}x)' for n, m in memory.items()))
+    if args.profile:
+        results['extra_time_profile'] = extra_time_profile(args.num_segments, args.size, device)
+        for key, table in results['extra_time_profile'].items():
+            print(f'eager {key}, self ms per step beyond the plain network (plain -> MAS-Net):')
+            for op, plain_ms, mas_ms in table:
+                print(f'  {mas_ms - plain_ms:+8.1f}  {op} ({plain_ms:.1f} -> {mas_ms:.1f})')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=2)
