@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from archs.resnet import BasicBlock, Bottleneck, build_resnet
-from ops.mas_fused import pointwise_conv, select_and_interact, temporal_conv, temporal_taps
+from ops.mas_fused import (pointwise_conv, pointwise_conv_channels_last, select_and_interact,
+                           temporal_conv, temporal_taps)
 
 
 def recording_graph():
@@ -46,6 +47,13 @@ def recording_graph():
 def reuse_buffers():
     """True when MSM/TIM may overwrite buffers: eager inference (autograd off, no export)."""
     return not torch.is_grad_enabled() and not recording_graph()
+
+
+def conv1x1(x, weight):
+    """MAM's thin 1x1 convs: batched matmuls eagerly, a channels-last matmul in recorded graphs."""
+    if recording_graph():
+        return pointwise_conv_channels_last(x, weight)
+    return pointwise_conv(x, weight)
 
 
 class MAM(nn.Module):
@@ -68,14 +76,14 @@ class MAM(nn.Module):
     def accumulate(self, x):
         """The reduced, accumulated features ``(N, T, C/reduction, H, W)`` of ``(N*T, C, H, W)``."""
         nt, c, h, w = x.shape
-        b = self.bn1(pointwise_conv(x, self.conv1.weight))  # (N*T, c, H, W)
+        b = self.bn1(conv1x1(x, self.conv1.weight))  # (N*T, c, H, W)
         b = b.view(nt // self.num_segments, self.num_segments, -1, h, w)  # (N, T, c, H, W)
         blended = (b[:, :-1] + self.alpha * b[:, 1:]) / (1 + self.alpha)  # (N, T-1, c, H, W)
         return torch.cat([blended, b[:, -1:]], dim=1)
 
     def project(self, accumulated):
         """The 1x1 conv back to C channels, ``(B, C/reduction, H, W)`` -> ``(B, C, H, W)``."""
-        return pointwise_conv(accumulated, self.conv3.weight)
+        return conv1x1(accumulated, self.conv3.weight)
 
     def forward(self, x):
         accumulated = self.accumulate(x)

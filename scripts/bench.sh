@@ -5,6 +5,6 @@ PYTHON=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 $PYTHON tools/flops.py --type MASNet --arch resnet50 --num_segments 8
 $PYTHON tools/flops.py --type MASNet --arch resnet50 --num_segments 16
-$PYTHON tools/bench_model.py --num_segments 8 --size 224 --repeats 15
+$PYTHON tools/bench_model.py --num_segments 8 --size 224 --repeats 15 --profile
 $PYTHON tools/bench_data.py --clips 300
 $PYTHON tools/bench_data.py --videos --clips 10

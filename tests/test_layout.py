@@ -14,6 +14,7 @@ FLOORS = [
     ['ops.errors', 'archs.resnet'],
     # 1: leaves: utilities, schedules, devices, transforms, the synthetic generator
     ['archs', 'ops.utils', 'ops.optim', 'ops.lr_schedule', 'ops.distributed', 'ops.synthetic',
+     'ops.mas_fused',
      'ops.transforms'],
     # 2: temporal blocks, data layouts and readers, checkpoint I/O, run folders, the epoch loops
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
