@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from opts import add_compile_arg, add_data_args, add_model_args, add_view_args
+from opts import add_speed_args, add_data_args, add_model_args, add_view_args
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.predict import run_prediction
 
@@ -32,7 +32,7 @@ def build_parser():
     parser.add_argument('--test_segments', default=None, type=int,
                         help='frames per clip (default: the checkpoint\'s, else 8)')
     add_view_args(parser)
-    add_compile_arg(parser)
+    add_speed_args(parser)
     parser.add_argument('--root', default=None,
                         help='folder the paths of a list file are relative to (default: its folder)')
     parser.add_argument('--image_tmpl', default=None,

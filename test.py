@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from opts import add_compile_arg, add_data_args, add_model_args, add_view_args, int_at_least
+from opts import add_speed_args, add_data_args, add_model_args, add_view_args, int_at_least
 from ops.evaluation import DEFAULT_SCORE_DIR
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.inference import evaluate_checkpoints
@@ -27,7 +27,7 @@ def build_parser():
                         help="segments per model, comma-separated (one value for all; default: "
                              "the checkpoint's, else the release's 16)")
     add_view_args(parser)
-    add_compile_arg(parser)
+    add_speed_args(parser)
     parser.add_argument('--max_num', type=int_at_least(1), default=None,
                         help='evaluate the first N videos')
     parser.add_argument('--test_list', default=None, help='list file (default: the val list)')

@@ -30,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from archs.resnet import BasicBlock, Bottleneck, build_resnet
-from ops.mas_fused import (pointwise_conv, pointwise_conv_channels_last, select_and_interact,
-                           temporal_conv, temporal_taps)
+from ops.mas_fused import (activations, clip_mean, frames, is_channels_last, per_clip,
+                           pointwise_conv, select_and_interact, temporal_conv, temporal_taps)
 
 
 def recording_graph():
@@ -49,11 +49,10 @@ def reuse_buffers():
     return not torch.is_grad_enabled() and not recording_graph()
 
 
-def conv1x1(x, weight):
-    """MAM's thin 1x1 convs: batched matmuls eagerly, a channels-last matmul in recorded graphs."""
-    if recording_graph():
-        return pointwise_conv_channels_last(x, weight)
-    return pointwise_conv(x, weight)
+def nhwc_matmuls(x):
+    """Whether MAM's 1x1 convs run as NHWC matmuls for the activation ``x``: in channels-last
+    models, and in recorded graphs (compilers run convolutions channels-last)."""
+    return recording_graph() or is_channels_last(x)
 
 
 class MAM(nn.Module):
@@ -76,18 +75,19 @@ class MAM(nn.Module):
     def accumulate(self, x):
         """The reduced, accumulated features ``(N, T, C/reduction, H, W)`` of ``(N*T, C, H, W)``."""
         nt, c, h, w = x.shape
-        b = self.bn1(conv1x1(x, self.conv1.weight))  # (N*T, c, H, W)
+        b = self.bn1(pointwise_conv(x, self.conv1.weight, nhwc_matmuls(x)))  # (N*T, c, H, W)
         b = b.view(nt // self.num_segments, self.num_segments, -1, h, w)  # (N, T, c, H, W)
         blended = (b[:, :-1] + self.alpha * b[:, 1:]) / (1 + self.alpha)  # (N, T-1, c, H, W)
         return torch.cat([blended, b[:, -1:]], dim=1)
 
-    def project(self, accumulated):
-        """The 1x1 conv back to C channels, ``(B, C/reduction, H, W)`` -> ``(B, C, H, W)``."""
-        return conv1x1(accumulated, self.conv3.weight)
+    def project(self, accumulated, channels_last=False):
+        """The 1x1 conv back to C channels, ``(B, C/reduction, H, W)`` -> ``(B, C, H, W)``;
+        ``channels_last``: as an NHWC matmul with an NHWC result."""
+        return pointwise_conv(accumulated, self.conv3.weight, channels_last)
 
     def forward(self, x):
         accumulated = self.accumulate(x)
-        return self.project(accumulated.flatten(0, 1))  # (N*T, C, H, W)
+        return self.project(accumulated.flatten(0, 1), nhwc_matmuls(x))  # (N*T, C, H, W)
 
 
 class MSM(nn.Module):
@@ -120,34 +120,39 @@ class MSM(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def selection(self, motion_mean, appearance):
-        """The softmax weight of motion, ``(N, 1, C, H, W)``, from the temporal mean of motion
+        """The softmax weight of motion, ``(N, C, H, W)``, from the temporal mean of motion
         ``(N, C, H, W)`` and the appearance ``(N*T, C, H, W)``."""
         nt, c, h, w = appearance.shape
         n = nt // self.num_segments
-        s = motion_mean + appearance.view(n, self.num_segments, c, h, w).mean(dim=1)  # (N, C, H, W)
+        cl = is_channels_last(appearance)
+        # (N, C, H, W), NCHW: oneDNN's grouped convs are slower channels-last (3-4x in backward)
+        s = (motion_mean + clip_mean(appearance, self.num_segments, cl)).contiguous()
         s = F.conv2d(s, self.conv_fc1.weight.squeeze(2), padding=1, groups=self.groups)
         s = self.relu(self.bn_fc1(s.unsqueeze(2)).squeeze(2))  # (N, C/r, H, W)
         s = F.conv2d(s, self.conv_fc2.weight.squeeze(2), padding=1, groups=self.groups)
         s = s.view(n, 2, c, h, w)  # (N, 2, C, H, W): logits of motion / appearance
-        return torch.sigmoid(s[:, 0] - s[:, 1]).unsqueeze(1)  # 2-way softmax, (N, 1, C, H, W)
+        w_motion = torch.sigmoid(s[:, 0] - s[:, 1])  # 2-way softmax, (N, C, H, W)
+        return w_motion.contiguous(memory_format=torch.channels_last) if cl else w_motion
 
     def blend(self, motion, appearance, w_motion):
-        """``w * motion + (1 - w) * appearance``, ``(N*T, C, H, W)``, w shared by the T frames.
+        """``w * motion + (1 - w) * appearance``, ``(N*T, C, H, W)``; w ``(N, C, H, W)`` is shared
+        by the T frames. Motion and appearance share a memory format.
 
         In eager inference it overwrites ``motion`` in place."""
         nt, c, h, w = appearance.shape
         n = nt // self.num_segments
         if recording_graph():  # 4-D, so the compiler keeps the activations' memory format
-            w_motion = w_motion.expand(n, self.num_segments, c, h, w).reshape(nt, c, h, w)
-            return torch.lerp(appearance, motion, w_motion)
-        m = motion.view(n, self.num_segments, c, h, w)  # (N, T, C, H, W)
-        a = appearance.view(n, self.num_segments, c, h, w)
+            w_motion = w_motion.unsqueeze(1).expand(n, self.num_segments, c, h, w)
+            return torch.lerp(appearance, motion, w_motion.reshape(nt, c, h, w))
+        cl = is_channels_last(appearance)
+        m, a = frames(motion, self.num_segments, cl), frames(appearance, self.num_segments, cl)
+        w_motion = per_clip(w_motion, cl)
         out = torch.lerp(a, m, w_motion, out=m) if reuse_buffers() else torch.lerp(a, m, w_motion)
-        return out.view(nt, c, h, w)
+        return activations(out, cl)
 
     def forward(self, motion, appearance, motion_mean=None):
         if motion_mean is None:
-            motion_mean = motion.view(-1, self.num_segments, *motion.shape[1:]).mean(dim=1)
+            motion_mean = clip_mean(motion, self.num_segments, is_channels_last(motion))
         return self.blend(motion, appearance, self.selection(motion_mean, appearance))
 
 
@@ -173,16 +178,18 @@ class TIM(nn.Module):
 
     def forward(self, x, out=None):
         nt, c, h, w = x.shape
-        x5 = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, C, H, W)
         if recording_graph():  # out of place, and 4-D like the activations (see MSM.blend)
+            x5 = x.view(nt // self.num_segments, self.num_segments, c, h, w)  # (N, T, C, H, W)
             k_prev, k_same, k_next = temporal_taps(self.conv.weight)
             pad = (0, 0, 0, 0, 0, 0)  # W, H, C: no padding
             previous = F.pad(x5[:, :-1], pad + (1, 0)).view(nt, c, h, w)  # frame t-1 at t
             following = F.pad(x5[:, 1:], pad + (0, 1)).view(nt, c, h, w)  # frame t+1 at t
             return x * k_same + previous * k_prev + following * k_next
+        cl = is_channels_last(x)
         if out is not None:
-            out = out.view_as(x5)
-        return temporal_conv(x5, self.conv.weight, out).view(nt, c, h, w)
+            out = frames(out, self.num_segments, cl)
+        out = temporal_conv(frames(x, self.num_segments, cl), self.conv.weight, out, cl)
+        return activations(out, cl)
 
 
 class _MASMixin:
@@ -195,16 +202,17 @@ class _MASMixin:
         self.TIM = TIM(planes, num_segments)
 
     def temporal(self, x):
+        nhwc = nhwc_matmuls(x)  # the projections' results in the activations' memory format
         accumulated = self.MAM.accumulate(x)  # (N, T, C/64, H, W)
         reduced = accumulated.flatten(0, 1)  # (N*T, C/64, H, W)
         # 1x1 conv and temporal mean commute: average the C/64 channels, not the C
-        motion_mean = self.MAM.project(accumulated.mean(dim=1))  # (N, C, H, W)
-        w_motion = self.MSM.selection(motion_mean, x)  # (N, 1, C, H, W)
+        motion_mean = self.MAM.project(accumulated.mean(dim=1), nhwc)  # (N, C, H, W)
+        w_motion = self.MSM.selection(motion_mean, x)  # (N, C, H, W)
         if torch.is_grad_enabled() and not recording_graph():
             # training: one autograd function that recomputes motion in backward (ops/mas_fused)
             return select_and_interact(x, reduced, self.MAM.conv3.weight, w_motion,
-                                       self.TIM.conv.weight)
-        selected = self.MSM.blend(self.MAM.project(reduced), x, w_motion)  # (N*T, C, H, W)
+                                       self.TIM.conv.weight, nhwc)
+        selected = self.MSM.blend(self.MAM.project(reduced, nhwc), x, w_motion)  # (N*T, C, H, W)
         # eager inference: x (this block's conv1 output) is not needed any more, reuse its memory
         return self.TIM(selected, out=x if reuse_buffers() else None)
 

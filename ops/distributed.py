@@ -84,6 +84,20 @@ def compile_model(model, enabled=True):
     return torch.compile(model)
 
 
+def to_channels_last(model, enabled=True):
+    """--channels_last: the Conv2d weights of ``model`` in NHWC memory, in place; returns it.
+    Call it before wrapping the model (DataParallel, DDP, torch.compile).
+
+    Convolutions then run, and write their outputs, channels-last (oneDNN and cuDNN follow the
+    weight's format), and MAS-Net's blocks keep that layout (ops/mas_fused.py). TIM's Conv1d
+    and MSM's Conv3d weights keep theirs: a 4-D format does not apply to them.
+    """
+    for module in model.modules() if enabled else ():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+    return model
+
+
 def all_reduce_sum(values, runtime):
     """Sum a list of numbers over all processes (identity in a single process)."""
     if not runtime.distributed:

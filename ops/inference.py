@@ -9,7 +9,7 @@ from ops.checkpoint import read_checkpoint
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, cleanup, compile_model, gather_shards, setup_runtime,
-                             wrap_model)
+                             to_channels_last, wrap_model)
 from ops.errors import FlagError
 from ops.evaluation import (check_score_file_free, ensemble, evaluate_models, save_scores,
                             score_filename, summarize)
@@ -83,6 +83,7 @@ def _evaluate(args, runtime):
                                   num_workers=args.workers,
                                   pin_memory=runtime.device.type == 'cuda'))
         # no DDP wrapper in evaluation: each process scores its own videos
+        to_channels_last(model, args.channels_last)
         models.append(compile_model((model.to(runtime.device) if runtime.distributed
                                      else wrap_model(model, runtime)).eval(), args.compile))
         names.append(score_filename(dataset_tag(args.dataset), model.temporal_type, model.arch,

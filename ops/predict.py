@@ -6,7 +6,7 @@ from typing import List
 import torch
 
 from ops.dataset_config import get_dataset_config, read_categories
-from ops.distributed import compile_model
+from ops.distributed import compile_model, to_channels_last
 from ops.recognizer import (Prediction, Recognizer, collect_inputs, write_csv, write_json,
                             write_submission)
 from ops.stream import sliding_window
@@ -28,7 +28,7 @@ def run_prediction(args) -> List[Prediction]:
         dense_sample=args.dense_sample, dense_sample_num=args.dense_sample_num,
         use_softmax=args.softmax, image_tmpl=image_tmpl or '{:05d}.jpg')
     model = recognizer.model
-    recognizer.model = compile_model(model, args.compile)
+    recognizer.model = compile_model(to_channels_last(model, args.channels_last), args.compile)
     logger.info(f'{args.weights}: {model.temporal_type} {model.arch}, {model.num_segments} '
                 f'segments, {args.test_crops} crop(s) x {recognizer.num_clips} clip(s) of '
                 f'{model.crop_size}px on {recognizer.device}')

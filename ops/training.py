@@ -20,7 +20,7 @@ from ops.checkpoint import (CheckpointError, check_finite, check_trained_setting
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, all_reduce_sum, cleanup, compile_model, setup_runtime,
-                             wrap_model)
+                             to_channels_last, wrap_model)
 from ops.engine import TrainingDiverged, train_one_epoch, validate
 from ops.experiment import (RunLockedError, default_store_name, lock_run_folder, run_folder,
                             save_args, setup_logging)
@@ -246,7 +246,8 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
             logger.warning('--partialbn freezes nothing: no BatchNorm was initialised from '
                            'weights (--pretrain none and no --tune_from)')
 
-    net = compile_model(wrap_model(model, runtime), args.compile)
+    net = compile_model(wrap_model(to_channels_last(model, args.channels_last), runtime),
+                        args.compile)
     train_loader, val_loader, train_sampler = build_loaders(cfg, model, args, runtime,
                                                             train_records, val_records)
     criterion = torch.nn.CrossEntropyLoss().to(runtime.device)

@@ -1,4 +1,5 @@
 """MAS-Net model: release parameter layout, equivalence with the plain formulation, head, init."""
+import copy
 import os
 import re
 
@@ -11,6 +12,7 @@ from ops.checkpoint import CheckpointError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
 from ops import reference as ref
 from ops.models import TemporalModel
+from ops.distributed import to_channels_last
 from tests.conftest import randomize_bn
 
 
@@ -250,7 +252,7 @@ def test_select_interact_gradients_float64():
     from ops.mas_fused import select_and_interact
     g = torch.Generator().manual_seed(0)
     N, T, C, r, H, W = 2, 4, 8, 2, 3, 3
-    shapes = [(N * T, C, H, W), (N * T, r, H, W), (C, r, 1, 1), (N, 1, C, H, W), (C, 1, 3)]
+    shapes = [(N * T, C, H, W), (N * T, r, H, W), (C, r, 1, 1), (N, C, H, W), (C, 1, 3)]
     inputs = [torch.randn(s, generator=g, dtype=torch.float64).requires_grad_() for s in shapes]
     inputs[3].data.uniform_(0, 1, generator=g)  # a softmax weight
     assert torch.autograd.gradcheck(select_and_interact, inputs)
@@ -326,3 +328,30 @@ def test_graph_recording_path_matches_reference(monkeypatch):
     for a, b in zip(torch.autograd.grad((got * upstream).sum(), params),
                     torch.autograd.grad((expected * upstream).sum(), params)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_channels_last_model_computes_the_same(train):
+    """A channels-last (NHWC) model runs MAS's element-wise work on NHWC views and its 1x1
+    convs as NHWC matmuls; outputs and gradients equal the NCHW model's in float64."""
+    torch.manual_seed(0)
+    model = TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64, dropout=0)
+    model = randomize_tim(randomize_bn(model)).double().train(train)
+    nn.init.normal_(model.new_fc.weight, 0, 0.1)
+    nhwc = to_channels_last(copy.deepcopy(model))
+    block = nhwc.base_model.layer1[0]
+    seen = []
+    block.TIM.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous()))
+    block.register_forward_hook(
+        lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(2, 12, 64, 64, dtype=torch.float64)
+    with torch.set_grad_enabled(train):
+        expected, got = model(x), nhwc(x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert seen[-1] and (train or seen[0] is False)  # NHWC through the block (and TIM)
+    if train:
+        upstream = torch.randn(expected.shape, dtype=torch.float64)
+        (expected * upstream).sum().backward()
+        (got * upstream).sum().backward()
+        for (name, p), q in zip(model.named_parameters(), nhwc.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-10, msg=name)

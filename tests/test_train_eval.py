@@ -13,6 +13,7 @@ import average_scores
 import main as train_main
 import test as test_main
 from ops.checkpoint import read_checkpoint, save_checkpoint
+from ops.distributed import to_channels_last
 from ops.evaluation import load_scores, save_scores, summarize
 from ops.experiment import read_scalars
 from ops.lr_schedule import apply_lr, lr_at_epoch
@@ -266,3 +267,30 @@ def test_test_py_compiled_gives_the_eager_scores(tiny_data_root, tmp_path, monke
                        for d in ('eager', 'compiled'))
     np.testing.assert_allclose(compiled['scores'], eager['scores'], rtol=1e-4, atol=1e-4)
     torch._dynamo.reset()
+
+
+def test_test_py_channels_last_gives_the_same_scores(tiny_data_root, tmp_path, monkeypatch):
+    """--channels_last: NHWC convolutions and MAS blocks, scores within float32 rounding."""
+    from ops import inference
+    layouts = []
+
+    def convert(model, enabled=True):
+        converted = to_channels_last(model, enabled)
+        layouts.append(model.base_model.conv1.weight.is_contiguous(
+            memory_format=torch.channels_last))
+        return converted
+    monkeypatch.setattr(inference, 'to_channels_last', convert)
+    torch.manual_seed(0)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)  # logits of a useful size
+    path = str(tmp_path / 'model.pth.tar')
+    save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,
+                     'input_size': 32, 'best_prec1': 0.0, 'state_dict': model.state_dict()}, path)
+    common = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights', path,
+              '-j', '0', '--batch_size', '8']
+    test_main.main(common + ['--save_scores', str(tmp_path / 'nchw')])
+    test_main.main(common + ['--save_scores', str(tmp_path / 'nhwc'), '--channels_last'])
+    assert layouts == [False, True]
+    nchw, nhwc = (load_scores(glob.glob(str(tmp_path / d / '*.npz'))[0]) for d in ('nchw', 'nhwc'))
+    assert np.abs(nchw['scores']).max() > 0.1
+    np.testing.assert_allclose(nhwc['scores'], nchw['scores'], rtol=1e-5, atol=1e-5)

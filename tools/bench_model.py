@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from archs.resnet import PLAIN_BLOCKS, build_resnet  # noqa: E402
+from ops.distributed import to_channels_last  # noqa: E402
 from ops.reference import ReleaseStyleModel  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
 
@@ -83,10 +84,8 @@ def sync(device):
 
 def prepare(model, x, channels_last=False, compile=False):
     """The model (and input) in channels_last memory format and / or torch.compile'd."""
-    if channels_last:  # the 4-D weights (Conv2d); TIM's Conv1d and MSM's Conv3d keep theirs
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                module.to(memory_format=torch.channels_last)
+    if channels_last:
+        to_channels_last(model)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
     if compile:
