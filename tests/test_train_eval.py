@@ -247,25 +247,33 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tiny_data
     assert f'at epoch {done}' in open(os.path.join(run_dir(out), 'log', 'log.txt')).read()
 
 
+def scores_without_and_with(flag, data_root, tmp_path):
+    """test.py's scores of a random MAS-ResNet-10 checkpoint, run as is and with `flag`."""
+    torch.manual_seed(0)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)  # logits of a useful size
+    path = str(tmp_path / 'model.pth.tar')
+    save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,
+                     'input_size': 32, 'best_prec1': 0.0, 'state_dict': model.state_dict()}, path)
+    common = ['--dataset', 'synthetic', '--dataset_path', data_root, '--weights', path,
+              '-j', '0', '--batch_size', '8']
+    test_main.main(common + ['--save_scores', str(tmp_path / 'without')])
+    test_main.main(common + ['--save_scores', str(tmp_path / 'with'), flag])
+    without, with_flag = (load_scores(glob.glob(str(tmp_path / d / '*.npz'))[0])['scores']
+                          for d in ('without', 'with'))
+    assert np.abs(without).max() > 0.1
+    return without, with_flag
+
+
 def test_test_py_compiled_gives_the_eager_scores(tiny_data_root, tmp_path, monkeypatch):
     """--compile: torch.compile'd evaluation, scores within 1e-4 of eager (float32)."""
     import torch._dynamo
     monkeypatch.setattr(torch._dynamo.config, 'suppress_errors', False)  # compile_model sets it
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
-    path = str(tmp_path / 'model.pth.tar')
-    save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,
-                     'input_size': 32, 'best_prec1': 0.0, 'state_dict': model.state_dict()}, path)
-    common = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights', path,
-              '-j', '0', '--batch_size', '8']
-    test_main.main(common + ['--save_scores', str(tmp_path / 'eager')])
     torch._dynamo.utils.counters.clear()
-    test_main.main(common + ['--save_scores', str(tmp_path / 'compiled'), '--compile'])
+    eager, compiled = scores_without_and_with('--compile', tiny_data_root, tmp_path)
     assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1  # it did compile
-    eager, compiled = (load_scores(glob.glob(str(tmp_path / d / '*.npz'))[0])
-                       for d in ('eager', 'compiled'))
-    np.testing.assert_allclose(compiled['scores'], eager['scores'], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4)
     torch._dynamo.reset()
 
 
@@ -280,17 +288,6 @@ def test_test_py_channels_last_gives_the_same_scores(tiny_data_root, tmp_path, m
             memory_format=torch.channels_last))
         return converted
     monkeypatch.setattr(inference, 'to_channels_last', convert)
-    torch.manual_seed(0)
-    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
-    torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)  # logits of a useful size
-    path = str(tmp_path / 'model.pth.tar')
-    save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,
-                     'input_size': 32, 'best_prec1': 0.0, 'state_dict': model.state_dict()}, path)
-    common = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights', path,
-              '-j', '0', '--batch_size', '8']
-    test_main.main(common + ['--save_scores', str(tmp_path / 'nchw')])
-    test_main.main(common + ['--save_scores', str(tmp_path / 'nhwc'), '--channels_last'])
+    nchw, nhwc = scores_without_and_with('--channels_last', tiny_data_root, tmp_path)
     assert layouts == [False, True]
-    nchw, nhwc = (load_scores(glob.glob(str(tmp_path / d / '*.npz'))[0]) for d in ('nchw', 'nhwc'))
-    assert np.abs(nchw['scores']).max() > 0.1
-    np.testing.assert_allclose(nhwc['scores'], nchw['scores'], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(nhwc, nchw, rtol=1e-5, atol=1e-5)
