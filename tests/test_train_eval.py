@@ -227,8 +227,11 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tiny_data
     out = str(tmp_path / 'exp')
     argv = [sys.executable, 'main.py'] + train_args(tiny_data_root, out, '--epochs', '50')
     latest = os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar')
+    # a shell that starts the suite in the background (`make test &`) ignores SIGINT, and so
+    # would the run: give it the default disposition, so that Python turns it into Ctrl-C
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                        signal.SIG_DFL))
     while not os.path.exists(latest) and proc.poll() is None:  # bounded by the run itself
         time.sleep(0.2)
     assert os.path.exists(latest), proc.stderr.read() if proc.poll() is not None else 'no checkpoint'
