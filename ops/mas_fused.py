@@ -10,8 +10,9 @@ arithmetic they share:
   autograd function that saves only its small inputs. Autograd through the plain ops keeps two
   extra full-size activations per block alive until backward (the projected motion, saved by
   the blend, and the blend, saved by TIM); here backward recomputes the motion from the reduced
-  C/64-channel features (one thin matmul) and the blend from it, which cuts the training-step
-  memory the modules add by two thirds for about 1% more compute.
+  C/64-channel features (one thin matmul) and the blend from it. For MAS-ResNet-50 (8 x 224 x
+  224) that cuts the training-step memory the modules add from 193 to 83 MiB, at no cost in
+  time (the recomputation is paid for by fewer autograd nodes).
 
 Full-size tensors are 5-D views (``frames``) of the ``(N*T, C, H, W)`` activations, in their
 memory order: ``(N, T, C, H, W)`` for NCHW, ``(N, T, H, W, C)`` for channels-last models.
