@@ -19,14 +19,14 @@ import average_scores
 from opts import parse_args
 from ops import reference
 from ops.checkpoint import read_checkpoint
-from ops.dataset import sample_dense_test_indices
+from ops.dataset import parse_list_file, sample_dense_test_indices
 from ops.dataset_config import get_dataset_config
-from ops.distributed import setup_runtime
+from ops.distributed import Runtime, setup_runtime
 from ops.evaluation import evaluate_models
 from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.models import TemporalModel, model_from_checkpoint
 from ops.optim import optim_policies
-from ops.training import build_model
+from ops.training import build_loaders, build_model
 from tests.conftest import ROOT
 
 SEED_TRAIN_FLAGS = shlex.split(
@@ -167,6 +167,25 @@ def test_dense_test_sampling_equals_the_release():
             for K in (4, 10):
                 assert sample_dense_test_indices(n, T, K).tolist() == \
                     _release_dense_indices(n, T, K), (n, T, K)
+
+
+def test_training_batches_per_epoch_are_the_releases(tiny_data_root, caplog):
+    # the release's training loader has drop_last=True: floor(N / B) batches of B videos
+    cfg = get_dataset_config('synthetic', tiny_data_root)
+    model = TemporalModel(cfg.num_class, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    records = parse_list_file(cfg.train_list)
+    runtime = Runtime(torch.device('cpu'))
+    for videos, batch in ((24, 5), (24, 8), (10, 3), (7, 7)):
+        args = parse_args(['--dataset', 'synthetic', '-b', str(batch), '-j', '0'])
+        loader, _, _ = build_loaders(cfg, model, args, runtime, records[:videos], records[:2])
+        assert len(loader) == len(list(loader.batch_sampler)) == videos // batch, (videos, batch)
+        assert all(len(indices) == batch for indices in loader.batch_sampler)
+    # fewer videos than one batch: the release trains on nothing; one partial batch here, said
+    args = parse_args(['--dataset', 'synthetic', '-b', '8', '-j', '0'])
+    with caplog.at_level(logging.WARNING, logger='masnet'):
+        loader, _, _ = build_loaders(cfg, model, args, runtime, records[:3], records[:2])
+    assert [len(indices) for indices in loader.batch_sampler] == [3]
+    assert '--batch-size 8: the training list holds only 3 videos' in caplog.text
 
 
 class _FixedLogits(nn.Module):
