@@ -148,7 +148,7 @@ def test_partial_bn_is_opt_in_and_spares_untrained_norms(tmp_path, monkeypatch):
 
 
 def _release_dense_indices(num_frames, T, K):
-    # the release: starts = np.linspace(0, tick - 1, K, dtype=int) under numpy 1.x, whose
+    # the release: starts = np.linspace(0, tick - 1, K, dtype=int) under numpy < 1.20, whose
     # integer cast truncates toward zero; indices int(i * tick + start) + 1
     tick = num_frames / T
     starts = [int(v) for v in np.linspace(0, tick - 1, num=K)]
@@ -167,6 +167,25 @@ def test_dense_test_sampling_equals_the_release():
             for K in (4, 10):
                 assert sample_dense_test_indices(n, T, K).tolist() == \
                     _release_dense_indices(n, T, K), (n, T, K)
+
+
+def test_dense_test_sampling_of_short_videos_and_the_numpy_version():
+    # numpy >= 1.20 floors linspace(..., dtype=int): for tick < 1 (fewer frames than T) the
+    # release's later starts become -1, its first index 0; its loader then reads frame 1 there
+    def release_numpy_1_20(num_frames, T, K):
+        tick = num_frames / T
+        starts = np.floor(np.linspace(0, tick - 1, num=K)).astype(int).tolist()
+        return [int(i * tick + s) + 1 for s in starts for i in range(T)]
+
+    assert np.linspace(0, -0.375, 10, dtype=int).tolist() == [0] + [-1] * 9  # numpy >= 1.20 here
+    assert release_numpy_1_20(5, 8, 10) == [1, 1, 2, 2, 3, 4, 4, 5] + [0, 1, 1, 1, 2, 3, 3, 4] * 9
+    for T in (8, 16):
+        for K in (2, 4, 10):
+            for n in range(1, 3 * T):
+                ours = sample_dense_test_indices(n, T, K).tolist()
+                assert ours == _release_dense_indices(n, T, K), (n, T, K)  # numpy < 1.20
+                # numpy >= 1.20: the same from T frames on, other clips below
+                assert (ours == release_numpy_1_20(n, T, K)) == (n >= T), (n, T, K)
 
 
 def test_training_batches_per_epoch_are_the_releases(tiny_data_root, caplog):
