@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 import average_scores
+import test as test_main
 from opts import parse_args
 from ops import reference
 from ops.checkpoint import read_checkpoint
@@ -205,6 +206,13 @@ def test_training_batches_per_epoch_are_the_releases(tiny_data_root, caplog):
         loader, _, _ = build_loaders(cfg, model, args, runtime, records[:3], records[:2])
     assert [len(indices) for indices in loader.batch_sampler] == [3]
     assert '--batch-size 8: the training list holds only 3 videos' in caplog.text
+
+
+def test_dense_and_twice_sampling_together_are_refused(capsys):
+    # the release runs them: dense clips, views reshaped for 2 x 10 clips (scores of C/2 columns)
+    with pytest.raises(SystemExit):
+        test_main.parse_args(['--weights', 'a.pth.tar', '--dense_sample', '--twice_sample'])
+    assert '--dense_sample and --twice_sample exclude each other' in capsys.readouterr().err
 
 
 class _FixedLogits(nn.Module):
