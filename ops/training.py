@@ -52,9 +52,15 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
     train_sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
                                        shuffle=True, seed=args.seed)
     pin = runtime.device.type == 'cuda'
+    # the release drops the last partial batch (floor(N / B) iterations); a list smaller than
+    # one batch, where it would train on nothing, keeps its one partial batch here
+    drop_last = len(train_sampler) >= batch_size
+    if not drop_last and not args.evaluate:
+        logger.warning(f'--batch-size {args.batch_size}: the training list holds only '
+                       f'{len(train_set)} videos, one partial batch per epoch (the release '
+                       f'drops it and trains nothing)')
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=train_sampler,
-                              num_workers=args.workers, pin_memory=pin,
-                              drop_last=len(train_sampler) > batch_size)
+                              num_workers=args.workers, pin_memory=pin, drop_last=drop_last)
     val_loader = DataLoader(val_set, batch_size=batch_size,
                             sampler=ShardSampler(val_set, runtime.rank, runtime.world_size),
                             num_workers=args.workers, pin_memory=pin)
