@@ -126,10 +126,10 @@ def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     out = image.astype(np.float64)
     if w != width:
         out = np.einsum('xw,hwc->hxc', weights(w, width), out)  # (h, width, 3)
-        out = np.clip(np.round(out), 0, 255)
+        out = np.clip(np.floor(out + 0.5), 0, 255)  # halves up, as Pillow
     if h != height:
         out = np.einsum('yh,hxc->yxc', weights(h, height), out)  # (height, width, 3)
-        out = np.clip(np.round(out), 0, 255)
+        out = np.clip(np.floor(out + 0.5), 0, 255)  # halves up, as Pillow
     return out.astype(np.uint8)
 
 
