@@ -15,6 +15,7 @@ from ops.checkpoint import (CODE_VERSION, FORMAT_VERSION, CheckpointError, read_
                             save_checkpoint)
 from ops.export import preprocess_for_export, read_export_metadata, resize_bilinear
 from ops.models import TemporalModel
+from ops.dataset import VideoRecord
 from ops.recognizer import Recognizer
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_group
 from tests.conftest import ROOT
@@ -241,7 +242,14 @@ def test_onnx_with_reference_preprocessing_equals_predict(trained, tmp_path):
     assert [d.denotation for d in output.type.tensor_type.shape.dim] == ['batch', 'classes']
 
     frames = [cv2.imread(str(folder / name))[:, :, ::-1] for name in sorted(os.listdir(folder))]
-    (logits,) = session.run(None, {'frames': preprocess_for_export(frames, meta)})
+    inputs = preprocess_for_export(frames, meta)  # (1, T, 3, 64, 64)
+    clip, _ = Recognizer.from_checkpoint(weights).dataset(str(tmp_path), [
+        VideoRecord('clip', len(frames), -1)])[0]  # predict.py's input, (T*3, 64, 64)
+    assert inputs.shape == (1, T, 3, SIZE, SIZE)
+    diff = np.abs(inputs.reshape(clip.shape) - clip.numpy())
+    assert diff.max() <= 1.01 / 255 / min(IMAGENET_STD)  # one grey level at most
+    assert (diff > 1e-5).mean() < 0.01  # and rarely
+    (logits,) = session.run(None, {'frames': inputs})
     probabilities = np.exp(logits[0] - logits[0].max())
     probabilities /= probabilities.sum()
     order = np.argsort(-probabilities)
