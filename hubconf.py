@@ -8,11 +8,13 @@
 
 Weights come only from a local file (``weights``); nothing is ever downloaded. With
 ``weights``, the temporal type, arch, segments, input size and class names are the
-checkpoint's (given values must agree with what it records; the ``masnet_*``/``tsm_*``/``tsn_*``
-entries fix type and arch, ``temporal_model`` takes them from the file); ``categories`` (a
+checkpoint's (a given type, arch, segment or class count must agree with what it records;
+the ``masnet_*``/``tsm_*``/``tsn_*`` entries fix type and arch, ``temporal_model`` takes them
+from the file; a given input_size is used as is); ``categories`` (a
 name list) is checked against the recorded names, or names the classes of a checkpoint that
-records none (else ``model.categories`` is None). Without ``weights`` the model is randomly
-initialised (default 174 classes, 8 segments, 224 px). The model is returned in eval mode;
+records none (else ``model.categories`` is None); other keyword arguments: ``full_res``.
+Without ``weights`` the model is randomly initialised (default 174 classes, 8 segments,
+224 px; other keyword arguments go to TemporalModel). The model is returned in eval mode;
 its input is ``(N, T*3, H, W)`` (or ``(N, T, 3, H, W)``) normalised RGB, its output
 ``(N, num_classes)``.
 """

@@ -14,7 +14,6 @@ from ops.video_readers import count_frames
 from ops.dataset_config import get_dataset_config
 from ops.distributed import setup_runtime
 from ops.models import load_classifier
-from ops.recognizer import frame_template
 from ops.transforms import build_transform
 
 logger = logging.getLogger('masnet')
@@ -142,12 +141,7 @@ def explain(args):
                             f"--dataset NAME to find the video in the dataset's lists")
         cfg = get_dataset_config(trained_on, args.dataset_path)  # where the video ids are
     root, record = find_video(args.video, cfg, args.label)
-    if cfg is not None:
-        image_tmpl = cfg.image_tmpl
-    elif os.path.isdir(os.path.join(root, record.path)):
-        image_tmpl = frame_template(os.path.join(root, record.path), '{:05d}.jpg')
-    else:
-        image_tmpl = '{:05d}.jpg'  # unused: a video file
+    image_tmpl = cfg.image_tmpl if cfg is not None else '{:05d}.jpg'
     transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                 model.input_std)
     dataset = TSNDataSet(root, None, model.num_segments, image_tmpl, transform,
