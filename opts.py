@@ -123,6 +123,11 @@ def build_parser():
     parser.add_argument('--resume', default='',
                         help="continue training from this checkpoint (default: the run folder's "
                              "ckpt.pth.tar when there is one)")
+    parser.add_argument('--resume_changed', action='store_true',
+                        help='resume although the recipe flags (lr, schedule, batch size, ...) '
+                             'differ from the checkpoint\'s; each difference is logged. Flags '
+                             'shaping the network (--type, --arch, --num_segments, --input_size, '
+                             '--dataset) never change on resume')
     parser.add_argument('--tune_from', default='',
                         help='initialise from a checkpoint of another dataset (new_fc not loaded)')
     parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')
