@@ -1,6 +1,6 @@
 """Ensemble score files written by test.py (e.g. the 8- and 16-frame models).
 
-    python average_scores.py                       # the score files in score/ (one evaluation group)
+    python average_scores.py                       # score/'s files (of one evaluation group)
     python average_scores.py --dataset synthetic   # those of one dataset
     python average_scores.py a.npz b.npz --weights 1 0.5 --softmax
 

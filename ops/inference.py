@@ -22,8 +22,8 @@ from ops.evaluation import (check_score_file_free, describe_labels, ensemble, ev
 from ops.experiment import dataset_tag, setup_logging
 from ops.models import model_from_checkpoint
 from ops.recognizer import ranked_prediction, write_submission
-from ops.utils import atomic_write
 from ops.transforms import build_transform
+from ops.utils import atomic_write
 
 logger = logging.getLogger('masnet')
 
@@ -52,7 +52,8 @@ def model_settings(args, model, num_class, num_clips):
     return dict(dataset=dataset_tag(args.dataset), num_class=num_class,
                 temporal_type=model.temporal_type, arch=model.arch,
                 num_segments=model.num_segments, test_crops=args.test_crops, num_clips=num_clips,
-                sampling=sampling, dense_sample_num=args.dense_sample_num if args.dense_sample else 0,
+                sampling=sampling,
+                dense_sample_num=args.dense_sample_num if args.dense_sample else 0,
                 full_res=args.full_res, input_size=model.crop_size, scale_size=model.scale_size,
                 softmax=args.softmax, max_num=-1 if args.max_num is None else args.max_num)
 
@@ -116,6 +117,12 @@ def _evaluate(args, runtime):
         logger.info(f"{path}: {model.temporal_type} {model.arch}, {num_segments} segments, "
                     f"{args.test_crops} crop(s) x {num_clips} clip(s) of {model.crop_size}px")
 
+    if args.save_scores and len(set(names)) < len(names):
+        name = next(n for n in names if names.count(n) > 1)
+        twins = [w for w, n in zip(weights, names) if n == name]
+        raise FlagError(f"--weights {', '.join(twins)} would write one score file '{name}' (same "
+                        f"model, frames, views and size): evaluate them one at a time, or pass "
+                        f"--save_scores ''")
     with contextlib.ExitStack() as locks:
         if args.save_scores:
             for path, name, setting in zip(weights, names, settings):

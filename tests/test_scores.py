@@ -236,3 +236,13 @@ def test_unlabelled_and_partly_labelled_lists(tiny_data_root, setup, tmp_path, c
                 if i % 2 == 0)
     assert right not in (0, 8) and top1 == pytest.approx(100.0 * right / 8)
     assert '8 of 16 videos unlabelled' in capsys.readouterr().out
+
+
+def test_two_checkpoints_writing_one_score_file_are_refused(tiny_data_root, setup, tmp_path,
+                                                            capsys):
+    weights, relabelled, _, _ = setup
+    pair = ['--weights', f'{weights},{weights}']  # the last --weights counts
+    err = one_line_error(capsys, lambda: run_test(tiny_data_root, weights, relabelled,
+                                                  str(tmp_path), *pair))
+    assert f"would write one score file '{NAME}'" in err and "--save_scores ''" in err
+    assert not os.listdir(tmp_path)
