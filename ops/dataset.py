@@ -98,9 +98,13 @@ def parse_list_file(list_file: str) -> List['VideoRecord']:
     return records
 
 
-def check_labels(records: List['VideoRecord'], list_file: str, num_class: int) -> None:
-    """Refuse a label outside [0, num_class), naming the list file and line."""
+def check_labels(records: List['VideoRecord'], list_file: str, num_class: int,
+                 allow_unlabelled: bool = False) -> None:
+    """Refuse a label outside [0, num_class) (-1, unknown, too when `allow_unlabelled`),
+    naming the list file and line."""
     for record in records:
+        if allow_unlabelled and record.label == -1:
+            continue
         if not 0 <= record.label < num_class:
             hint = ' (an unlabelled list: predict.py takes it)' if record.label == -1 else ''
             raise DataError(f"{list_file}:{record.line_no}: label {record.label} of "
@@ -127,16 +131,18 @@ def missing_videos(records: List['VideoRecord'], root_path: str) -> List['VideoR
 
 
 def load_checked_list(list_file: str, root_path: str, num_class: int, image_tmpl: str,
-                      missing: str = 'error', video_backend: str = 'auto') -> List['VideoRecord']:
+                      missing: str = 'error', video_backend: str = 'auto',
+                      allow_unlabelled: bool = False) -> List['VideoRecord']:
     """The VideoRecords of `list_file`, checked before any epoch (see the module docstring).
 
     missing: 'error' (validation / test lists: a missing video would cost a whole epoch or
         bias the scores) or 'warn' (training lists: missing videos are replaced by others,
         as unreadable ones are; an error only if no video is present).
+    allow_unlabelled: accept label -1 (unknown: lists to predict, e.g. a test split).
     Raises DataError naming the file and line of the first problem.
     """
     records = parse_list_file(list_file)
-    check_labels(records, list_file, num_class)
+    check_labels(records, list_file, num_class, allow_unlabelled)
     absent = missing_videos(records, root_path)
     if absent:
         first = absent[0]

@@ -241,9 +241,7 @@ class Recognizer:
     def ranked(self, video: str, probabilities: np.ndarray, topk: int = 5,
                label: int = UNKNOWN_LABEL, **extra) -> Prediction:
         """The Prediction of one probability vector (num_class,)."""
-        order = np.argsort(-probabilities, kind='stable')[:min(topk, len(probabilities))]
-        return Prediction(video, [int(i) for i in order], [self.categories[i] for i in order],
-                          [float(probabilities[i]) for i in order], label, extra)
+        return ranked_prediction(video, probabilities, self.categories, topk, label, **extra)
 
     def scores_of_records(self, root: str, records: List[VideoRecord], batch_size: int = 1,
                           workers: int = 0) -> np.ndarray:
@@ -316,6 +314,14 @@ def write_csv(path: str, predictions: List[Prediction]) -> None:
             + [v for n, q in zip(p.names, p.probabilities) for v in (n, f'{q:.6f}')]
             for p in predictions]
     _write_rows(path, [header] + rows)
+
+
+def ranked_prediction(video: str, probabilities: np.ndarray, categories: Sequence[str],
+                      topk: int = 5, label: int = UNKNOWN_LABEL, **extra) -> Prediction:
+    """The Prediction of one probability vector (num_class,): its `topk` classes, best first."""
+    order = np.argsort(-probabilities, kind='stable')[:min(topk, len(probabilities))]
+    return Prediction(video, [int(i) for i in order], [categories[i] for i in order],
+                      [float(probabilities[i]) for i in order], label, extra)
 
 
 def write_submission(path: str, predictions: List[Prediction]) -> None:
