@@ -1,10 +1,14 @@
 """Grad-CAM heat maps of a trained model on one video.
 
     python CAM.py                                    # the demo's model, first synthetic val video
+    python CAM.py --weights your.pth.tar --video frames/12345 --output cam.png
     python CAM.py --dataset somethingv1 --dataset_path ../../datasets \
-                  --weights your.pth.tar --video 12345 --output cam.png
+                  --weights release.pth.tar --video 12345 --output cam.png
 
---video is a frame folder, a video file, or a video id (folder name) of the dataset's lists.
+--video is a frame folder, a video file, or a video id (folder name) of the dataset's lists
+(--dataset's, else those of the dataset the checkpoint was trained on). Class names come from
+the checkpoint; --dataset, when given, must name the same classes, and is needed for
+checkpoints that record no names (the release's).
 """
 import argparse
 import os
@@ -16,7 +20,7 @@ from ops.gradcam import DEMO_CHECKPOINT, explain
 
 def build_parser():
     parser = argparse.ArgumentParser(description='Grad-CAM visualisation of a MAS-Net checkpoint.')
-    add_data_args(parser, loader=False)
+    add_data_args(parser, default_dataset=None, loader=False)
     parser.add_argument('--weights', default=DEMO_CHECKPOINT, help='checkpoint (default: the demo\'s)')
     parser.add_argument('--video', default=None,
                         help='frame folder, video file or video id (default: first val video)')

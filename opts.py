@@ -109,8 +109,8 @@ def build_parser():
                         help='epochs at which the lr decays (MAS_lr with other than 4 steps '
                              'decays x0.1 at each, as step_lr, like the release)')
     parser.add_argument('--warmup', default=0, type=int,
-                        help='epochs of linear lr warm-up: epoch e < N uses lr x (e+1)/N '
-                             '(default 0: none, as the release)')
+                        help='epochs of linear lr warm-up: epoch e < N uses --lr x (e+1)/N '
+                             'in place of the schedule, as the release (default 0: none)')
     parser.add_argument('--momentum', default=0.9, type=float)
     parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float)
     parser.add_argument('--clip-gradient', '--gd', default=20, type=float,
@@ -123,6 +123,11 @@ def build_parser():
     parser.add_argument('--resume', default='',
                         help="continue training from this checkpoint (default: the run folder's "
                              "ckpt.pth.tar when there is one)")
+    parser.add_argument('--resume_changed', action='store_true',
+                        help='resume although the recipe flags (lr, schedule, batch size, ...) '
+                             'differ from the checkpoint\'s; each difference is logged. Flags '
+                             'shaping the network (--type, --arch, --num_segments, --input_size, '
+                             '--dataset) never change on resume')
     parser.add_argument('--tune_from', default='',
                         help='initialise from a checkpoint of another dataset (new_fc not loaded)')
     parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')

@@ -1,15 +1,18 @@
 """Predict the classes of one's own videos with a trained checkpoint; no labels needed.
 
-    python predict.py my_video.mp4 --weights ckpt.best.pth.tar --dataset somethingv2
-    python predict.py videos/ --weights a.pth.tar --categories category.txt --json out.json
-    python predict.py test.txt --root FRAMES/ --weights a.pth.tar --dataset somethingv2 \
-                      --submission submission.csv
+    python predict.py my_video.mp4 --weights ckpt.best.pth.tar
+    python predict.py videos/ --weights a.pth.tar --json out.json
+    python predict.py test.txt --root FRAMES/ --weights a.pth.tar --submission submission.csv
+    python predict.py my_video.mp4 --weights release.pth.tar --dataset somethingv2
     python predict.py long.mp4 --weights a.pth.tar --window 64 --stride 16 --annotate out.mp4
     python predict.py 0 --weights a.pth.tar --window 64 --stride 16      # camera 0, or a URL
 
 The input is a video file, a frame folder, a folder of videos / frame folders or a list file
 (``<path> [<num_frames> [<label>]]`` lines). With --window, it is read as a stream (a video
 file, a camera index or a URL) and every window of frames gets a prediction.
+
+Class names come from the checkpoint; --categories / --dataset, when given, must name the same
+classes, and are needed for checkpoints that record no names (the release's).
 """
 import argparse
 
@@ -26,8 +29,9 @@ def build_parser():
                                       'with --window: video file, camera index or stream URL')
     parser.add_argument('--weights', required=True, help='checkpoint')
     parser.add_argument('--categories', default=None,
-                        help='category file, one class name per line (default: the --dataset\'s)')
-    add_data_args(parser)
+                        help='category file, one class name per line (default: the checkpoint\'s '
+                             'names, else the --dataset\'s)')
+    add_data_args(parser, default_dataset=None)
     add_model_args(parser, defaults_from_checkpoint=True)
     parser.add_argument('--test_segments', default=None, type=int,
                         help='frames per clip (default: the checkpoint\'s, else 8)')

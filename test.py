@@ -5,7 +5,9 @@
                    --test_crops 3 --full_res --twice_sample
 
 Prints top-1 / top-5 / mean class accuracy of every model and of the ensemble and writes one
-score file per model into --save_scores (read by average_scores.py).
+score file per model into --save_scores (read by average_scores.py). On an unlabelled list
+(label -1, e.g. gen_label's test split) it writes the predictions only (score files,
+--csv_file, --submission); on a partly labelled one the accuracy is over the labelled videos.
 """
 import argparse
 
@@ -34,11 +36,14 @@ def build_parser():
     parser.add_argument('--coeff', default=None, help='ensemble weights, comma-separated')
     parser.add_argument('--csv_file', default=None,
                         help='write "video_id;predicted class" lines (a submission file)')
+    parser.add_argument('--submission', default=None,
+                        help="write a Something-Something V2 submission ('id;c1;...;c5' lines)")
     parser.add_argument('--save_scores', default=DEFAULT_SCORE_DIR,
                         help="folder of the score files ('' = don't write) (default: %(default)s)")
     parser.add_argument('--log_file', default=None, help='also write the results to this file')
     parser.add_argument('--overwrite', action='store_true',
-                        help="replace score files of another checkpoint / list (default: refuse)")
+                        help="replace score files of another checkpoint, list or settings "
+                             "(default: refuse)")
     return parser
 
 

@@ -2,13 +2,22 @@
 
 A checkpoint on disk is a dict with at least ``epoch``, ``arch``, ``state_dict`` and
 ``best_prec1`` (the release's layout). Parameter names may carry the ``module.`` prefix
-that DataParallel/DistributedDataParallel add; every loader accepts both. Loading is
+that DataParallel/DistributedDataParallel add; every loader accepts both, and the files this
+code writes carry it (``save_checkpoint``), as the release's do, so the release's test.py
+(which loads into a DataParallel-wrapped model) reads them unchanged. Loading is
 strict: missing keys, unexpected keys and shape mismatches are reported together in one
 line (``CheckpointError``), never as a raw traceback and never as a silent partial load.
+
+Besides the release's keys, a checkpoint main.py writes describes itself (``model_description``,
+format ``FORMAT_VERSION``): class names, dataset, temporal type, arch, segments, input and scale
+size, mean/std, channel order, flip map, the training flags (``args``) and the code version, so
+predict.py, CAM.py, the Recognizer, torch.hub and tools/export.py need only the file.
 """
+import functools
 import logging
 import os
 import pickle
+import subprocess
 
 import torch
 
@@ -17,6 +26,14 @@ from ops.errors import UserError
 from ops.utils import atomic_write
 
 WRAPPER_PREFIXES = ('module.',)
+# the prefix of the state_dict keys this code writes: DataParallel's, as in the release's files
+SAVED_PREFIX = 'module.'
+# 1: type/arch/num_segments/input_size only (this project's earlier files); 2: model_description
+FORMAT_VERSION = 2
+# the code version recorded when the code is not a git checkout
+CODE_VERSION = '1.0'
+# what the model's input channels hold: frames are decoded as BGR (OpenCV) and swapped to RGB
+CHANNEL_ORDER = 'RGB'
 IMAGENET_URL = 'https://download.pytorch.org/models/{}'
 
 logger = logging.getLogger('masnet.model')
@@ -27,7 +44,9 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(state, path):
-    """Write `state` to `path` atomically: a crash mid-write never leaves a truncated file."""
+    """Write `state` to `path` atomically (a crash mid-write never leaves a truncated file),
+    its ``state_dict`` keys prefixed with ``module.`` as in the release's files."""
+    state = dict(state, state_dict=with_wrapper_prefix(state['state_dict']))
     with atomic_write(path) as f:
         torch.save(state, f)
 
@@ -87,14 +106,50 @@ def non_finite_entries(state):
 SETTING_KEYS = ('type', 'arch', 'num_segments', 'input_size')
 
 
+@functools.lru_cache(maxsize=None)
+def code_version():
+    """``git describe --always --dirty`` of this code base, else ``CODE_VERSION``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        described = subprocess.run(['git', 'describe', '--always', '--dirty', '--tags'], cwd=root,
+                                   capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return CODE_VERSION
+    version = described.stdout.strip()
+    return f'git {version}' if described.returncode == 0 and version else CODE_VERSION
+
+
+def model_description(model, categories, dataset=None, flip=None, mirror_map=None):
+    """What using `model` (a TemporalModel) needs besides its weights: the dict a checkpoint
+    records beside them and an export carries as metadata.
+
+    categories: the class names, one per class; dataset: the dataset's name (None: unknown);
+    flip: whether training flipped clips horizontally (None: unknown); mirror_map: ``{label:
+    label of the mirrored class}`` those flips used.
+    """
+    if len(categories) != model.num_class:
+        raise CheckpointError(f'{len(categories)} class names for a model of {model.num_class} '
+                              f'classes')
+    return {'format_version': FORMAT_VERSION, 'code_version': code_version(),
+            'dataset': dataset, 'categories': [str(name) for name in categories],
+            'num_class': model.num_class, 'type': model.temporal_type, 'arch': model.arch,
+            'num_segments': model.num_segments, 'input_size': model.input_size,
+            'scale_size': model.scale_size, 'input_mean': [float(m) for m in model.input_mean],
+            'input_std': [float(s) for s in model.input_std], 'channel_order': CHANNEL_ORDER,
+            'flip': flip, 'mirror_map': {int(k): int(v) for k, v in (mirror_map or {}).items()}}
+
+
 def training_checkpoint(epoch, model, optimizer, settings, prec1=None, best_prec1=0.0,
-                        scaler_state=None, **extra):
-    """The dict main.py saves: the release's keys (epoch, arch, state_dict, best_prec1), the
-    model settings of SETTING_KEYS (from `settings`), what resuming needs (optimizer and
-    scaler state, the epoch's top-1 as prec1) and `extra` entries (e.g. args)."""
+                        scaler_state=None, description=None, **extra):
+    """The dict main.py saves: the release's keys (epoch, arch, state_dict, prec1, best_prec1),
+    the model settings of SETTING_KEYS and the training flags as ``args`` (both from `settings`,
+    i.e. ``vars(args)``), the `description` (``model_description``), what resuming needs
+    (optimizer and scaler state) and `extra` entries."""
     state = {key: settings[key] for key in SETTING_KEYS}
+    state.update(description or {})
     state.update(epoch=epoch, state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
-                 scaler=scaler_state, prec1=prec1, best_prec1=best_prec1, **extra)
+                 scaler=scaler_state, prec1=prec1, best_prec1=best_prec1, args=dict(settings),
+                 **extra)
     return state
 
 
@@ -118,6 +173,34 @@ def check_trained_settings(checkpoint, path, **settings):
                                   f"not {wanted}")
 
 
+def checkpoint_categories(checkpoint, path, given=None, given_by='the given class names',
+                          required='--categories FILE or --dataset NAME'):
+    """The class names to use with a checkpoint: its own, checked against `given` when given.
+
+    given: names from the user (a category file, a dataset), or None. given_by: how the user
+    gave them, for the messages (e.g. "--dataset somethingv2"). required: what to pass when the
+    checkpoint records no names (the release's files, this project's before format 2).
+    Raises CheckpointError when the two disagree, or when neither exists.
+    """
+    recorded = checkpoint.get('categories')
+    if given is None:
+        if recorded is None:
+            raise CheckpointError(f"checkpoint '{path}' records no class names (a release "
+                                  f"checkpoint or an older one of this project): pass {required}")
+        return list(recorded)
+    given = [str(name) for name in given]
+    if recorded is None or given == list(recorded):
+        return given
+    trained_on = f" (dataset {checkpoint['dataset']})" if checkpoint.get('dataset') else ''
+    if len(given) != len(recorded):
+        raise CheckpointError(f"{given_by} names {len(given)} classes, checkpoint '{path}' was "
+                              f"trained on {len(recorded)}{trained_on}")
+    index = next(i for i, (a, b) in enumerate(zip(given, recorded)) if a != b)
+    raise CheckpointError(f"{given_by} names class {index} '{given[index]}', checkpoint '{path}' "
+                          f"'{recorded[index]}'{trained_on}: omit the flag to use the "
+                          f"checkpoint's names")
+
+
 def check_finite(checkpoint, path):
     """Refuse a checkpoint holding NaN / inf weights (from a diverged run)."""
     bad = non_finite_entries(checkpoint['state_dict'])
@@ -136,6 +219,12 @@ def strip_wrapper_prefix(state_dict):
                 key = key[len(prefix):]
         stripped[key] = value
     return stripped
+
+
+def with_wrapper_prefix(state_dict):
+    """`state_dict` with every key prefixed ``module.`` once (the layout this code writes)."""
+    return {key if key.startswith(SAVED_PREFIX) else SAVED_PREFIX + key: value
+            for key, value in state_dict.items()}
 
 
 def _summarise(names, limit=4):

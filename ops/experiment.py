@@ -106,14 +106,21 @@ def save_args(args, path):
         json.dump(vars(args), f, indent=2, sort_keys=True)
 
 
-def lock_run_folder(folder):
-    """Hold `folder`'s run lock until the returned file is closed (or the process ends).
+class LockBusy(Exception):
+    """The lock of a file is held by another live process (``holder`` says which)."""
 
-    Raises RunLockedError naming the holder when another live process has it. A lock file
-    left by a killed run does not block: the kernel released its lock with the process.
+    def __init__(self, holder):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def hold_lock(path):
+    """Hold the fcntl lock of `path` (created if absent) until the returned file is closed
+    (or the process ends); the file then names this process.
+
+    Raises LockBusy naming the holder when another live process has it. A lock file left by
+    a killed process does not block: the kernel released its lock with the process.
     """
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, LOCK_NAME)
     handle = open(path, 'a+')
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -121,8 +128,7 @@ def lock_run_folder(folder):
         handle.seek(0)
         holder = handle.read().strip() or 'unknown process'
         handle.close()
-        raise RunLockedError(f"run folder '{folder}' is in use by another run ({holder}); wait "
-                             f"for it to end or pass another --store_name") from None
+        raise LockBusy(holder) from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -134,6 +140,19 @@ def lock_run_folder(folder):
             handle.close()
         raise (storage_error(exc, path) or exc) from None
     return handle
+
+
+def lock_run_folder(folder):
+    """Hold `folder`'s run lock until the returned file is closed (or the process ends).
+
+    Raises RunLockedError naming the holder when another live process has it.
+    """
+    os.makedirs(folder, exist_ok=True)
+    try:
+        return hold_lock(os.path.join(folder, LOCK_NAME))
+    except LockBusy as busy:
+        raise RunLockedError(f"run folder '{folder}' is in use by another run ({busy.holder}); "
+                             f"wait for it to end or pass another --store_name") from None
 
 
 def _close_progress_bars():

@@ -8,13 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ops.checkpoint import read_checkpoint
 from ops.dataset import DataError, TSNDataSet, VideoRecord, parse_list_file
 from ops.errors import FlagError
 from ops.video_readers import count_frames
 from ops.dataset_config import get_dataset_config
 from ops.distributed import setup_runtime
-from ops.models import model_from_checkpoint
+from ops.models import load_classifier
 from ops.transforms import build_transform
 
 logger = logging.getLogger('masnet')
@@ -125,17 +124,27 @@ def explain(args):
     runtime = setup_runtime(args.gpus)
     if not os.path.isfile(args.weights) and args.weights == DEMO_CHECKPOINT:
         raise DataError(f"no checkpoint at '{DEMO_CHECKPOINT}': run `make demo` first or pass --weights")
-    cfg = get_dataset_config(args.dataset, args.dataset_path)
-    model = model_from_checkpoint(read_checkpoint(args.weights), args.weights, cfg.num_class,
-                                  args.num_segments, args.type, args.arch, args.input_size)
+    # class names: the checkpoint's, checked against --dataset's (needed when it records none)
+    cfg = get_dataset_config(args.dataset, args.dataset_path) if args.dataset else None
+    model, names, checkpoint = load_classifier(
+        args.weights, cfg.categories if cfg else None, f'--dataset {args.dataset}',
+        '--dataset NAME', num_segments=args.num_segments, base_model=args.type, arch=args.arch,
+        input_size=args.input_size)
     model = model.to(runtime.device).eval()
-    if args.target_class is not None and args.target_class >= cfg.num_class:
-        raise FlagError(f'--target_class {args.target_class}: the model has {cfg.num_class} '
-                         f'classes (0 to {cfg.num_class - 1})')
+    if args.target_class is not None and args.target_class >= model.num_class:
+        raise FlagError(f'--target_class {args.target_class}: the model has {model.num_class} '
+                        f'classes (0 to {model.num_class - 1})')
+    if cfg is None and (args.video is None or not os.path.exists(args.video)):
+        trained_on = (checkpoint.get('args') or {}).get('dataset')
+        if trained_on is None:
+            raise DataError(f"--video {args.video}: pass a frame folder or video file, or "
+                            f"--dataset NAME to find the video in the dataset's lists")
+        cfg = get_dataset_config(trained_on, args.dataset_path)  # where the video ids are
     root, record = find_video(args.video, cfg, args.label)
+    image_tmpl = cfg.image_tmpl if cfg is not None else '{:05d}.jpg'
     transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                 model.input_std)
-    dataset = TSNDataSet(root, None, model.num_segments, cfg.image_tmpl, transform,
+    dataset = TSNDataSet(root, None, model.num_segments, image_tmpl, transform,
                          random_shift=False, video_list=[record],
                          video_backend=args.video_backend)
     clip, label = dataset[0]
@@ -143,8 +152,7 @@ def explain(args):
     cams, probabilities, target = grad_cam(model, clip, args.target_class)
 
     predicted = int(probabilities.argmax())
-    names = cfg.categories
-    truth = names[label] if 0 <= label < cfg.num_class else 'unknown'
+    truth = names[label] if 0 <= label < model.num_class else 'unknown'
     title = (f'{record.path}   ground truth: {truth}\n'
              f'predicted: {names[predicted]} ({probabilities[predicted]:.0%})   '
              f'Grad-CAM of: {names[target]}')

@@ -1,4 +1,10 @@
-"""The evaluation run behind test.py: checkpoints, multi-view loaders, scores and score files."""
+"""The evaluation run behind test.py: checkpoints, multi-view loaders, scores and score files.
+
+A score file records the settings of its evaluation (model_settings): test.py replaces it
+only with the scores of the same checkpoint, list and settings (or --overwrite), and holds
+its lock from that check to the write.
+"""
+import contextlib
 import logging
 import os
 
@@ -11,11 +17,13 @@ from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, cleanup, compile_model, gather_shards, setup_runtime,
                              to_channels_last, wrap_model)
 from ops.errors import FlagError
-from ops.evaluation import (check_score_file_free, ensemble, evaluate_models, save_scores,
-                            score_filename, summarize)
+from ops.evaluation import (check_score_file_free, describe_labels, ensemble, evaluate_models,
+                            lock_score_file, save_scores, score_filename, softmax, summarize)
 from ops.experiment import dataset_tag, setup_logging
 from ops.models import model_from_checkpoint
+from ops.recognizer import ranked_prediction, write_submission
 from ops.transforms import build_transform
+from ops.utils import atomic_write
 
 logger = logging.getLogger('masnet')
 
@@ -37,13 +45,27 @@ def split_per_model(text, cast, count, flag):
     return values
 
 
+def model_settings(args, model, num_class, num_clips):
+    """What a score file of `model` depends on besides its checkpoint and list (all recorded
+    in the file; a rerun with another value may not replace it)."""
+    sampling = 'dense' if args.dense_sample else 'twice' if args.twice_sample else 'uniform'
+    return dict(dataset=dataset_tag(args.dataset), num_class=num_class,
+                temporal_type=model.temporal_type, arch=model.arch,
+                num_segments=model.num_segments, test_crops=args.test_crops, num_clips=num_clips,
+                sampling=sampling,
+                dense_sample_num=args.dense_sample_num if args.dense_sample else 0,
+                full_res=args.full_res, input_size=model.crop_size, scale_size=model.scale_size,
+                softmax=args.softmax, max_num=-1 if args.max_num is None else args.max_num)
+
+
 def evaluate_checkpoints(args):
     """Evaluate the checkpoints of ``args.weights`` as test.py's flags say.
 
     Under torchrun the videos are split over the processes (ShardSampler) and their scores
     gathered back in list order, so the numbers and files are those of one process; the first
     process logs and writes them.
-    Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one).
+    Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one)
+    over the labelled videos; None for an unlabelled list (label -1: predictions only).
     """
     runtime = setup_runtime(args.gpus)
     if runtime.distributed:
@@ -62,9 +84,12 @@ def _evaluate(args, runtime):
     num_clips = 2 if args.twice_sample else args.dense_sample_num if args.dense_sample else 1
     list_file = args.test_list or cfg.val_list
     records = load_checked_list(list_file, cfg.root_path, cfg.num_class, cfg.image_tmpl,
-                                video_backend=args.video_backend)
+                                video_backend=args.video_backend, allow_unlabelled=True)
+    if args.submission and cfg.num_class < 5:
+        raise FlagError(f'--submission writes the top 5 classes; {args.dataset} has '
+                        f'{cfg.num_class}')
 
-    models, loaders, names = [], [], []
+    models, loaders, names, settings = [], [], [], []
     for k, path in enumerate(weights):
         model = model_from_checkpoint(read_checkpoint(path), path, cfg.num_class, segments[k],
                                       args.type, args.arch, args.input_size, args.full_res)
@@ -88,13 +113,30 @@ def _evaluate(args, runtime):
                                      else wrap_model(model, runtime)).eval(), args.compile))
         names.append(score_filename(dataset_tag(args.dataset), model.temporal_type, model.arch,
                                     num_segments, args.test_crops, num_clips, model.crop_size))
+        settings.append(model_settings(args, model, cfg.num_class, num_clips))
         logger.info(f"{path}: {model.temporal_type} {model.arch}, {num_segments} segments, "
                     f"{args.test_crops} crop(s) x {num_clips} clip(s) of {model.crop_size}px")
 
-    if args.save_scores:
-        for path, name in zip(weights, names):
-            check_score_file_free(os.path.join(args.save_scores, name), path, list_file,
-                                  args.overwrite)
+    if args.save_scores and len(set(names)) < len(names):
+        name = next(n for n in names if names.count(n) > 1)
+        twins = [w for w, n in zip(weights, names) if n == name]
+        raise FlagError(f"--weights {', '.join(twins)} would write one score file '{name}' (same "
+                        f"model, frames, views and size): evaluate them one at a time, or pass "
+                        f"--save_scores ''")
+    with contextlib.ExitStack() as locks:
+        if args.save_scores:
+            for path, name, setting in zip(weights, names, settings):
+                out = os.path.join(args.save_scores, name)
+                if runtime.is_main:  # the process that writes
+                    locks.enter_context(lock_score_file(out))
+                check_score_file_free(out, path, list_file, args.overwrite, **setting)
+        return _score(args, cfg, runtime, weights, names, settings, list_file, models, loaders,
+                      segments, coeffs)
+
+
+def _score(args, cfg, runtime, weights, names, settings, list_file, models, loaders, segments,
+           coeffs):
+    """Evaluate, log, write the score files and predictions (under the score files' locks)."""
     scores, labels = evaluate_models(models, loaders, segments, runtime.device,
                                      use_softmax=args.softmax)
     scores = [gather_shards(s, runtime) for s in scores]
@@ -102,25 +144,40 @@ def _evaluate(args, runtime):
     base_set = loaders[0].dataset
     records = base_set.dataset.video_list if isinstance(base_set, Subset) else base_set.video_list
     video_ids = [r.path for r in records[:len(labels)]]
-    for path, name, model_scores, num_segments in zip(weights, names, scores, segments):
-        top1, top5, mean_class = summarize(model_scores, labels)
-        logger.info(f'{path}: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}'
-                    f'  ({len(labels)} videos)')
+    note = describe_labels(labels)
+    if note:
+        logger.info(note)
+    for path, name, model_scores, setting in zip(weights, names, scores, settings):
+        result = summarize(model_scores, labels)
+        if result is not None:
+            top1, top5, mean_class = result
+            logger.info(f'{path}: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc '
+                        f'{mean_class:.2f}  ({len(labels)} videos)')
         if args.save_scores and runtime.is_main:
             out = os.path.join(args.save_scores, name)
             save_scores(out, model_scores, labels, video_ids, weights=path, list_file=list_file,
-                        num_segments=num_segments, test_crops=args.test_crops, num_clips=num_clips)
+                        categories=cfg.categories, **setting)
             logger.info(f'scores written to {out}')
-            analysis = write_error_analysis(out, model_scores, labels, video_ids, cfg.categories,
-                                            scores_are_probabilities=args.softmax)
-            logger.info(f"error analysis written to {os.path.dirname(analysis['confusion.npz'])}")
+            if result is not None:
+                analysis = write_error_analysis(out, model_scores, labels, video_ids,
+                                                cfg.categories,
+                                                scores_are_probabilities=args.softmax)
+                logger.info(f"error analysis written to "
+                            f"{os.path.dirname(analysis['confusion.npz'])}")
     final = ensemble(scores, coeffs) / len(scores)  # the release's mean of weighted scores
-    if len(weights) > 1:
-        top1, top5, mean_class = summarize(final, labels)
+    result = summarize(final, labels)
+    if len(weights) > 1 and result is not None:
+        top1, top5, mean_class = result
         logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}')
     if args.csv_file and runtime.is_main:
-        with open(args.csv_file, 'w') as f:
+        with atomic_write(args.csv_file, 'w') as f:
             for video_id, pred in zip(video_ids, final.argmax(axis=1)):
                 f.write(f'{video_id};{cfg.categories[pred]}\n')
         logger.info(f'predictions written to {args.csv_file}')
-    return summarize(final, labels)
+    if args.submission and runtime.is_main:
+        probabilities = final if args.softmax else softmax(final)
+        write_submission(args.submission, [
+            ranked_prediction(video_id, row, cfg.categories, 5, int(label))
+            for video_id, row, label in zip(video_ids, probabilities, labels)])
+        logger.info(f'submission written to {args.submission}')
+    return result

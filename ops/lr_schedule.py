@@ -14,11 +14,14 @@ def lr_at_epoch(lr_type: str, base_lr: float, epoch: int, lr_steps: Sequence[flo
     """Learning rate of `epoch` (0-based) under schedule `lr_type`.
 
     MAS_lr with other than four steps decays x0.1 at each step, as step_lr (the release's
-    fallback, used by its 3-step recipes). With ``warmup`` N > 0 the first N epochs are
-    scaled by (epoch + 1) / N.
+    fallback, used by its 3-step recipes). With ``warmup`` N > 0 epoch e < N runs at
+    base_lr * (e + 1) / N instead of the schedule, whatever ``lr_type`` (the release's
+    main.py, commit b742cba); later epochs follow the schedule at their own epoch number,
+    not shifted by N.
     """
-    scale = (epoch + 1) / warmup if epoch < warmup else 1.0
-    return scale * _scheduled_lr(lr_type, base_lr, epoch, lr_steps, epochs)
+    if epoch < warmup:
+        return base_lr * (epoch + 1) / warmup
+    return _scheduled_lr(lr_type, base_lr, epoch, lr_steps, epochs)
 
 
 def mas_lr_falls_back(lr_type: str, lr_steps: Sequence[float]) -> bool:

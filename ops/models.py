@@ -6,14 +6,15 @@ of TSN). Its ``state_dict`` names (``base_model.*``, ``new_fc.*``) are those of 
 release.
 """
 import logging
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from archs import ARCHS
-from ops.checkpoint import (CheckpointError, check_trained_settings, load_pretrained_backbone,
-                            load_state_dict_checked, trained_settings)
+from ops.checkpoint import (CheckpointError, check_trained_settings, checkpoint_categories,
+                            load_pretrained_backbone, load_state_dict_checked, read_checkpoint,
+                            trained_settings)
 from ops.optim import optim_policies
 from ops.temporal import TEMPORAL_TYPES, build_backbone
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -138,7 +139,7 @@ class TemporalModel(nn.Module):
         return optim_policies(self)
 
 
-def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
+def model_from_checkpoint(checkpoint: Dict, path: str, num_class: Optional[int] = None,
                           num_segments: Optional[int] = None, base_model: Optional[str] = None,
                           arch: Optional[str] = None, input_size: Optional[int] = None,
                           full_res: bool = False,
@@ -149,18 +150,21 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
     metadata ('type', 'arch', 'num_segments', 'input_size'; the release stores only
     'arch'), then from the defaults (MASNet, resnet50, `default_segments` = the release's
     test.py default 16, 224 px); a segment count taken from the defaults is logged.
-    Raises CheckpointError when the class count or segment count does not fit.
+    num_class: the classes the caller expects (None: the checkpoint's).
+    Raises CheckpointError when the class count, segment count, type or arch does not fit.
     """
     state_dict = checkpoint['state_dict']
     fc_weight = state_dict.get('new_fc.weight')
     if fc_weight is None:
         raise CheckpointError(f"checkpoint '{path}' has no new_fc.weight: not a TemporalModel")
+    num_class = fc_weight.shape[0] if num_class is None else num_class
     if fc_weight.shape[0] != num_class:
         raise CheckpointError(f"checkpoint '{path}' has {fc_weight.shape[0]} classes, "
                               f"the dataset has {num_class}")
     trained = trained_settings(checkpoint)
     trained_segments = trained['num_segments']
-    check_trained_settings(checkpoint, path, num_segments=num_segments)
+    check_trained_settings(checkpoint, path, num_segments=num_segments, type=base_model,
+                           arch=arch)
     arch = arch or trained['arch'] or 'resnet50'
     if arch not in ARCHS:
         raise CheckpointError(f"checkpoint '{path}' names arch '{arch}', not one of "
@@ -175,3 +179,20 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
                           full_res=full_res)
     load_state_dict_checked(model, state_dict, source=f"checkpoint '{path}'")
     return model
+
+
+def load_classifier(path: str, categories: Optional[Sequence[str]] = None,
+                    given_by: str = 'the given class names',
+                    required: str = '--categories FILE or --dataset NAME',
+                    **settings) -> Tuple[TemporalModel, List[str], Dict]:
+    """The model of a checkpoint file, its class names and the checkpoint dict.
+
+    The names are the checkpoint's; `categories` (from the user, described by `given_by`) must
+    equal them, and are required (`required` says how to pass them) when the checkpoint records
+    none. settings: num_segments, base_model, arch, input_size, full_res of
+    ``model_from_checkpoint`` (None: the checkpoint's).
+    """
+    checkpoint = read_checkpoint(path)
+    names = checkpoint_categories(checkpoint, path, categories, given_by, required)
+    model = model_from_checkpoint(checkpoint, path, len(names), **settings)
+    return model, names, checkpoint

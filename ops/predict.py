@@ -17,14 +17,19 @@ logger = logging.getLogger('masnet')
 def run_prediction(args) -> List[Prediction]:
     """predict.py: load the recognizer, predict the input (or its windows), write the outputs."""
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    # class names: the checkpoint's; --categories / --dataset are checked against them, and
+    # needed for checkpoints that record none
+    categories, given_by, image_tmpl = None, None, args.image_tmpl
     if args.categories:
-        categories, image_tmpl = read_categories(args.categories), args.image_tmpl
-    else:
+        categories, given_by = read_categories(args.categories), f"--categories '{args.categories}'"
+    elif args.dataset:
         cfg = get_dataset_config(args.dataset, args.dataset_path)
-        categories, image_tmpl = cfg.categories, args.image_tmpl or cfg.image_tmpl
+        categories, given_by, image_tmpl = cfg.categories, f'--dataset {args.dataset}', \
+            args.image_tmpl or cfg.image_tmpl
     recognizer = Recognizer.from_checkpoint(
         args.weights, categories, args.test_segments, args.type, args.arch, args.input_size,
-        args.full_res, device, test_crops=args.test_crops, twice_sample=args.twice_sample,
+        args.full_res, device, given_by=given_by, required='--categories FILE or --dataset NAME',
+        test_crops=args.test_crops, twice_sample=args.twice_sample,
         dense_sample=args.dense_sample, dense_sample_num=args.dense_sample_num,
         use_softmax=args.softmax, image_tmpl=image_tmpl or '{:05d}.jpg')
     model = recognizer.model

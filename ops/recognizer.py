@@ -1,7 +1,7 @@
 """Predict with a trained model, no labels needed: the Python API behind predict.py.
 
     from ops.recognizer import Recognizer
-    recognizer = Recognizer.from_checkpoint('ckpt.best.pth.tar', categories='category.txt')
+    recognizer = Recognizer.from_checkpoint('ckpt.best.pth.tar')  # class names: the file's
     recognizer.predict('my_video.mp4', topk=5)      # -> Prediction (names + probabilities)
     recognizer.predict(list_of_bgr_frames)           # frames already decoded (OpenCV BGR)
 
@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ops.checkpoint import read_checkpoint
 from ops.dataset import (UNKNOWN_LABEL, VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord,
                          check_labels, fill_frame_counts, missing_videos, parse_list_file)
 from ops.video_readers import count_frames
 from ops.dataset_config import read_categories
 from ops.evaluation import evaluate_models, softmax
-from ops.models import model_from_checkpoint
+from ops.models import load_classifier
 from ops.transforms import build_transform
 from ops.utils import atomic_write
 
@@ -213,16 +212,25 @@ class Recognizer:
                                          model.input_mean, model.input_std, num_crops=test_crops)
 
     @classmethod
-    def from_checkpoint(cls, path: str, categories: Union[str, Sequence[str]],
+    def from_checkpoint(cls, path: str, categories: Union[str, Sequence[str], None] = None,
                         num_segments: Optional[int] = None, temporal_type: Optional[str] = None,
                         arch: Optional[str] = None, input_size: Optional[int] = None,
-                        full_res: bool = False, device=None, **views) -> 'Recognizer':
-        """Load a checkpoint as test.py does; `categories` is a category file or a name list."""
+                        full_res: bool = False, device=None, given_by: Optional[str] = None,
+                        required: str = 'categories= (a category file or a list of names)',
+                        **views) -> 'Recognizer':
+        """Load a checkpoint as test.py does, with the class names it records.
+
+        categories: a category file or a name list; required for checkpoints that record no
+        names, else checked against theirs (a mismatch is a CheckpointError). given_by /
+        required: how the caller's user gives the names, for the messages.
+        """
         if isinstance(categories, str):
+            given_by = given_by or f"category file '{categories}'"
             categories = read_categories(categories)
-        model = model_from_checkpoint(read_checkpoint(path), path, len(categories), num_segments,
-                                      temporal_type, arch, input_size, full_res)
-        return cls(model, categories, device, **views)
+        model, names, _ = load_classifier(
+            path, categories, given_by or 'categories=', required, num_segments=num_segments,
+            base_model=temporal_type, arch=arch, input_size=input_size, full_res=full_res)
+        return cls(model, names, device, **views)
 
     @property
     def num_segments(self) -> int:
@@ -251,10 +259,7 @@ class Recognizer:
     def ranked(self, video: str, probabilities: np.ndarray, topk: int = 5,
                label: int = UNKNOWN_LABEL, **extra) -> Prediction:
         """The Prediction of one probability vector (num_class,)."""
-        order = np.argsort(-probabilities, kind='stable')[:min(topk, len(probabilities))]
-        return Prediction(video, [int(i) for i in order], [self.categories[i] for i in order],
-                          [float(probabilities[i]) for i in order], label, extra,
-                          '' if label == UNKNOWN_LABEL else self.categories[label])
+        return ranked_prediction(video, probabilities, self.categories, topk, label, **extra)
 
     def scores_of_records(self, root: str, records: List[VideoRecord], batch_size: int = 1,
                           workers: int = 0) -> np.ndarray:
@@ -328,6 +333,15 @@ def write_csv(path: str, predictions: List[Prediction]) -> None:
             + [v for n, q in zip(p.names, p.probabilities) for v in (n, f'{q:.6f}')]
             for p in predictions]
     _write_rows(path, [header] + rows)
+
+
+def ranked_prediction(video: str, probabilities: np.ndarray, categories: Sequence[str],
+                      topk: int = 5, label: int = UNKNOWN_LABEL, **extra) -> Prediction:
+    """The Prediction of one probability vector (num_class,): its `topk` classes, best first."""
+    order = np.argsort(-probabilities, kind='stable')[:min(topk, len(probabilities))]
+    return Prediction(video, [int(i) for i in order], [categories[i] for i in order],
+                      [float(probabilities[i]) for i in order], label, extra,
+                      '' if label == UNKNOWN_LABEL else categories[label])
 
 
 def write_submission(path: str, predictions: List[Prediction]) -> None:

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
-                            load_state_dict_checked, non_finite_entries, read_checkpoint,
-                            save_checkpoint, training_checkpoint)
+                            load_state_dict_checked, model_description, non_finite_entries,
+                            read_checkpoint, save_checkpoint, training_checkpoint)
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, all_reduce_sum, cleanup, compile_model, setup_runtime,
@@ -33,6 +33,15 @@ logger = logging.getLogger('masnet')
 
 LATEST_NAME = 'ckpt.pth.tar'
 BEST_NAME = 'ckpt.best.pth.tar'
+
+# flags that shape the network or what it learns: a resume never changes them
+SHAPING_FLAGS = ('dataset', 'type', 'arch', 'num_segments', 'input_size')
+# the training recipe: a resume changes it only with --resume_changed (--epochs may grow)
+RECIPE_FLAGS = ('lr', 'lr_type', 'lr_steps', 'epochs', 'warmup', 'momentum', 'weight_decay',
+                'dropout', 'batch_size', 'clip_gradient', 'dense_sample', 'partialbn', 'amp',
+                'seed')
+# command-line spelling of the flags whose argparse dest differs
+FLAG_SPELLING = {'batch_size': '--batch-size', 'clip_gradient': '--clip-gradient'}
 
 
 def build_loaders(cfg, model, args, runtime, train_records, val_records):
@@ -52,9 +61,15 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
     train_sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
                                        shuffle=True, seed=args.seed)
     pin = runtime.device.type == 'cuda'
+    # the release drops the last partial batch (floor(N / B) iterations); a list smaller than
+    # one batch, where it would train on nothing, keeps its one partial batch here
+    drop_last = len(train_sampler) >= batch_size
+    if not drop_last and not args.evaluate:
+        logger.warning(f'--batch-size {args.batch_size}: the training list holds only '
+                       f'{len(train_set)} videos, one partial batch per epoch (the release '
+                       f'drops it and trains nothing)')
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=train_sampler,
-                              num_workers=args.workers, pin_memory=pin,
-                              drop_last=len(train_sampler) > batch_size)
+                              num_workers=args.workers, pin_memory=pin, drop_last=drop_last)
     val_loader = DataLoader(val_set, batch_size=batch_size,
                             sampler=ShardSampler(val_set, runtime.rank, runtime.world_size),
                             num_workers=args.workers, pin_memory=pin)
@@ -75,6 +90,43 @@ def add_scalars(writer, epoch, values):
             writer.add_scalar(tag, value, epoch)
 
 
+def flag_differences(recorded, flags):
+    """Compare the flags a checkpoint recorded (its ``args``) with this command's.
+
+    Returns ``(shaping, recipe, grown)`` lists of lines such as ``--lr 0.01 in the checkpoint,
+    0.02 now``: differences of SHAPING_FLAGS, of RECIPE_FLAGS, and a larger --epochs (allowed).
+    Flags the checkpoint does not record are not compared.
+    """
+    shaping, recipe, grown = [], [], []
+    for key in SHAPING_FLAGS + RECIPE_FLAGS:
+        if key not in recorded or key not in flags or recorded[key] == flags[key]:
+            continue
+        line = (f'{FLAG_SPELLING.get(key, "--" + key)} {recorded[key]} in the checkpoint, '
+                f'{flags[key]} now')
+        if key in SHAPING_FLAGS:
+            shaping.append(line)
+        elif key == 'epochs' and flags[key] > recorded[key]:
+            grown.append(line)
+        else:
+            recipe.append(line)
+    return shaping, recipe, grown
+
+
+def check_resume_flags(checkpoint, path, args):
+    """Refuse to resume `checkpoint` under other network-shaping flags (always) or another
+    recipe (unless --resume_changed; --epochs may grow). Checkpoints that record no flags
+    resume as they are; --evaluate compares only the network-shaping flags."""
+    shaping, recipe, _ = flag_differences(checkpoint.get('args') or {}, vars(args))
+    if shaping:
+        raise CheckpointError(f"checkpoint '{path}' was trained with other network-shaping flags "
+                              f"({'; '.join(shaping)}): resuming never changes them; start a new "
+                              f"--store_name, or fine-tune with --tune_from")
+    if recipe and not (args.resume_changed or args.evaluate):
+        raise CheckpointError(f"checkpoint '{path}' was trained with another recipe "
+                              f"({'; '.join(recipe)}): pass --resume_changed to continue with "
+                              f"the new flags, or another --store_name to start afresh")
+
+
 def find_resume(args, latest):
     """The checkpoint to resume from (None: start afresh), read and checked against the flags."""
     resume = args.resume
@@ -89,8 +141,9 @@ def find_resume(args, latest):
     if not resume:
         return None, None
     checkpoint = read_checkpoint(resume)
+    check_resume_flags(checkpoint, resume, args)
     check_trained_settings(checkpoint, resume, num_segments=args.num_segments, arch=args.arch,
-                           type=args.type)
+                           type=args.type, input_size=args.input_size)
     check_finite(checkpoint, resume)
     return resume, checkpoint
 
@@ -229,6 +282,11 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
             best_prec1 = best_on_disk(best_path, checkpoint)
         best_prec1 = all_reduce_sum([best_prec1 if runtime.is_main else 0.0], runtime)[0]
         logger.info(f"resumed '{resume}' at epoch {start_epoch} (best top-1 {best_prec1:.2f})")
+        _, recipe, grown = flag_differences(checkpoint.get('args') or {}, vars(args))
+        for line in grown:
+            logger.info(f'training longer: {line}')
+        for line in recipe:
+            logger.warning(f'--resume_changed: {line}')
     elif args.tune_from:
         tune = read_checkpoint(args.tune_from)
         check_finite(tune, args.tune_from)
@@ -261,6 +319,8 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
         logger.info(f'nothing to train: the checkpoint is at epoch {start_epoch}, '
                     f'--epochs is {args.epochs}')
 
+    description = model_description(model, cfg.categories, cfg.name, cfg.flip,
+                                    cfg.mirror_map if cfg.flip else None)
     writer = None
     if runtime.is_main:
         from tensorboardX import SummaryWriter
@@ -298,8 +358,7 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
             if runtime.is_main:
                 state = training_checkpoint(
                     epoch + 1, model, optimizer, vars(args), prec1, best_prec1,
-                    scaler.state_dict() if use_scaler else None, num_class=cfg.num_class,
-                    dataset=cfg.name, args=vars(args),
+                    scaler.state_dict() if use_scaler else None, description=description,
                     initialised_norms=sorted(model.initialised_norms))
                 # best first: a kill between the two writes leaves the latest one epoch behind
                 # (redone on resume), never a latest that records a best not on disk

@@ -18,7 +18,7 @@ $PYTHON test.py --dataset synthetic --weights $RUN/checkpoint/ckpt.best.pth.tar 
                 --test_crops 1 --batch_size 16 -j 2
 $PYTHON test.py --dataset synthetic --weights $RUN/checkpoint/ckpt.best.pth.tar \
                 --test_crops 3 --twice_sample --full_res --batch_size 8 -j 2
-$PYTHON average_scores.py
+$PYTHON average_scores.py --dataset synthetic  # score/ may hold other datasets' files too
 $PYTHON CAM.py --output $RUN/CAM_result.png
 
 echo

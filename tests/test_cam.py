@@ -98,7 +98,8 @@ def test_cam_cli_on_video_id_and_folder(tiny_data_root, tmp_path):
     save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,
                      'input_size': 64, 'best_prec1': 0.0, 'state_dict': model.state_dict()}, weights)
     out = str(tmp_path / 'cam.png')
-    cams, probabilities, target = CAM.main(['--dataset_path', tiny_data_root, '--weights', weights,
+    data = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root]  # the file names no class
+    cams, probabilities, target = CAM.main([*data, '--weights', weights,
                                             '--output', out])
     assert os.path.getsize(out) > 10000 and cams.shape == (4, 64, 64)
     assert target == int(probabilities.argmax())
@@ -108,7 +109,7 @@ def test_cam_cli_on_video_id_and_folder(tiny_data_root, tmp_path):
     results = []
     for video in (video_id, folder):
         out2 = str(tmp_path / 'cam2.png')
-        results.append(CAM.main(['--dataset_path', tiny_data_root, '--weights', weights,
+        results.append(CAM.main([*data, '--weights', weights,
                                  '--video', video, '--target_class', '3', '--output', out2]))
         assert cv2.imread(out2) is not None
         os.remove(out2)
@@ -118,4 +119,4 @@ def test_cam_cli_on_video_id_and_folder(tiny_data_root, tmp_path):
     np.testing.assert_allclose(cams_id, cams_dir, rtol=1e-5, atol=1e-6)
     assert np.ptp(cams_id) > 0  # a map, not a constant
     with pytest.raises(SystemExit):
-        CAM.main(['--dataset_path', tiny_data_root, '--weights', weights, '--video', 'nope'])
+        CAM.main([*data, '--weights', weights, '--video', 'nope'])

@@ -68,10 +68,12 @@ def test_export_command_on_a_checkpoint(tiny_data_root, tmp_path, capsys):
     torch.save({'state_dict': model.state_dict(), 'type': 'MASNet', 'arch': 'resnet10',
                 'num_segments': 4, 'input_size': 64}, weights)
     video = os.path.join(tiny_data_root, 'synthetic', 'frames', 'valid_3_0000')
-    export_main(['--weights', weights, '--video', video])
+    # a file without class names: --dataset names them (tests/test_metadata.py: with them)
+    names = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root]
+    export_main(['--weights', weights, '--video', video, *names])
     out = capsys.readouterr().out
     assert out.count('on real input') == 2 and out.count('on random input') == 2
     assert os.path.isfile(tmp_path / 'model.onnx') and os.path.isfile(tmp_path / 'model.pt')
     with pytest.raises(SystemExit, match='differs from eager PyTorch'):
         export_main(['--weights', weights, '--video', video, '--format', 'torchscript',
-                     '--tolerance', '-1', '--output', str(tmp_path / 'again')])
+                     '--tolerance', '-1', '--output', str(tmp_path / 'again'), *names])

@@ -5,6 +5,7 @@ TemporalModel never enables partial BN, its test-time dense sampling uses intege
 starts, its --softmax is taken after averaging the views, its MAS_lr falls back to step_lr.
 """
 import logging
+import math
 import os
 import shlex
 import subprocess
@@ -15,16 +16,18 @@ import torch
 import torch.nn as nn
 
 import average_scores
+import test as test_main
 from opts import parse_args
 from ops import reference
 from ops.checkpoint import read_checkpoint
-from ops.dataset import sample_dense_test_indices
+from ops.dataset import parse_list_file, sample_dense_test_indices
 from ops.dataset_config import get_dataset_config
-from ops.distributed import setup_runtime
+from ops.distributed import Runtime, setup_runtime
 from ops.evaluation import evaluate_models
-from ops.lr_schedule import lr_at_epoch
+from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.models import TemporalModel, model_from_checkpoint
-from ops.training import build_model
+from ops.optim import optim_policies
+from ops.training import build_loaders, build_model
 from tests.conftest import ROOT
 
 SEED_TRAIN_FLAGS = shlex.split(
@@ -146,7 +149,7 @@ def test_partial_bn_is_opt_in_and_spares_untrained_norms(tmp_path, monkeypatch):
 
 
 def _release_dense_indices(num_frames, T, K):
-    # the release: starts = np.linspace(0, tick - 1, K, dtype=int) under numpy 1.x, whose
+    # the release: starts = np.linspace(0, tick - 1, K, dtype=int) under numpy < 1.20, whose
     # integer cast truncates toward zero; indices int(i * tick + start) + 1
     tick = num_frames / T
     starts = [int(v) for v in np.linspace(0, tick - 1, num=K)]
@@ -165,6 +168,51 @@ def test_dense_test_sampling_equals_the_release():
             for K in (4, 10):
                 assert sample_dense_test_indices(n, T, K).tolist() == \
                     _release_dense_indices(n, T, K), (n, T, K)
+
+
+def test_dense_test_sampling_of_short_videos_and_the_numpy_version():
+    # numpy >= 1.20 floors linspace(..., dtype=int): for tick < 1 (fewer frames than T) the
+    # release's later starts become -1, its first index 0; its loader then reads frame 1 there
+    def release_numpy_1_20(num_frames, T, K):
+        tick = num_frames / T
+        starts = np.floor(np.linspace(0, tick - 1, num=K)).astype(int).tolist()
+        return [int(i * tick + s) + 1 for s in starts for i in range(T)]
+
+    assert np.linspace(0, -0.375, 10, dtype=int).tolist() == [0] + [-1] * 9  # numpy >= 1.20 here
+    assert release_numpy_1_20(5, 8, 10) == [1, 1, 2, 2, 3, 4, 4, 5] + [0, 1, 1, 1, 2, 3, 3, 4] * 9
+    for T in (8, 16):
+        for K in (2, 4, 10):
+            for n in range(1, 3 * T):
+                ours = sample_dense_test_indices(n, T, K).tolist()
+                assert ours == _release_dense_indices(n, T, K), (n, T, K)  # numpy < 1.20
+                # numpy >= 1.20: the same from T frames on, other clips below
+                assert (ours == release_numpy_1_20(n, T, K)) == (n >= T), (n, T, K)
+
+
+def test_training_batches_per_epoch_are_the_releases(tiny_data_root, caplog):
+    # the release's training loader has drop_last=True: floor(N / B) batches of B videos
+    cfg = get_dataset_config('synthetic', tiny_data_root)
+    model = TemporalModel(cfg.num_class, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    records = parse_list_file(cfg.train_list)
+    runtime = Runtime(torch.device('cpu'))
+    for videos, batch in ((24, 5), (24, 8), (10, 3), (7, 7)):
+        args = parse_args(['--dataset', 'synthetic', '-b', str(batch), '-j', '0'])
+        loader, _, _ = build_loaders(cfg, model, args, runtime, records[:videos], records[:2])
+        assert len(loader) == len(list(loader.batch_sampler)) == videos // batch, (videos, batch)
+        assert all(len(indices) == batch for indices in loader.batch_sampler)
+    # fewer videos than one batch: the release trains on nothing; one partial batch here, said
+    args = parse_args(['--dataset', 'synthetic', '-b', '8', '-j', '0'])
+    with caplog.at_level(logging.WARNING, logger='masnet'):
+        loader, _, _ = build_loaders(cfg, model, args, runtime, records[:3], records[:2])
+    assert [len(indices) for indices in loader.batch_sampler] == [3]
+    assert '--batch-size 8: the training list holds only 3 videos' in caplog.text
+
+
+def test_dense_and_twice_sampling_together_are_refused(capsys):
+    # the release runs them: dense clips, views reshaped for 2 x 10 clips (scores of C/2 columns)
+    with pytest.raises(SystemExit):
+        test_main.parse_args(['--weights', 'a.pth.tar', '--dense_sample', '--twice_sample'])
+    assert '--dense_sample and --twice_sample exclude each other' in capsys.readouterr().err
 
 
 class _FixedLogits(nn.Module):
@@ -198,15 +246,59 @@ def test_softmax_is_taken_of_the_averaged_view_logits():
     assert np.allclose(plain[0][0], [2.0, 0.0, 1.0])
 
 
-def test_mas_lr_falls_back_to_step_lr_and_warmup_is_linear():
+def test_mas_lr_falls_back_to_step_lr():
     assert [lr_at_epoch('MAS_lr', 0.005, e, [50, 75, 90]) for e in (0, 49, 50, 75, 90)] == \
         pytest.approx([0.005, 0.005, 5e-4, 5e-5, 5e-6])
     assert [lr_at_epoch('MAS_lr', 0.01, e, [30, 40, 50, 60]) for e in (30, 50, 60)] == \
         pytest.approx([1e-3, 5e-5, 1e-5])
-    assert [lr_at_epoch('MAS_lr', 0.01, e, [30, 40, 50, 60], warmup=4) for e in range(6)] == \
-        pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
-    assert lr_at_epoch('step_lr', 0.1, 1, [1], warmup=2) == pytest.approx(0.01)
     assert parse_args([]).warmup == 0
+
+
+def _release_adjust_learning_rate(groups, args, epoch):
+    """The release's adjust_learning_rate with warm-up (main.py, commit b742cba), on dicts.
+
+    Warm-up replaces the schedule; weight decay is the group's current value times its
+    decay_mult (compounded from epoch to epoch).
+    """
+    if epoch < args.warmup:
+        lr = args.lr * (epoch + 1) / args.warmup
+    elif args.lr_type == 'step_lr' or (args.lr_type == 'MAS_lr' and len(args.lr_steps) != 4):
+        lr = args.lr * 0.1 ** sum(epoch >= s for s in args.lr_steps)
+    elif args.lr_type == 'MAS_lr':
+        lr = args.lr * 0.1 ** sum(epoch >= s for s in args.lr_steps[:2])
+        if epoch >= args.lr_steps[2]:
+            lr *= 0.5
+            if epoch >= args.lr_steps[3]:
+                lr *= 0.2
+    else:  # cos_lr
+        lr = 0.5 * args.lr * (1 + math.cos(math.pi * epoch / args.epochs))
+    for group in groups:
+        group['lr'] = lr * group['lr_mult']
+        group['weight_decay'] = group['weight_decay'] * group['decay_mult']
+
+
+@pytest.mark.parametrize('schedule', ['cos_lr', 'step_lr 2 3', 'MAS_lr 1 2 3 4', 'MAS_lr 2 3'])
+def test_warmup_replaces_the_schedule_as_the_release(schedule):
+    lr_type, *steps = schedule.split()
+    args = parse_args(['--lr', '0.01', '--epochs', '6', '--warmup', '3', '--weight_decay', '5e-4',
+                       '--lr_type', lr_type] + (['--lr_steps', *steps] if steps else []))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1),
+                          nn.Flatten(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(optim_policies(model), args.lr, momentum=0.9,
+                                weight_decay=args.weight_decay)
+    release = [{'lr_mult': g['lr_mult'], 'decay_mult': g['decay_mult'],
+                'weight_decay': args.weight_decay} for g in optimizer.param_groups]
+    for epoch in range(args.epochs):
+        _release_adjust_learning_rate(release, args, epoch)
+        apply_lr(optimizer, lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs,
+                                        args.warmup), args.weight_decay)
+        for ours, theirs in zip(optimizer.param_groups, release):
+            assert ours['lr'] == pytest.approx(theirs['lr'], rel=1e-12), (epoch, ours['name'])
+            assert ours['weight_decay'] == theirs['weight_decay'], (epoch, ours['name'])
+    # the issue's example: --warmup 3 --lr_type cos_lr --epochs 4, epoch 1 at 2/3 of the lr
+    assert lr_at_epoch('cos_lr', 0.01, 1, epochs=4, warmup=3) == pytest.approx(0.0066667, abs=1e-7)
+    assert lr_at_epoch('cos_lr', 0.01, 3, epochs=4, warmup=3) == \
+        pytest.approx(0.005 * (1 + math.cos(0.75 * math.pi)))  # not shifted by the warm-up
 
 
 def _fake_dataset_tree(root, lists=('train.txt', 'valid.txt')):
@@ -277,7 +369,8 @@ RECIPES = {
     'v1_8': 'somethingv1 8 0.01 70 32 0.5 5e-4 MAS_lr 30 40 50 60',
     'v2_16': 'somethingv2 16 0.005 70 16 0.8 5e-4 MAS_lr 30 40 50 60',
     'k400_8': 'kinetics 8 0.01 100 32 0.5 1e-4 step_lr 65 75 90',
-    'k400_16': 'kinetics 16 0.005 100 16 0.8 5e-4 MAS_lr 50 75 90',
+    # train_kinetics16.sh (commit adaf45f) passes neither: its opts.py defaults 1e-4, step_lr
+    'k400_16': 'kinetics 16 0.005 100 16 0.8 1e-4 step_lr 50 75 90',
 }
 
 

@@ -244,7 +244,8 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tiny_data
     assert 1 <= done < 50
     log = open(os.path.join(run_dir(out), 'log', 'log.txt')).read()
     assert 'run the same command to resume' in log
-    res = run_cli(*argv[1:-2], '--epochs', str(done + 1))  # the same command, one epoch further
+    # the same command, stopping one epoch further (fewer epochs: a recipe change)
+    res = run_cli(*argv[1:-2], '--epochs', str(done + 1), '--resume_changed')
     assert res.returncode == 0, res.stderr
     assert read_checkpoint(latest)['epoch'] == done + 1
     assert f'at epoch {done}' in open(os.path.join(run_dir(out), 'log', 'log.txt')).read()

@@ -6,7 +6,10 @@
 
 The exported models take (N, T, 3, H, W) normalised RGB frames and return (N, num_class)
 logits. The max |exported - eager| of the logits on random input and on the --video's clip is
-printed; above --tolerance x max(1, max |logit|) the command fails (exit 1).
+printed; above --tolerance x max(1, max |logit|) the command fails (exit 1). Both files carry
+the checkpoint's class names, mean/std, sizes, channel order and segments as metadata
+(ops/export.py); a checkpoint that records no class names (the release's) needs --categories
+or --dataset.
 """
 import argparse
 import os
@@ -17,10 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from opts import add_model_args  # noqa: E402
-from ops.checkpoint import read_checkpoint  # noqa: E402
+from ops.checkpoint import model_description  # noqa: E402
+from ops.dataset_config import DATASETS, get_dataset_config, read_categories  # noqa: E402
 from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
-from ops.export import FORMATS, ParityError, export_and_check  # noqa: E402
-from ops.models import model_from_checkpoint  # noqa: E402
+from ops.export import FORMATS, ParityError, export_and_check, export_metadata  # noqa: E402
+from ops.models import load_classifier  # noqa: E402
 from ops.recognizer import Recognizer, collect_inputs  # noqa: E402
 
 
@@ -38,6 +42,12 @@ def build_parser():
     parser.add_argument('--tolerance', default=1e-4, type=float,
                         help='largest max |exported - eager| logit difference accepted, relative to the '
                              'largest |logit| when that is above 1 (default: %(default)g)')
+    parser.add_argument('--categories', default=None,
+                        help="category file (default: the checkpoint's class names)")
+    parser.add_argument('--dataset', default=None,
+                        help=f"{', '.join(DATASETS)} or a .json dataset file: its class names "
+                             f"(default: the checkpoint's)")
+    parser.add_argument('--dataset_path', default=None, help='folder holding the dataset folders')
     add_model_args(parser, defaults_from_checkpoint=True)
     return parser
 
@@ -54,15 +64,22 @@ def real_clip(model, video):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
-    checkpoint = read_checkpoint(args.weights)
-    num_class = checkpoint['state_dict']['new_fc.weight'].shape[0] \
-        if 'new_fc.weight' in checkpoint['state_dict'] else 0
-    model = model_from_checkpoint(checkpoint, args.weights, num_class, args.num_segments,
-                                  args.type, args.arch, args.input_size, args.full_res)
+    categories, given_by = None, None
+    if args.categories:
+        categories, given_by = read_categories(args.categories), f"--categories '{args.categories}'"
+    elif args.dataset:
+        categories = get_dataset_config(args.dataset, args.dataset_path).categories
+        given_by = f'--dataset {args.dataset}'
+    model, names, checkpoint = load_classifier(
+        args.weights, categories, given_by, '--categories FILE or --dataset NAME',
+        num_segments=args.num_segments, base_model=args.type, arch=args.arch,
+        input_size=args.input_size, full_res=args.full_res)
+    description = model_description(model, names, checkpoint.get('dataset'),
+                                    checkpoint.get('flip'), checkpoint.get('mirror_map'))
     prefix = args.output or args.weights.replace('.pth.tar', '').replace('.pth', '')
     try:
         return export_and_check(model.eval(), prefix, args.format, real_clip(model, args.video),
-                                args.tolerance)
+                                args.tolerance, export_metadata(model, description))
     except ParityError as exc:
         sys.exit(f'export.py: error: {exc}')
 
