@@ -7,6 +7,7 @@ the CPU, one GPU, or several through DataParallel.
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -32,8 +33,9 @@ class Runtime:
         return self.rank == 0
 
 
-def setup_runtime(gpus=None):
-    """Pick the device(s) and, under torchrun, join the process group."""
+def setup_runtime(gpus=None, timeout=1800):
+    """Pick the device(s) and, under torchrun, join the process group, whose collectives give
+    up after `timeout` seconds (a process that stopped responding)."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     if world_size > 1:
         rank = int(os.environ['RANK'])
@@ -46,7 +48,7 @@ def setup_runtime(gpus=None):
             device = torch.device('cpu')
             backend = 'gloo'
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
         return Runtime(device, rank, world_size)
     if not torch.cuda.is_available():
         if gpus:
