@@ -2,8 +2,10 @@
 
 Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) every process owns
 one device (GPU ``LOCAL_RANK`` with nccl, or the CPU with gloo); otherwise one process uses
-the CPU, one GPU, or several through DataParallel.
+the CPU, one GPU, or several through DataParallel. A failed torchrun run is one line, from
+rank 0 (one_line_failures), and tools/torchrun.py is torchrun ending with one line too.
 """
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ops.errors import UserError
+
 RELEASE_NUM_GPUS = 4
 
 
@@ -23,6 +27,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     gpu_ids: tuple = ()  # DataParallel devices (single process)
+    store: object = None  # the process group's key-value store (torchrun)
+    timeout: float = 1800.0  # seconds a collective waits (torchrun)
 
     @property
     def distributed(self):
@@ -49,7 +55,9 @@ def setup_runtime(gpus=None, timeout=1800):
             backend = 'gloo'
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
-        return Runtime(device, rank, world_size)
+        # kept to report a failure after the process group is gone (one_line_failures)
+        store = dist.distributed_c10d._get_default_store()
+        return Runtime(device, rank, world_size, store=store, timeout=timeout)
     if not torch.cuda.is_available():
         if gpus:
             print(f'warning: --gpus {" ".join(map(str, gpus))} given but no CUDA device is '
@@ -120,6 +128,67 @@ def cleanup(runtime):
         dist.destroy_process_group()
 
 
+class PeerFailed(UserError):
+    """Another process of a torchrun run failed or stopped responding."""
+
+
+ERROR_KEY = 'masnet/error'
+# what gloo and nccl errors of a collective whose peer died or hung say
+COLLECTIVE_FAILURES = ('Connection closed by peer', 'Connection reset by peer', 'timed out',
+                       'Timed out', 'Broken pipe', 'NCCL', 'gloo')
+
+
+def _one_line(message):
+    """The last line of an error re-raised from a DataLoader worker, else the message."""
+    message = str(message).strip()
+    if 'Original Traceback' in message:
+        message = message.splitlines()[-1].split(': ', 1)[-1]
+    return message
+
+
+def _is_collective_failure(exc):
+    return isinstance(exc, getattr(dist, 'DistError', ())) or (
+        isinstance(exc, RuntimeError) and any(s in str(exc) for s in COLLECTIVE_FAILURES))
+
+
+@contextlib.contextmanager
+def one_line_failures(runtime):
+    """Under torchrun, a failed run is one line, printed by rank 0, naming its root cause.
+
+    A process whose run fails with a UserError (a data error, say) posts its message in the
+    process group's store; then it raises it on rank 0 and exits quietly (status 2) on the
+    others. A process whose collective fails (a peer died or hung past --dist_timeout) exits
+    quietly on ranks > 0; rank 0 raises PeerFailed with the message a peer posted, or, when
+    none did within a few seconds, the timeout. Other errors (bugs) keep their traceback.
+    """
+    if not runtime.distributed:
+        yield
+        return
+    try:
+        yield
+    except UserError as exc:
+        with contextlib.suppress(Exception):
+            runtime.store.set(ERROR_KEY, f'rank {runtime.rank}: {_one_line(exc)}')
+        if runtime.is_main:
+            raise
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if not _is_collective_failure(exc):
+            raise
+        if not runtime.is_main:
+            raise SystemExit(2) from None
+        posted = None
+        with contextlib.suppress(Exception):
+            runtime.store.wait([ERROR_KEY], timedelta(seconds=10))
+            posted = runtime.store.get(ERROR_KEY).decode()
+        if posted:
+            raise PeerFailed(posted) from None
+        cause = _one_line(exc).splitlines()[0][:200]
+        raise PeerFailed(f'rank 0: a collective operation failed ({cause}): another process '
+                         f'died or stopped responding for {runtime.timeout:g} s '
+                         f'(--dist_timeout); see its output') from None
+
+
 def gather_shards(array, runtime):
     """Undo a ShardSampler split: the per-process arrays of items r, r + W, ... interleaved
     back into dataset order on every process (the array itself in a single process)."""
@@ -148,3 +217,37 @@ class ShardSampler(Sampler):
 
     def __len__(self):
         return len(self.indices)
+
+
+def torchrun(argv=None):
+    """torch.distributed.run (torchrun) with `argv`, ending with one line instead of a
+    traceback when it is stopped by a signal or a worker fails; returns the exit status.
+
+    SIGUSR1 (SLURM's --signal) is forwarded to the workers like SIGTERM, so a training run
+    saves a mid-epoch checkpoint on either (torchrun waits 30 s for the workers before it
+    kills them). Stopped by SIGTERM or SIGUSR1 it returns 75 (ops.preemption.PREEMPTED_EXIT:
+    run the same command again), by another signal 128 + its number.
+    """
+    import signal
+
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as run_main
+
+    from ops.preemption import PREEMPTED_EXIT, STOP_SIGNALS
+
+    os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE',
+                          'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1')
+    try:
+        run_main(argv)
+    except SignalException as exc:
+        sig = signal.Signals(exc.sigval)
+        print(f'torchrun: {sig.name}: workers stopped (a training run saves a checkpoint '
+              f'first, see its log); run the same command again to resume', file=sys.stderr)
+        return PREEMPTED_EXIT if sig in STOP_SIGNALS else 128 + int(sig)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        print(f'torchrun: worker rank {rank} failed first (exit status {failure.exitcode}; the '
+              f'error is above)', file=sys.stderr)
+        return PREEMPTED_EXIT if failure.exitcode == PREEMPTED_EXIT else 1
+    return 0

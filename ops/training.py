@@ -20,7 +20,7 @@ from ops.checkpoint import (CheckpointError, check_finite, check_trained_setting
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, all_reduce_sum, barrier, cleanup, compile_model,
-                             setup_runtime, to_channels_last, wrap_model)
+                             one_line_failures, setup_runtime, to_channels_last, wrap_model)
 from ops.engine import TrainingDiverged, train_one_epoch, validate
 from ops.experiment import (RunLockedError, default_store_name, lock_run_folder, run_folder,
                             save_args, setup_logging)
@@ -191,8 +191,9 @@ def train(args):
 
     locks = lock_run(args, runtime)
     try:
-        return _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoint,
-                           log_dir, ckpt_dir, latest, best_path)
+        with one_line_failures(runtime):
+            return _run_locked(args, runtime, cfg, train_records, val_records, resume,
+                               checkpoint, log_dir, ckpt_dir, latest, best_path)
     finally:
         for handle in locks:
             handle.close()
