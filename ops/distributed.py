@@ -8,6 +8,7 @@ rank 0 (one_line_failures), and tools/torchrun.py is torchrun ending with one li
 import contextlib
 import os
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -151,6 +152,18 @@ def _is_collective_failure(exc):
         isinstance(exc, RuntimeError) and any(s in str(exc) for s in COLLECTIVE_FAILURES))
 
 
+def _posted_error(store, wait=5.0):
+    """The error message a peer posted in `store` within `wait` seconds (None: none)."""
+    deadline = time.time() + wait
+    with contextlib.suppress(Exception):
+        while not store.check([ERROR_KEY]):
+            if time.time() > deadline:
+                return None
+            time.sleep(0.1)
+        return store.get(ERROR_KEY).decode()
+    return None
+
+
 @contextlib.contextmanager
 def one_line_failures(runtime):
     """Under torchrun, a failed run is one line, printed by rank 0, naming its root cause.
@@ -159,7 +172,7 @@ def one_line_failures(runtime):
     process group's store; then it raises it on rank 0 and exits quietly (status 2) on the
     others. A process whose collective fails (a peer died or hung past --dist_timeout) exits
     quietly on ranks > 0; rank 0 raises PeerFailed with the message a peer posted, or, when
-    none did within a few seconds, the timeout. Other errors (bugs) keep their traceback.
+    none did within 5 seconds, the collective's error and --dist_timeout. Other errors (bugs) keep their traceback.
     """
     if not runtime.distributed:
         yield
@@ -177,10 +190,7 @@ def one_line_failures(runtime):
             raise
         if not runtime.is_main:
             raise SystemExit(2) from None
-        posted = None
-        with contextlib.suppress(Exception):
-            runtime.store.wait([ERROR_KEY], timedelta(seconds=10))
-            posted = runtime.store.get(ERROR_KEY).decode()
+        posted = _posted_error(runtime.store)
         if posted:
             raise PeerFailed(posted) from None
         cause = _one_line(exc).splitlines()[0][:200]
@@ -224,8 +234,8 @@ def torchrun(argv=None):
     traceback when it is stopped by a signal or a worker fails; returns the exit status.
 
     SIGUSR1 (SLURM's --signal) is forwarded to the workers like SIGTERM, so a training run
-    saves a mid-epoch checkpoint on either (torchrun waits 30 s for the workers before it
-    kills them). Stopped by SIGTERM or SIGUSR1 it returns 75 (ops.preemption.PREEMPTED_EXIT:
+    saves a mid-epoch checkpoint on either; torchrun then waits up to 100 s (not 30) for the
+    workers before it kills them. Stopped by SIGTERM or SIGUSR1 it returns 75 (ops.preemption.PREEMPTED_EXIT:
     run the same command again), by another signal 128 + its number.
     """
     import signal
@@ -236,8 +246,9 @@ def torchrun(argv=None):
 
     from ops.preemption import PREEMPTED_EXIT, STOP_SIGNALS
 
-    os.environ.setdefault('TORCHELASTIC_SIGNALS_TO_HANDLE',
-                          'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1')
+    # the defaults of torchrun's --signals_to_handle and --shutdown_timeout (flags win)
+    os.environ.setdefault('PET_SIGNALS_TO_HANDLE', 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1')
+    os.environ.setdefault('PET_SHUTDOWN_TIMEOUT', '100')
     try:
         run_main(argv)
     except SignalException as exc:

@@ -5,6 +5,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -180,3 +181,62 @@ def test_two_nodes_on_one_machine(tiny_data_root, tmp_path):
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert '2 process(es)' in outputs[0] and weights(str(tmp_path), 'nodes')['epoch'] == 1
+
+
+SLURM_SCRIPT = os.path.join(ROOT, 'scripts', 'slurm_train.sh')
+
+
+def test_slurm_script_builds_a_command_torchrun_and_main_py_accept(tiny_data_root, tmp_path):
+    import shlex
+    from torch.distributed.run import parse_args as torchrun_args
+    from opts import parse_args
+    assert subprocess.run(['bash', '-n', SLURM_SCRIPT]).returncode == 0
+    flags = common_flags(tiny_data_root, str(tmp_path), '--store_name', 'my run')
+    env = dict(os.environ, DRY_RUN='1', SLURM_NNODES='2', SLURM_GPUS_ON_NODE='4',
+               SLURM_JOB_ID='1234')
+    env.pop('SLURM_JOB_NODELIST', None)
+    printed = subprocess.run(['bash', SLURM_SCRIPT, *flags], capture_output=True, text=True,
+                             env=env, check=True).stdout
+    words = shlex.split(printed)
+    assert words[0] == 'srun' and 'tools/torchrun.py' in words
+    launcher = words[words.index('tools/torchrun.py') + 1:]
+    parsed = torchrun_args(launcher)
+    assert (parsed.nnodes, parsed.nproc_per_node, parsed.rdzv_endpoint) == \
+        ('2', '4', '127.0.0.1:29734')
+    assert parsed.training_script == 'main.py' and parsed.training_script_args == flags
+    assert parse_args(parsed.training_script_args).store_name == 'my run'
+
+
+@pytest.mark.distributed
+def test_slurm_script_requeues_a_run_stopped_by_sigusr1(tiny_data_root, tmp_path):
+    """The script's trap, its srun (here a stand-in running the command) and the requeue."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'srun').write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n'
+                                  'exec "$@"\n')
+    (bin_dir / 'scontrol').write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scontrol.log\n')
+    for name in ('srun', 'scontrol'):
+        os.chmod(bin_dir / name, 0o755)
+    while True:  # a job id whose port (29500 + id % 1000) is free
+        job = free_port() % 1000
+        with socket.socket() as sock:
+            if sock.connect_ex(('127.0.0.1', 29500 + job)) != 0:
+                break
+    env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', SLURM_JOB_ID=str(job),
+               SLURM_NNODES='1', SLURM_GPUS_ON_NODE='2', PYTHON=sys.executable,
+               OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    env.pop('SLURM_JOB_NODELIST', None)
+    proc = subprocess.Popen(['bash', SLURM_SCRIPT, *common_flags(
+        tiny_data_root, str(tmp_path), '--store_name', 'slurm')], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith('Epoch: [0][0/') and proc.returncode is None:
+            proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends the script
+    output = ''.join(lines)
+    assert proc.wait() == 75 and 'Traceback' not in output, output[-3000:]
+    assert re.search(r'^SIGUSR1 at epoch 0 iteration \d: saved', output, re.M), output[-3000:]
+    with open(tmp_path / 'scontrol.log') as f:
+        assert f.read() == f'requeue {job}\n'
+    assert weights(str(tmp_path), 'slurm')['progress']['iteration'] >= 1

@@ -189,10 +189,14 @@ def check_recovered(command, out, reference, saved_at=None):
         epoch, iteration = saved_at
         if not re.search(rf'at epoch {epoch} iteration {iteration} ', output):
             problems.append(f'the rerun did not resume at epoch {epoch} iteration {iteration}')
-        first = re.search(r'^Epoch: \[(\d+)\]\[(\d+)/', output, re.M)
-        if first and (int(first.group(1)), int(first.group(2))) != (epoch, iteration):
-            problems.append(f'the rerun started with iteration {first.group(2)} of epoch '
-                            f'{first.group(1)}, not {iteration} of {epoch}')
+        # the first iteration the rerun does: the saved one, or the next epoch's first when
+        # the signal came after the last iteration of an epoch
+        first = re.search(r'^Epoch: \[(\d+)\]\[(\d+)/(\d+)\]', output, re.M)
+        if first:
+            done, length = (int(first.group(1)), int(first.group(2))), int(first.group(3))
+            if done not in ((epoch, iteration), (epoch + 1, 0) if iteration == length else None):
+                problems.append(f'the rerun started with iteration {done[1]} of epoch '
+                                f'{done[0]}, not {iteration} of {epoch}')
     ckpt = os.path.join(run_dir(out), 'checkpoint')
     for name in (LATEST, BEST):
         got, want = read_checkpoint(os.path.join(ckpt, name)), reference[name]
