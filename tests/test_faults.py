@@ -77,7 +77,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_uninterrupted_result(tiny_da
 
 def test_save_every_iters_resumes_a_kill_9_mid_epoch(tiny_data_root, reference, tmp_path):
     out = str(tmp_path / 'run')
-    command = F.train_command(tiny_data_root, out, 2, '--save_every_iters', '2')
+    command = F.train_command(tiny_data_root, out, 2, '--save_every_iters', '2', '-p', '1')
     # killed as it starts epoch 0's end-of-epoch latest write: the latest on disk is the one
     # written after iteration 2 of epoch 0 (of 3)
     F.kill_once(command, out, fault=f'{F.LATEST}:2:open:kill')

@@ -180,7 +180,8 @@ def check_stopped(status, output, sig):
 
 def check_recovered(command, out, reference, saved_at=None):
     """Run `command` again and compare with the uninterrupted `reference`; returns problems.
-    saved_at: the (epoch, iteration) a stop signal saved, where the rerun must resume."""
+    saved_at: the (epoch, iteration) a stop signal saved, where the rerun (logging every
+    iteration: -p 1) must resume."""
     status, output = run_to_end(command)
     if status != 0:
         return [f'the rerun failed ({status}): {output.strip().splitlines()[-1:]}']
