@@ -7,6 +7,7 @@ rank 0 (one_line_failures), and tools/torchrun.py is torchrun ending with one li
 """
 import contextlib
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -172,7 +173,8 @@ def one_line_failures(runtime):
     process group's store; then it raises it on rank 0 and exits quietly (status 2) on the
     others. A process whose collective fails (a peer died or hung past --dist_timeout) exits
     quietly on ranks > 0; rank 0 raises PeerFailed with the message a peer posted, or, when
-    none did within 5 seconds, the collective's error and --dist_timeout. Other errors (bugs) keep their traceback.
+    none did within 5 seconds, the collective's error and --dist_timeout. Other errors (bugs)
+    keep their traceback.
     """
     if not runtime.distributed:
         yield
@@ -235,11 +237,10 @@ def torchrun(argv=None):
 
     SIGUSR1 (SLURM's --signal) is forwarded to the workers like SIGTERM, so a training run
     saves a mid-epoch checkpoint on either; torchrun then waits up to 100 s (not 30) for the
-    workers before it kills them. Stopped by SIGTERM or SIGUSR1 it returns 75 (ops.preemption.PREEMPTED_EXIT:
-    run the same command again), by another signal 128 + its number.
+    workers before it kills them. Stopped by SIGTERM or SIGUSR1 it returns 75
+    (ops.preemption.PREEMPTED_EXIT: run the same command again), by another signal 128 + its
+    number; a failed worker: 75 if it stopped on a signal itself, else 1.
     """
-    import signal
-
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as run_main

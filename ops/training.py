@@ -52,8 +52,8 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
                          video_list=val_records,
                          video_backend=args.video_backend)
     batch_size = max(args.batch_size // runtime.world_size, 1)
-    train_sampler = ResumableSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
-                                       shuffle=True, seed=args.seed)
+    train_sampler = ResumableSampler(train_set, num_replicas=runtime.world_size,
+                                     rank=runtime.rank, shuffle=True, seed=args.seed)
     pin = runtime.device.type == 'cuda'
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=train_sampler,
                               num_workers=args.workers, pin_memory=pin,
@@ -234,6 +234,11 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
         best_prec1 = all_reduce_sum([best_prec1 if runtime.is_main else 0.0], runtime)[0]
         progress_state = checkpoint.get('progress')
         within = f" iteration {progress_state['iteration']}" if progress_state else ''
+        if progress_state and progress_state.get('world_size') != runtime.world_size:
+            logger.warning(f"'{resume}' was saved mid-epoch by {progress_state.get('world_size')} "
+                           f"process(es), not {runtime.world_size}: the rest of epoch "
+                           f"{start_epoch} gets as many batches as the interrupted run had left, "
+                           f"but other clips")
         logger.info(f"resumed '{resume}' at epoch {start_epoch}{within} "
                     f"(best top-1 {best_prec1:.2f})")
     elif args.tune_from:
@@ -291,7 +296,7 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
                 dataset=cfg.name, args=vars(args),
                 initialised_norms=sorted(model.initialised_norms),
                 progress={'iteration': done, 'meters': totals,
-                          'rng': rng_state(runtime.device)})
+                          'rng': rng_state(runtime.device), 'world_size': runtime.world_size})
             save_checkpoint(state, latest)
         barrier(runtime)  # the other processes end once the checkpoint is on disk
         if signame:
