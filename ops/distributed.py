@@ -3,11 +3,10 @@
 Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) every process owns
 one device (GPU ``LOCAL_RANK`` with nccl, or the CPU with gloo); otherwise one process uses
 the CPU, one GPU, or several through DataParallel. A failed torchrun run is one line, from
-rank 0 (one_line_failures), and tools/torchrun.py is torchrun ending with one line too.
+rank 0 (one_line_failures).
 """
 import contextlib
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -230,36 +229,3 @@ class ShardSampler(Sampler):
     def __len__(self):
         return len(self.indices)
 
-
-def torchrun(argv=None):
-    """torch.distributed.run (torchrun) with `argv`, ending with one line instead of a
-    traceback when it is stopped by a signal or a worker fails; returns the exit status.
-
-    SIGUSR1 (SLURM's --signal) is forwarded to the workers like SIGTERM, so a training run
-    saves a mid-epoch checkpoint on either; torchrun then waits up to 100 s (not 30) for the
-    workers before it kills them. Stopped by SIGTERM or SIGUSR1 it returns 75
-    (ops.preemption.PREEMPTED_EXIT: run the same command again), by another signal 128 + its
-    number; a failed worker: 75 if it stopped on a signal itself, else 1.
-    """
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as run_main
-
-    from ops.preemption import PREEMPTED_EXIT, STOP_SIGNALS
-
-    # the defaults of torchrun's --signals_to_handle and --shutdown_timeout (flags win)
-    os.environ.setdefault('PET_SIGNALS_TO_HANDLE', 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1')
-    os.environ.setdefault('PET_SHUTDOWN_TIMEOUT', '100')
-    try:
-        run_main(argv)
-    except SignalException as exc:
-        sig = signal.Signals(exc.sigval)
-        print(f'torchrun: {sig.name}: workers stopped (a training run saves a checkpoint '
-              f'first, see its log); run the same command again to resume', file=sys.stderr)
-        return PREEMPTED_EXIT if sig in STOP_SIGNALS else 128 + int(sig)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        print(f'torchrun: worker rank {rank} failed first (exit status {failure.exitcode}; the '
-              f'error is above)', file=sys.stderr)
-        return PREEMPTED_EXIT if failure.exitcode == PREEMPTED_EXIT else 1
-    return 0

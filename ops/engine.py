@@ -7,8 +7,7 @@ import torch
 
 from ops.distributed import all_reduce_sum
 from ops.errors import UserError
-from ops.preemption import restore_rng_state
-from ops.utils import AverageMeter, accuracy, progress
+from ops.utils import AverageMeter, accuracy, progress, restore_rng_state
 
 logger = logging.getLogger('masnet')
 

@@ -26,9 +26,9 @@ from ops.experiment import (RunLockedError, default_store_name, lock_run_folder,
                             save_args, setup_logging)
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.models import TemporalModel
-from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals, rng_state
+from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
 from ops.transforms import build_transform
-from ops.utils import remove_stale_temp_files, set_seed
+from ops.utils import remove_stale_temp_files, rng_state, set_seed
 
 logger = logging.getLogger('masnet')
 

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from ops.distributed import torchrun  # noqa: E402
+from ops.preemption import torchrun  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(torchrun(sys.argv[1:]))
