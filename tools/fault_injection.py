@@ -265,7 +265,8 @@ def main(argv=None):
         problems, saved_at = check_stopped(*signal_at(command, line, sig), sig)
         if saved_at is not None:
             problems += check_recovered(command, out, reference, saved_at)
-        where = ('-' if saved_at is None else f'epoch {saved_at[0]} end' if saved_at[1] is None
+        where = ('-' if saved_at is None else f'end of epoch {saved_at[0] - 1}'
+                 if saved_at[1] is None
                  else f'epoch {saved_at[0]} iteration {saved_at[1]}')
         failures += bool(problems)
         print(f"{name:48s} saved at: {where:26s} {'OK' if not problems else '; '.join(problems)}")
