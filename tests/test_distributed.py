@@ -106,7 +106,7 @@ def test_torchrun_sigterm_saves_mid_epoch_and_resumes_bit_for_bit(tiny_data_root
     assert 'Traceback' not in output, output[-3000:]
     stops = re.findall(r'^SIGTERM at epoch 0 iteration (\d+): saved .*ckpt.pth.tar; rerun the '
                        r'same command to resume$', output, re.M)
-    assert len(stops) == 1 and stops[0] in ('1', '2'), output[-3000:]
+    assert len(stops) == 1 and stops[0] in ('1', '2', '3'), output[-3000:]
     assert len(re.findall(r'^torchrun: SIGTERM: workers stopped', output, re.M)) == 1
     assert weights(out, 'cut')['progress']['iteration'] == int(stops[0])
 

@@ -65,8 +65,9 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_uninterrupted_result(tiny_da
     status, output = F.signal_at(command, 'Epoch: [1][0/', 'SIGTERM')
     problems, saved_at = F.check_stopped(status, output, 'SIGTERM')
     assert problems == [], output[-2000:]
-    # handled at the next iteration boundary: after iteration 0 or 1 of epoch 1 (of 0, 1, 2)
-    assert saved_at[0] == 1 and saved_at[1] in (1, 2), saved_at
+    # handled at the first iteration boundary after it arrived (1 or 2 unless this test
+    # process was starved for an iteration; 3: after the epoch's last one)
+    assert saved_at[0] == 1 and saved_at[1] in (1, 2, 3), saved_at
     latest = read_checkpoint(os.path.join(F.run_dir(out), 'checkpoint', F.LATEST))
     assert latest['epoch'] == 1 and latest['progress']['iteration'] == saved_at[1]
     assert latest['progress']['meters'][1] == 8 * saved_at[1]  # clips of the iterations done
