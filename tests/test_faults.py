@@ -43,8 +43,8 @@ def test_reported_best_is_what_test_py_gives_on_the_best_checkpoint(tiny_data_ro
 
 
 @pytest.mark.parametrize('name,how', [
-    ('kill -9 inside the 2nd best write', dict(fault=f'{F.BEST}:2:written:kill')),
-    ('kill -9 between the best and the latest write', dict(fault=f'{F.LATEST}:2:open:kill')),
+    ('kill -9 inside the 1st best write', dict(fault=f'{F.BEST}:1:written:kill')),
+    ('kill -9 between the best and the latest write', dict(fault=f'{F.LATEST}:1:open:kill')),
 ])
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data_root, reference, tmp_path,
                                                         name, how):
