@@ -132,6 +132,14 @@ def build_parser():
                         help='initialise from a checkpoint of another dataset (new_fc not loaded)')
     parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')
     parser.add_argument('--start-epoch', default=0, type=int_at_least(0), help='first epoch (set by --resume)')
+    parser.add_argument('--save_every_iters', default=0, type=int_at_least(0),
+                        help='also write a resumable mid-epoch checkpoint every N iterations, for '
+                             'jobs killed without warning (default 0: only at SIGTERM / SIGUSR1 '
+                             'and at the end of each epoch)')
+    parser.add_argument('--dist_timeout', default=1800, type=int_at_least(1),
+                        help='under torchrun: seconds a process waits for the others in a '
+                             'collective before the run stops with one line (default 1800, '
+                             "torch's default)")
 
     parser.add_argument('--store_name', default='', help='run name (default: from the settings)')
     parser.add_argument('--root_log', default='experiments',

@@ -83,6 +83,24 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
+def rng_state(device):
+    """The python, numpy and torch (CPU, and `device` when it is a GPU) RNG states."""
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(),
+             'torch': torch.get_rng_state()}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, device):
+    """Undo rng_state: the RNGs continue as they were when it was taken."""
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if device.type == 'cuda' and state.get('cuda') is not None:
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
 TMP_PREFIX = '.tmp_'
 # errors of the file system rather than of the program: reported as one line naming the path
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,

@@ -18,7 +18,7 @@ FLOORS = [
      'ops.transforms'],
     # 2: temporal blocks, data layouts and readers, checkpoint I/O, run folders, the epoch loops
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
-     'ops.checkpoint', 'ops.experiment', 'ops.engine', 'ops.export'],
+     'ops.checkpoint', 'ops.experiment', 'ops.engine', 'ops.export', 'ops.preemption'],
     # 3: the registry of temporal types, the dataset, scores, the test reference
     ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference'],
     # 4: the model; the command-line flags
