@@ -23,10 +23,11 @@ FLOORS = [
     ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference'],
     # 4: the model; the command-line flags
     ['ops.models', 'opts', 'ops.analysis'],
-    # 5: what uses a model: training, evaluation, Grad-CAM, the Recognizer API
-    ['ops.training', 'ops.inference', 'ops.gradcam', 'ops.recognizer'],
-    # 6-7: streams, then the prediction run
-    ['ops.stream'],
+    # 5: what uses a model: training, Grad-CAM, the Recognizer API (and its prediction records)
+    ['ops.training', 'ops.gradcam', 'ops.recognizer'],
+    # 6-7: test.py's evaluation (writes submissions through the API's records) and streams,
+    # then the prediction run
+    ['ops.inference', 'ops.stream'],
     ['ops.predict'],
 ]
 
