@@ -4,21 +4,23 @@
                            weights='ckpt.best.pth.tar', num_classes=174, num_segments=8)
 
 Weights come only from a local file (``weights``); nothing is ever downloaded. Without
-``weights`` the model is randomly initialised. The model is returned in eval mode; its input
+``weights`` the model is randomly initialised. A weights file that needs more than tensors,
+numbers and numpy scalars to unpickle is refused unless ``trust_checkpoint=True`` (code in it
+can run: only for files you trust). The model is returned in eval mode; its input
 is ``(N, T*3, H, W)`` (or ``(N, T, 3, H, W)``) normalised RGB, its output ``(N, num_classes)``.
 """
 dependencies = ['torch', 'numpy', 'cv2']
 
 
 def _build(temporal_type, arch, weights=None, num_classes=174, num_segments=8, input_size=224,
-           **kwargs):
+           trust_checkpoint=False, **kwargs):
     from ops.checkpoint import load_model_weights
     from ops.models import TemporalModel
 
     model = TemporalModel(num_classes, num_segments, temporal_type, arch, pretrain='none',
                           partial_bn=False, input_size=input_size, **kwargs)
     if weights is not None:
-        load_model_weights(model, weights)
+        load_model_weights(model, weights, trust=trust_checkpoint)
     return model.eval()
 
 

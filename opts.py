@@ -22,6 +22,14 @@ def int_at_least(minimum):
     return parse
 
 
+def add_trust_arg(parser):
+    """--trust_checkpoint, on every command that reads a checkpoint."""
+    parser.add_argument('--trust_checkpoint', action='store_true',
+                        help='unpickle checkpoints in full even where they need more than '
+                             'tensors, numbers and numpy scalars: code in the file can run; '
+                             'only for files you trust (default: refuse them)')
+
+
 def add_data_args(parser, default_dataset='synthetic', loader=True):
     """--dataset/--dataset_path/--video_backend, and -j/--workers when the command runs a data
     loader."""
@@ -125,6 +133,7 @@ def build_parser():
                              "ckpt.pth.tar when there is one)")
     parser.add_argument('--tune_from', default='',
                         help='initialise from a checkpoint of another dataset (new_fc not loaded)')
+    add_trust_arg(parser)
     parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')
     parser.add_argument('--start-epoch', default=0, type=int_at_least(0), help='first epoch (set by --resume)')
 

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from opts import add_speed_args, add_data_args, add_model_args, add_view_args
+from opts import add_speed_args, add_data_args, add_model_args, add_trust_arg, add_view_args
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.predict import run_prediction
 
@@ -25,6 +25,7 @@ def build_parser():
     parser.add_argument('input', help='video file, frame folder, folder of videos, list file; '
                                       'with --window: video file, camera index or stream URL')
     parser.add_argument('--weights', required=True, help='checkpoint')
+    add_trust_arg(parser)
     parser.add_argument('--categories', default=None,
                         help='category file, one class name per line (default: the --dataset\'s)')
     add_data_args(parser)

@@ -126,7 +126,8 @@ def explain(args):
     if not os.path.isfile(args.weights) and args.weights == DEMO_CHECKPOINT:
         raise DataError(f"no checkpoint at '{DEMO_CHECKPOINT}': run `make demo` first or pass --weights")
     cfg = get_dataset_config(args.dataset, args.dataset_path)
-    model = model_from_checkpoint(read_checkpoint(args.weights), args.weights, cfg.num_class,
+    checkpoint = read_checkpoint(args.weights, trust=args.trust_checkpoint)
+    model = model_from_checkpoint(checkpoint, args.weights, cfg.num_class,
                                   args.num_segments, args.type, args.arch, args.input_size)
     model = model.to(runtime.device).eval()
     if args.target_class is not None and args.target_class >= cfg.num_class:

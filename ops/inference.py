@@ -66,7 +66,7 @@ def _evaluate(args, runtime):
 
     models, loaders, names = [], [], []
     for k, path in enumerate(weights):
-        model = model_from_checkpoint(read_checkpoint(path), path, cfg.num_class, segments[k],
+        model = model_from_checkpoint(read_checkpoint(path, trust=args.trust_checkpoint), path, cfg.num_class, segments[k],
                                       args.type, args.arch, args.input_size, args.full_res)
         num_segments = segments[k] = model.num_segments
         transform = build_transform('test', model.crop_size, model.scale_size, model.input_mean,

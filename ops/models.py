@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from archs import ARCHS
-from ops.checkpoint import (CheckpointError, check_trained_settings, load_pretrained_backbone,
-                            load_state_dict_checked, trained_settings)
+from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
+                            load_pretrained_backbone, load_state_dict_checked, trained_settings)
 from ops.optim import optim_policies
 from ops.temporal import TEMPORAL_TYPES, build_backbone
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -44,6 +44,7 @@ class TemporalModel(nn.Module):
             'none', or the path of a weight file.
         input_size: side of the square network input (224 in the paper).
         full_res: evaluate on larger crops (input_size * 256/224) as in 3-crop testing.
+        trust_checkpoint: unpickle a ``pretrain`` file in full (``--trust_checkpoint``).
 
     Input ``(N, T*3, H, W)``, output ``(N, num_class)``.
     """
@@ -51,7 +52,7 @@ class TemporalModel(nn.Module):
     def __init__(self, num_class: int, num_segments: int, base_model: str = 'MASNet',
                  backbone: str = 'resnet50', dropout: float = 0.5, consensus_type: str = 'avg',
                  partial_bn: bool = False, pretrain: Optional[str] = 'imagenet',
-                 input_size: int = 224, full_res: bool = False):
+                 input_size: int = 224, full_res: bool = False, trust_checkpoint: bool = False):
         super().__init__()
         if base_model not in TEMPORAL_TYPES:
             raise ValueError(f"unknown model type '{base_model}' "
@@ -71,7 +72,7 @@ class TemporalModel(nn.Module):
         self.initialised_norms = set()  # names of BatchNorms in base_model set by weight files
 
         self.base_model = build_backbone(backbone, base_model, num_segments)
-        loaded = load_pretrained_backbone(self.base_model, backbone, pretrain)
+        loaded = load_pretrained_backbone(self.base_model, backbone, pretrain, trust_checkpoint)
         self.num_pretrained_tensors = len(loaded)
         self.init_norms_from(loaded)
         feature_dim = self.base_model.fc.in_features
@@ -158,6 +159,7 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: int,
     if fc_weight.shape[0] != num_class:
         raise CheckpointError(f"checkpoint '{path}' has {fc_weight.shape[0]} classes, "
                               f"the dataset has {num_class}")
+    check_finite(checkpoint, path)
     trained = trained_settings(checkpoint)
     trained_segments = trained['num_segments']
     check_trained_settings(checkpoint, path, num_segments=num_segments)

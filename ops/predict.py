@@ -24,7 +24,8 @@ def run_prediction(args) -> List[Prediction]:
         categories, image_tmpl = cfg.categories, args.image_tmpl or cfg.image_tmpl
     recognizer = Recognizer.from_checkpoint(
         args.weights, categories, args.test_segments, args.type, args.arch, args.input_size,
-        args.full_res, device, test_crops=args.test_crops, twice_sample=args.twice_sample,
+        args.full_res, device, trust_checkpoint=args.trust_checkpoint,
+        test_crops=args.test_crops, twice_sample=args.twice_sample,
         dense_sample=args.dense_sample, dense_sample_num=args.dense_sample_num,
         use_softmax=args.softmax, image_tmpl=image_tmpl or '{:05d}.jpg')
     model = recognizer.model

@@ -198,11 +198,13 @@ class Recognizer:
     def from_checkpoint(cls, path: str, categories: Union[str, Sequence[str]],
                         num_segments: Optional[int] = None, temporal_type: Optional[str] = None,
                         arch: Optional[str] = None, input_size: Optional[int] = None,
-                        full_res: bool = False, device=None, **views) -> 'Recognizer':
-        """Load a checkpoint as test.py does; `categories` is a category file or a name list."""
+                        full_res: bool = False, device=None, trust_checkpoint: bool = False,
+                        **views) -> 'Recognizer':
+        """Load a checkpoint as test.py does; `categories` is a category file or a name list;
+        trust_checkpoint: unpickle it in full (``--trust_checkpoint``, only for trusted files)."""
         if isinstance(categories, str):
             categories = read_categories(categories)
-        model = model_from_checkpoint(read_checkpoint(path), path, len(categories), num_segments,
+        model = model_from_checkpoint(read_checkpoint(path, trust=trust_checkpoint), path, len(categories), num_segments,
                                       temporal_type, arch, input_size, full_res)
         return cls(model, categories, device, **views)
 

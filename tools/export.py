@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from opts import add_model_args  # noqa: E402
+from opts import add_model_args, add_trust_arg  # noqa: E402
 from ops.checkpoint import read_checkpoint  # noqa: E402
 from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
 from ops.export import FORMATS, ParityError, export_and_check  # noqa: E402
@@ -27,6 +27,7 @@ from ops.recognizer import Recognizer, collect_inputs  # noqa: E402
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--weights', required=True, help='checkpoint')
+    add_trust_arg(parser)
     parser.add_argument('--video', required=True,
                         help='video file or frame folder: the real clip of the parity check')
     parser.add_argument('--format', nargs='+', default=list(FORMATS), choices=list(FORMATS))
@@ -54,7 +55,7 @@ def real_clip(model, video):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
-    checkpoint = read_checkpoint(args.weights)
+    checkpoint = read_checkpoint(args.weights, trust=args.trust_checkpoint)
     num_class = checkpoint['state_dict']['new_fc.weight'].shape[0] \
         if 'new_fc.weight' in checkpoint['state_dict'] else 0
     model = model_from_checkpoint(checkpoint, args.weights, num_class, args.num_segments,
