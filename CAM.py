@@ -21,7 +21,7 @@ def build_parser():
     add_trust_arg(parser)
     parser.add_argument('--video', default=None,
                         help='frame folder, video file or video id (default: first val video)')
-    parser.add_argument('--label', type=int, default=None,
+    parser.add_argument('--label', type=int_at_least(0), default=None,
                         help='ground-truth class of a --video given as folder/file, if known')
     parser.add_argument('--num_segments', type=int_at_least(1), default=None, help='default: the checkpoint\'s')
     parser.add_argument('--target_class', type=int_at_least(0), default=None, help='default: the predicted class')
