@@ -27,6 +27,22 @@ class ScoreFileError(UserError):
     """Score files that cannot be read or do not describe the same videos."""
 
 
+class NonFiniteScoresError(UserError):
+    """Scores with NaN / inf: finite weights whose logits overflow on these inputs."""
+
+
+def check_finite_scores(scores, source, video_ids=None):
+    """Refuse class scores (N, C) holding NaN or inf, naming `source` (e.g. the checkpoint) and
+    the first such videos, so that no accuracy, ranking or score file is made of them."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(scores)).all(axis=-1))
+    if bad.size:
+        named = ('' if video_ids is None
+                 else f" (first: {', '.join(str(video_ids[i]) for i in bad[:3])})")
+        raise NonFiniteScoresError(f"{source}: non-finite scores for {bad.size} of "
+                                   f"{len(scores)} video(s){named}: the model's outputs overflow "
+                                   f"on this input; nothing reported or written")
+
+
 def score_filename(dataset: str, temporal_type: str, arch: str, segments: int, crops: int,
                    clips: int, size: int) -> str:
     return f'{dataset}_{temporal_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px.npz'

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ops.checkpoint import read_checkpoint
 from ops.dataset import DataError, TSNDataSet, VideoRecord, parse_list_file
 from ops.errors import FlagError
+from ops.evaluation import check_finite_scores
 from ops.video_readers import count_frames
 from ops.dataset_config import get_dataset_config
 from ops.distributed import setup_runtime
@@ -142,6 +143,7 @@ def explain(args):
     clip, label = dataset[0]
     clip = clip.unsqueeze(0).to(runtime.device)  # (1, T*3, H, W)
     cams, probabilities, target = grad_cam(model, clip, args.target_class)
+    check_finite_scores(probabilities[None], args.weights, [record.path])
 
     predicted = int(probabilities.argmax())
     names = cfg.categories

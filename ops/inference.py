@@ -11,7 +11,7 @@ from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, cleanup, compile_model, gather_shards, setup_runtime,
                              to_channels_last, wrap_model)
 from ops.errors import FlagError
-from ops.evaluation import (check_score_file_free, ensemble, evaluate_models, save_scores,
+from ops.evaluation import (check_finite_scores, check_score_file_free, ensemble, evaluate_models, save_scores,
                             score_filename, summarize)
 from ops.experiment import dataset_tag, setup_logging
 from ops.models import model_from_checkpoint
@@ -102,6 +102,8 @@ def _evaluate(args, runtime):
     base_set = loaders[0].dataset
     records = base_set.dataset.video_list if isinstance(base_set, Subset) else base_set.video_list
     video_ids = [r.path for r in records[:len(labels)]]
+    for path, model_scores in zip(weights, scores):
+        check_finite_scores(model_scores, path, video_ids)
     for path, name, model_scores, num_segments in zip(weights, names, scores, segments):
         top1, top5, mean_class = summarize(model_scores, labels)
         logger.info(f'{path}: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}'

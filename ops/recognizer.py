@@ -27,7 +27,7 @@ from ops.checkpoint import read_checkpoint
 from ops.dataset import VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord
 from ops.video_readers import count_frames
 from ops.dataset_config import read_categories
-from ops.evaluation import evaluate_models, softmax
+from ops.evaluation import check_finite_scores, evaluate_models, softmax
 from ops.models import model_from_checkpoint
 from ops.transforms import build_transform
 from ops.utils import atomic_write
@@ -247,6 +247,7 @@ class Recognizer:
                             pin_memory=self.device.type == 'cuda')
         scores, _ = evaluate_models([self.model], [loader], [self.num_segments], self.device,
                                     use_softmax=self.use_softmax)
+        check_finite_scores(scores[0], 'the model', [r.path for r in records])
         return scores[0]
 
     def clip_scores(self, frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -257,7 +258,9 @@ class Recognizer:
             scores = self.model(clip).float()  # (V*clips, C)
         if self.use_softmax:
             scores = scores.softmax(dim=1)
-        return scores.mean(dim=0).cpu().numpy()
+        scores = scores.mean(dim=0).cpu().numpy()
+        check_finite_scores(scores[None], 'the model')
+        return scores
 
     def predict_frames(self, frames: Sequence[np.ndarray], topk: int = 5,
                        video: str = 'frames', **extra) -> Prediction:
