@@ -55,8 +55,8 @@ def save_checkpoint(state, path):
 def _refused_global(exc):
     """The global a weights-only unpickling refused (e.g. 'posix.system'), from its message."""
     found = re.search(r'GLOBAL (\S+)', str(exc))
-    if found:
-        return found.group(1)
+    if found:  # builtins are named bare ('exec')
+        return found.group(1) if '.' in found.group(1) else 'builtins.' + found.group(1)
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
 

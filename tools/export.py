@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from opts import add_model_args, add_trust_arg, float_in, int_at_least  # noqa: E402
+from opts import add_model_args, add_trust_arg, int_at_least  # noqa: E402
 from ops.checkpoint import read_checkpoint  # noqa: E402
 from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
 from ops.export import FORMATS, ParityError, export_and_check  # noqa: E402
@@ -36,7 +36,7 @@ def build_parser():
     parser.add_argument('--num_segments', default=None, type=int_at_least(1),
                         help='T (default: the checkpoint\'s, else 8)')
     parser.add_argument('--full_res', action='store_true', help='input_size*256/224 input')
-    parser.add_argument('--tolerance', default=1e-4, type=float_in(0),
+    parser.add_argument('--tolerance', default=1e-4, type=float,
                         help='largest max |exported - eager| logit difference accepted, relative to the '
                              'largest |logit| when that is above 1 (default: %(default)g)')
     add_model_args(parser, defaults_from_checkpoint=True)
