@@ -224,8 +224,10 @@ OTHER_FLAGS = [(predict_main, flag, value) for flag, value in (
 @pytest.mark.parametrize('flag,value', MAIN_FLAGS)
 def test_main_flags_outside_their_domain_stop_before_any_folder(flag, value, tmp_path, capsys):
     out = tmp_path / 'exp'
+    # a dataset that is not there: a flag accepted by mistake still ends the run at once
     with pytest.raises(SystemExit) as exit_:
-        train_main.main(train_args('data', str(out), flag, value))
+        train_main.main(train_args(str(tmp_path / 'none'), str(out), '--dataset', 'somethingv1',
+                                   flag, value))
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f'argument {flag}' in err and value in err
