@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ops.errors import UserError
+from ops.utils import atomic_write
 
 logger = logging.getLogger('masnet')
 
@@ -44,9 +45,10 @@ def export_onnx(model, path: str, example: torch.Tensor) -> None:
     """Write the ONNX graph of `model` (eval mode, CPU) with a dynamic batch axis."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the legacy exporter's deprecation / tracer notes
-        torch.onnx.export(model, (example,), path, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=['frames'], output_names=['scores'],
-                          dynamic_axes={'frames': {0: 'batch'}, 'scores': {0: 'batch'}})
+        with atomic_write(path) as f:
+            torch.onnx.export(model, (example,), f, dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=['frames'], output_names=['scores'],
+                              dynamic_axes={'frames': {0: 'batch'}, 'scores': {0: 'batch'}})
 
 
 def export_torchscript(model, path: str, example: torch.Tensor) -> None:
@@ -54,7 +56,8 @@ def export_torchscript(model, path: str, example: torch.Tensor) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         traced = torch.jit.trace(model, example, check_trace=False)
-    traced.save(path)
+    with atomic_write(path) as f:
+        torch.jit.save(traced, f)
 
 
 def load_runner(fmt: str, path: str):

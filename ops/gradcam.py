@@ -17,6 +17,7 @@ from ops.dataset_config import get_dataset_config
 from ops.distributed import setup_runtime
 from ops.models import model_from_checkpoint
 from ops.transforms import build_transform
+from ops.utils import atomic_write, prepare_output
 
 logger = logging.getLogger('masnet')
 
@@ -95,9 +96,8 @@ def save_cam_figure(path, frames, cams, title):
             axes[row, t].axis('off')
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=120, format=os.path.splitext(path)[1][1:] or 'png')
     plt.close(fig)
 
 
@@ -124,6 +124,7 @@ def find_video(video, cfg, label=None):
 def explain(args):
     """Grad-CAM figure of one video as CAM.py's flags say; returns (cams, probabilities, class)."""
     runtime = setup_runtime(args.gpus)
+    prepare_output(args.output, '--output')
     if not os.path.isfile(args.weights) and args.weights == DEMO_CHECKPOINT:
         raise DataError(f"no checkpoint at '{DEMO_CHECKPOINT}': run `make demo` first or pass --weights")
     cfg = get_dataset_config(args.dataset, args.dataset_path)

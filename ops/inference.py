@@ -16,6 +16,7 @@ from ops.evaluation import (check_finite_scores, check_score_file_free, ensemble
 from ops.experiment import dataset_tag, setup_logging
 from ops.models import model_from_checkpoint
 from ops.transforms import build_transform
+from ops.utils import atomic_write, prepare_output
 
 logger = logging.getLogger('masnet')
 
@@ -55,6 +56,8 @@ def evaluate_checkpoints(args):
 
 
 def _evaluate(args, runtime):
+    if args.csv_file:
+        prepare_output(args.csv_file, '--csv_file')
     cfg = get_dataset_config(args.dataset, args.dataset_path)
     weights = [w for w in args.weights.split(',') if w]
     segments = split_per_model(args.test_segments, int, len(weights), '--test_segments')
@@ -121,7 +124,7 @@ def _evaluate(args, runtime):
         top1, top5, mean_class = summarize(final, labels)
         logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}')
     if args.csv_file and runtime.is_main:
-        with open(args.csv_file, 'w') as f:
+        with atomic_write(args.csv_file, 'w') as f:
             for video_id, pred in zip(video_ids, final.argmax(axis=1)):
                 f.write(f'{video_id};{cfg.categories[pred]}\n')
         logger.info(f'predictions written to {args.csv_file}')

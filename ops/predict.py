@@ -10,12 +10,16 @@ from ops.distributed import compile_model, to_channels_last
 from ops.recognizer import (Prediction, Recognizer, collect_inputs, write_csv, write_json,
                             write_submission)
 from ops.stream import sliding_window
+from ops.utils import prepare_output
 
 logger = logging.getLogger('masnet')
 
 
 def run_prediction(args) -> List[Prediction]:
     """predict.py: load the recognizer, predict the input (or its windows), write the outputs."""
+    for flag in ('json', 'csv', 'submission', 'annotate'):
+        if getattr(args, flag):
+            prepare_output(getattr(args, flag), '--' + flag)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if args.categories:
         categories, image_tmpl = read_categories(args.categories), args.image_tmpl

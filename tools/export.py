@@ -22,6 +22,7 @@ from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
 from ops.export import FORMATS, ParityError, export_and_check  # noqa: E402
 from ops.models import model_from_checkpoint  # noqa: E402
 from ops.recognizer import Recognizer, collect_inputs  # noqa: E402
+from ops.utils import prepare_output  # noqa: E402
 
 
 def build_parser():
@@ -55,12 +56,14 @@ def real_clip(model, video):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
+    prefix = args.output or args.weights.replace('.pth.tar', '').replace('.pth', '')
+    for fmt in args.format:
+        prepare_output(prefix + FORMATS[fmt], '--output')
     checkpoint = read_checkpoint(args.weights, trust=args.trust_checkpoint)
     num_class = checkpoint['state_dict']['new_fc.weight'].shape[0] \
         if 'new_fc.weight' in checkpoint['state_dict'] else 0
     model = model_from_checkpoint(checkpoint, args.weights, num_class, args.num_segments,
                                   args.type, args.arch, args.input_size, args.full_res)
-    prefix = args.output or args.weights.replace('.pth.tar', '').replace('.pth', '')
     try:
         return export_and_check(model.eval(), prefix, args.format, real_clip(model, args.video),
                                 args.tolerance)
