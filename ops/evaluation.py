@@ -43,6 +43,28 @@ def check_finite_scores(scores, source, video_ids=None):
                                    f"on this input; nothing reported or written")
 
 
+def memory_bytes(device):
+    """Bytes of the machine's memory, or the smaller GPU memory when `device` is CUDA."""
+    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if device.type == 'cuda':
+        total = min(total, torch.cuda.mem_get_info(device)[1])
+    return total
+
+
+def check_view_memory(batch_size, crops, clips, segments, crop_size, device):
+    """Refuse, before anything is decoded, test views whose one input batch (batch x crops x
+    clips x T frames of 3 x crop x crop float32 values) exceeds the memory of the machine
+    (of the GPU on CUDA)."""
+    needed = batch_size * crops * clips * segments * 3 * crop_size ** 2 * 4
+    available = memory_bytes(device)
+    if needed > available:
+        raise UserError(f'one batch of --batch_size {batch_size} x {crops} crop(s) x {clips} '
+                        f'clip(s) x {segments} frames of {crop_size}px needs '
+                        f'{needed / 2 ** 30:.4g} GiB, more than the {available / 2 ** 30:.4g} GiB '
+                        f'of {device.type} memory: lower --dense_sample_num, --test_crops or '
+                        f'--batch_size')
+
+
 def score_filename(dataset: str, temporal_type: str, arch: str, segments: int, crops: int,
                    clips: int, size: int) -> str:
     return f'{dataset}_{temporal_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px.npz'

@@ -11,8 +11,8 @@ from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, cleanup, compile_model, gather_shards, setup_runtime,
                              to_channels_last, wrap_model)
 from ops.errors import FlagError
-from ops.evaluation import (check_finite_scores, check_score_file_free, ensemble, evaluate_models, save_scores,
-                            score_filename, summarize)
+from ops.evaluation import (check_finite_scores, check_score_file_free, check_view_memory,
+                            ensemble, evaluate_models, save_scores, score_filename, summarize)
 from ops.experiment import dataset_tag, setup_logging
 from ops.models import model_from_checkpoint
 from ops.transforms import build_transform
@@ -69,9 +69,12 @@ def _evaluate(args, runtime):
 
     models, loaders, names = [], [], []
     for k, path in enumerate(weights):
-        model = model_from_checkpoint(read_checkpoint(path, trust=args.trust_checkpoint), path, cfg.num_class, segments[k],
+        checkpoint = read_checkpoint(path, trust=args.trust_checkpoint)
+        model = model_from_checkpoint(checkpoint, path, cfg.num_class, segments[k],
                                       args.type, args.arch, args.input_size, args.full_res)
         num_segments = segments[k] = model.num_segments
+        check_view_memory(args.batch_size, args.test_crops, num_clips, num_segments,
+                          model.crop_size, runtime.device)
         transform = build_transform('test', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std, num_crops=args.test_crops)
         dataset = TSNDataSet(cfg.root_path, list_file, num_segments, cfg.image_tmpl, transform,

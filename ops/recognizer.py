@@ -27,7 +27,7 @@ from ops.checkpoint import read_checkpoint
 from ops.dataset import VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord
 from ops.video_readers import count_frames
 from ops.dataset_config import read_categories
-from ops.evaluation import check_finite_scores, evaluate_models, softmax
+from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models, softmax
 from ops.models import model_from_checkpoint
 from ops.transforms import build_transform
 from ops.utils import atomic_write
@@ -242,6 +242,8 @@ class Recognizer:
     def scores_of_records(self, root: str, records: List[VideoRecord], batch_size: int = 1,
                           workers: int = 0) -> np.ndarray:
         """View-averaged scores (N, num_class) of `records`, with a progress bar."""
+        check_view_memory(batch_size, self.test_crops, self.num_clips, self.num_segments,
+                          self.model.crop_size, self.device)
         loader = DataLoader(self.dataset(root, records), batch_size=batch_size, shuffle=False,
                             num_workers=min(workers, len(records)),
                             pin_memory=self.device.type == 'cuda')

@@ -17,6 +17,8 @@ import predict as predict_main
 import test as test_main
 from ops import checkpoint as C
 from ops import dataset as D
+from ops import inference
+from ops.errors import UserError
 from ops.models import TemporalModel, model_from_checkpoint
 from ops.recognizer import Recognizer
 from ops.synthetic import SYNTHETIC_CLASSES
@@ -283,3 +285,22 @@ def test_a_corrupt_jpeg_frame_is_replaced_by_its_neighbour(tmp_path, caplog):
     neighbours = [cv2.imread(str(tmp_path / 'v' / f'{i:05d}.jpg')) for i in (4, 6)]
     assert any(np.array_equal(frames[4], n) for n in neighbours)
     assert 'unreadable frame' in caplog.text and '00005.jpg' in caplog.text
+
+
+def test_views_beyond_memory_are_refused_before_evaluating(tiny_data_root, tmp_path, capsys,
+                                                         monkeypatch):
+    import ops.evaluation as E
+    with pytest.raises(UserError, match=r'needs 3\.589e\+04 GiB'):  # the issue's request
+        E.check_view_memory(8, 10, 100000, 8, 224, torch.device('cpu'))
+    # 8 videos x 10 crops x 20 clips x 4 frames x 3 x 32 x 32 x 4 bytes = 75 MiB > 64 MiB
+    monkeypatch.setattr(E, 'memory_bytes', lambda device: 64 * 2 ** 20)
+    weights = save(tmp_path / 'w.pth.tar', tiny_state())
+    evaluated = []
+    monkeypatch.setattr(inference, 'evaluate_models', lambda *args, **kw: evaluated.append(args))
+    with pytest.raises(SystemExit):
+        test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights',
+                        weights, '-j', '0', '--dense_sample', '--dense_sample_num', '20',
+                        '--test_crops', '10', '--save_scores', ''])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'needs 0.07324 GiB, more than the 0.0625 GiB of cpu memory' in error
+    assert evaluated == []
