@@ -2,6 +2,7 @@
 flag in its domain, corrupt JPEG frames replaced by the nearest good frame."""
 import argparse
 import datetime
+import errno
 import logging
 import os
 
@@ -304,3 +305,47 @@ def test_views_beyond_memory_are_refused_before_evaluating(tiny_data_root, tmp_p
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert 'needs 0.07324 GiB, more than the 0.0625 GiB of cpu memory' in error
     assert evaluated == []
+
+
+def test_missing_output_folders_are_made_and_a_folder_is_no_file(tiny_data_root, tmp_path,
+                                                                 capsys):
+    weights = save(tmp_path / 'w.pth.tar', tiny_state())
+    video = os.path.join(tiny_data_root, 'synthetic', 'frames', 'valid_3_0000')
+    export_main(['--weights', weights, '--video', video, '--format', 'torchscript',
+                 '--output', str(tmp_path / 'missing' / 'dir' / 'm')])
+    assert os.path.isfile(tmp_path / 'missing' / 'dir' / 'm.pt')
+    with pytest.raises(SystemExit):
+        test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights',
+                        weights, '--csv_file', str(tmp_path), '--save_scores', ''])
+    captured = capsys.readouterr()
+    assert f"--csv_file '{tmp_path}' is a folder" in captured.err.strip().splitlines()[-1]
+    assert 'Prec@1' not in captured.out  # refused before the evaluation
+
+
+OUTPUTS = {
+    'test.py --csv_file': lambda root, w, out: test_main.main(
+        ['--dataset', 'synthetic', '--dataset_path', root, '--weights', w, '-j', '0',
+         '--max_num', '2', '--save_scores', '', '--csv_file', out]),
+    'CAM.py --output': lambda root, w, out: CAM.main(
+        ['--dataset_path', root, '--weights', w, '--output', out]),
+    'tools/export.py --output': lambda root, w, out: export_main(
+        ['--weights', w, '--video', os.path.join(root, 'synthetic', 'frames', 'valid_3_0000'),
+         '--format', 'torchscript', '--output', out[:-len('.pt')]]),
+}
+
+
+@pytest.mark.parametrize('entry', list(OUTPUTS))
+def test_a_full_disk_names_the_output_and_leaves_no_file(entry, tiny_data_root, tmp_path,
+                                                         capsys, monkeypatch):
+    weights = save(tmp_path / 'w.pth.tar', tiny_state())
+    out = str(tmp_path / 'out' / ('result.pt' if 'export' in entry else 'result.png'))
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(os, 'fsync', full_disk)
+    with pytest.raises(SystemExit):
+        OUTPUTS[entry](tiny_data_root, weights, out)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot write '{out}': No space left on device" in error
+    assert os.listdir(tmp_path / 'out') == []  # neither a 0-byte file nor a temporary one
