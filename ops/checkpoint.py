@@ -27,14 +27,15 @@ from ops.utils import atomic_write
 
 WRAPPER_PREFIXES = ('module.',)
 TRUST_FLAG = '--trust_checkpoint'
+_NUMPY_SCALAR = (getattr(np, '_core', None) or np.core).multiarray.scalar  # numpy 2.x or 1.x
 # What checkpoints of the release, of TSM-era code and of this project legitimately hold beyond
 # tensors and plain Python values: numpy scalars (e.g. a best_prec1 computed with numpy, pickled
 # by numpy 1.x as numpy.core.* and by numpy 2.x as numpy._core.*) with their dtypes, and
 # argparse.Namespace (run arguments). The release's own files (floats only) need none of them.
 SAFE_GLOBALS = [
     argparse.Namespace, np.dtype,
-    (np._core.multiarray.scalar, 'numpy.core.multiarray.scalar'),
-    (np._core.multiarray.scalar, 'numpy._core.multiarray.scalar'),
+    (_NUMPY_SCALAR, 'numpy.core.multiarray.scalar'),
+    (_NUMPY_SCALAR, 'numpy._core.multiarray.scalar'),
 ] + [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64,
                                   np.bool_)]
 IMAGENET_URL = 'https://download.pytorch.org/models/{}'
@@ -169,7 +170,8 @@ def check_finite(checkpoint, path, keys=('state_dict',), source=None):
     """Refuse a checkpoint holding NaN / inf in its weights and buffers (or in the other `keys`,
     e.g. 'optimizer' and 'scaler' for --resume): it comes from a diverged run or is damaged.
     source: how the file is named in the error (default: checkpoint 'PATH')."""
-    bad = non_finite_entries({key: checkpoint[key] for key in keys if checkpoint.get(key)})
+    bad = non_finite_entries({key: checkpoint[key] for key in keys
+                              if checkpoint.get(key) is not None})
     if bad:
         raise CheckpointError(f"{source or f'checkpoint {path!r}'} holds {len(bad)} non-finite "
                               f"value(s) [{_summarise(bad)}]: it comes from a diverged run or is "

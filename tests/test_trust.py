@@ -159,6 +159,11 @@ def test_the_release_layout_loads_without_the_flag(tmp_path):
                 'args': argparse.Namespace(lr=0.01, lr_steps=[30, 40]),
                 'state_dict': {'module.' + k: v for k, v in state.items()}}, path,
                _use_new_zipfile_serialization=False)
+    # numpy 1.x names the scalar's constructor numpy.core.*, numpy 2.x numpy._core.*
+    pickled = open(path, 'rb').read()
+    assert pickled.count(b'numpy._core.multiarray\nscalar') == 1
+    open(path, 'wb').write(pickled.replace(b'numpy._core.multiarray\nscalar',
+                                           b'numpy.core.multiarray\nscalar'))
     data = C.read_checkpoint(path)
     assert data['best_prec1'] == 49.2 and data['args'].lr_steps == [30, 40]
     model = model_from_checkpoint(data, path, NUM_CLASS, T, input_size=SIZE)
