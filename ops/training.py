@@ -83,7 +83,7 @@ def build_model(args, num_class):
     """The TemporalModel main.py trains for `args` (before any --resume / --tune_from)."""
     return TemporalModel(num_class, args.num_segments, args.type, args.arch,
                          dropout=args.dropout, partial_bn=args.partialbn, pretrain=args.pretrain,
-                         input_size=args.input_size)
+                         input_size=args.input_size, trust_checkpoint=args.trust_checkpoint)
 
 
 def add_scalars(writer, epoch, values):
@@ -143,11 +143,11 @@ def find_resume(args, latest):
                               f"pass --resume FILE")
     if not resume:
         return None, None
-    checkpoint = read_checkpoint(resume)
+    checkpoint = read_checkpoint(resume, trust=args.trust_checkpoint)
     check_resume_flags(checkpoint, resume, args)
     check_trained_settings(checkpoint, resume, num_segments=args.num_segments, arch=args.arch,
                            type=args.type, input_size=args.input_size)
-    check_finite(checkpoint, resume)
+    check_finite(checkpoint, resume, keys=('state_dict', 'optimizer', 'scaler'))
     return resume, checkpoint
 
 
@@ -300,7 +300,7 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
         for line in recipe:
             logger.warning(f'--resume_changed: {line}')
     elif args.tune_from:
-        tune = read_checkpoint(args.tune_from)
+        tune = read_checkpoint(args.tune_from, trust=args.trust_checkpoint)
         check_finite(tune, args.tune_from)
         load_state_dict_checked(model, tune['state_dict'], source=f"checkpoint '{args.tune_from}'",
                                 skip_prefixes=('new_fc.',))

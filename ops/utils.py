@@ -117,6 +117,22 @@ class FileWriteError(UserError, OSError):
     """A file that cannot be written (disk full, no permission, ...), with the path in the message."""
 
 
+def prepare_output(path, flag):
+    """Check, before any work, that the output file `path` of `flag` can be written: its missing
+    folders are created (as atomic_write does); a folder that cannot be created or written, or a
+    `path` that is a folder, is a FileWriteError naming the flag."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise FileWriteError(exc.errno, f"{flag} '{path}': cannot create its folder: "
+                                        f"{exc.strerror}") from None
+    if os.path.isdir(path):
+        raise FileWriteError(errno.EISDIR, f"{flag} '{path}' is a folder, not a file")
+    if not os.access(folder, os.W_OK):
+        raise FileWriteError(errno.EACCES, f"{flag} '{path}': its folder is not writable")
+
+
 def storage_error(exc, path):
     """The FileWriteError for `exc` if it (or an error it was raised from) is a file-system
     error such as ENOSPC, else None."""
