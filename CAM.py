@@ -13,7 +13,7 @@ checkpoints that record no names (the release's).
 import argparse
 import os
 
-from opts import add_data_args, add_model_args, int_at_least
+from opts import add_data_args, add_model_args, add_trust_arg, int_at_least
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.gradcam import DEMO_CHECKPOINT, explain
 
@@ -22,9 +22,10 @@ def build_parser():
     parser = argparse.ArgumentParser(description='Grad-CAM visualisation of a MAS-Net checkpoint.')
     add_data_args(parser, default_dataset=None, loader=False)
     parser.add_argument('--weights', default=DEMO_CHECKPOINT, help='checkpoint (default: the demo\'s)')
+    add_trust_arg(parser)
     parser.add_argument('--video', default=None,
                         help='frame folder, video file or video id (default: first val video)')
-    parser.add_argument('--label', type=int, default=None,
+    parser.add_argument('--label', type=int_at_least(0), default=None,
                         help='ground-truth class of a --video given as folder/file, if known')
     parser.add_argument('--num_segments', type=int_at_least(1), default=None, help='default: the checkpoint\'s')
     parser.add_argument('--target_class', type=int_at_least(0), default=None, help='default: the predicted class')

@@ -16,13 +16,15 @@ records none (else ``model.categories`` is None); other keyword arguments: ``ful
 Without ``weights`` the model is randomly initialised (default 174 classes, 8 segments,
 224 px; other keyword arguments go to TemporalModel). The model is returned in eval mode;
 its input is ``(N, T*3, H, W)`` (or ``(N, T, 3, H, W)``) normalised RGB, its output
-``(N, num_classes)``.
+``(N, num_classes)``. A weights file that needs more than tensors, numbers and numpy scalars to
+unpickle is refused unless ``trust_checkpoint=True`` (code in it can run: only for files you
+trust).
 """
 dependencies = ['torch', 'numpy', 'cv2']
 
 
 def _build(temporal_type, arch, weights=None, num_classes=None, num_segments=None,
-           input_size=None, categories=None, **kwargs):
+           input_size=None, categories=None, trust_checkpoint=False, **kwargs):
     from ops.checkpoint import CheckpointError, checkpoint_categories, read_checkpoint
     from ops.models import TemporalModel, model_from_checkpoint
 
@@ -32,7 +34,7 @@ def _build(temporal_type, arch, weights=None, num_classes=None, num_segments=Non
                               input_size=input_size or 224, **kwargs)
         model.categories = list(categories) if categories is not None else None
         return model.eval()
-    checkpoint = read_checkpoint(weights)
+    checkpoint = read_checkpoint(weights, trust=trust_checkpoint)
     names = categories
     if categories is not None or checkpoint.get('categories') is not None:
         names = checkpoint_categories(checkpoint, weights, categories, 'categories=')

@@ -1,5 +1,10 @@
-"""Command-line flags of main.py (training); the model flags are shared with test.py and CAM.py."""
+"""Command-line flags of main.py (training); the model flags are shared with test.py and CAM.py.
+
+Every numeric flag is checked against its domain by argparse (exit 2, the flag named) before
+anything is created."""
 import argparse
+import math
+import os
 
 from archs import ARCHS
 from ops.dataset_config import DATASETS
@@ -20,6 +25,41 @@ def int_at_least(minimum):
         return value
     parse.__name__ = f'int >= {minimum}'
     return parse
+
+
+def float_in(low, high=None, low_open=False):
+    """argparse type: a finite float in [low, high) (or (low, high) with low_open; no upper
+    bound without `high`); argparse names the flag in its error."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'invalid float value: {text!r}') from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f'must be {domain}, got {text}')
+        return value
+    domain = (f"in {'(' if low_open else '['}{low}, {high})" if high is not None
+              else f"{'>' if low_open else '>='} {low}")
+    parse.__name__ = f'float {domain}'
+    return parse
+
+
+def run_name(text):
+    """argparse type of --store_name: one folder name, which cannot leave the run roots."""
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
+    if os.path.isabs(text) or text in ('.', '..') or any(sep in text for sep in separators):
+        raise argparse.ArgumentTypeError(f'must be a plain folder name (no path separator, no '
+                                         f'absolute path, not . or ..), got {text!r}')
+    return text
+
+
+def add_trust_arg(parser):
+    """--trust_checkpoint, on every command that reads a checkpoint."""
+    parser.add_argument('--trust_checkpoint', action='store_true',
+                        help='unpickle checkpoints in full even where they need more than '
+                             'tensors, numbers and numpy scalars: code in the file can run; '
+                             'only for files you trust (default: refuse them)')
 
 
 def add_data_args(parser, default_dataset='synthetic', loader=True):
@@ -50,7 +90,7 @@ def add_model_args(parser, defaults_from_checkpoint=False):
                         help='backbone')
     parser.add_argument('--input_size', default=None if ckpt else 224, type=int_at_least(1),
                         help='network input side in pixels (224 in the paper)')
-    parser.add_argument('--gpus', nargs='+', type=int, default=None,
+    parser.add_argument('--gpus', nargs='+', type=int_at_least(0), default=None,
                         help='GPU ids for DataParallel (default: 0 1 2 3 as the release, or as many '
                              'of them as are visible; the CPU without CUDA)')
 
@@ -87,7 +127,7 @@ def build_parser():
     add_model_args(parser)
     add_speed_args(parser)
     parser.add_argument('--num_segments', type=int_at_least(1), default=8, help='frames sampled per clip (T)')
-    parser.add_argument('--dropout', '--do', default=0.5, type=float, help='dropout before new_fc')
+    parser.add_argument('--dropout', '--do', default=0.5, type=float_in(0, 1), help='dropout before new_fc')
     parser.add_argument('--pretrain', default='imagenet',
                         help="'imagenet' (torchvision weights from the torch hub cache), 'none', "
                              "or a weight file")
@@ -101,22 +141,22 @@ def build_parser():
 
     parser.add_argument('--epochs', default=70, type=int_at_least(1))
     parser.add_argument('-b', '--batch-size', default=32, type=int_at_least(1), help='clips per batch (all GPUs)')
-    parser.add_argument('--lr', '--learning-rate', default=0.01, type=float, help='base learning rate')
+    parser.add_argument('--lr', '--learning-rate', default=0.01, type=float_in(0, low_open=True), help='base learning rate')
     parser.add_argument('--lr_type', default='MAS_lr', choices=LR_TYPES,
                         help='step_lr: x0.1 at each step; MAS_lr: x0.1, x0.1, x0.5, x0.2 at 4 '
                              'steps; cos_lr: half cosine')
-    parser.add_argument('--lr_steps', default=[30, 40, 50, 60], type=float, nargs='+',
+    parser.add_argument('--lr_steps', default=[30, 40, 50, 60], type=float_in(0), nargs='+',
                         help='epochs at which the lr decays (MAS_lr with other than 4 steps '
                              'decays x0.1 at each, as step_lr, like the release)')
-    parser.add_argument('--warmup', default=0, type=int,
+    parser.add_argument('--warmup', default=0, type=int_at_least(0),
                         help='epochs of linear lr warm-up: epoch e < N uses --lr x (e+1)/N '
                              'in place of the schedule, as the release (default 0: none)')
-    parser.add_argument('--momentum', default=0.9, type=float)
-    parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float)
-    parser.add_argument('--clip-gradient', '--gd', default=20, type=float,
+    parser.add_argument('--momentum', default=0.9, type=float_in(0, 1))
+    parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float_in(0))
+    parser.add_argument('--clip-gradient', '--gd', default=20, type=float_in(0),
                         help='clip gradients to this global norm (0: off)')
     parser.add_argument('--amp', action='store_true', help='mixed precision (autocast + GradScaler)')
-    parser.add_argument('--seed', default=0, type=int, help='seed of sampling, augmentation, init')
+    parser.add_argument('--seed', default=0, type=int_at_least(0), help='seed of sampling, augmentation, init')
 
     parser.add_argument('--print-freq', '-p', default=20, type=int_at_least(1), help='log every N iterations')
     parser.add_argument('--eval-freq', '-ef', default=1, type=int_at_least(1), help='validate every N epochs')
@@ -130,10 +170,19 @@ def build_parser():
                              '--dataset) never change on resume')
     parser.add_argument('--tune_from', default='',
                         help='initialise from a checkpoint of another dataset (new_fc not loaded)')
+    add_trust_arg(parser)
     parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')
     parser.add_argument('--start-epoch', default=0, type=int_at_least(0), help='first epoch (set by --resume)')
+    parser.add_argument('--save_every_iters', default=0, type=int_at_least(0),
+                        help='also write a resumable mid-epoch checkpoint every N iterations, for '
+                             'jobs killed without warning (default 0: only at SIGTERM / SIGUSR1 '
+                             'and at the end of each epoch)')
+    parser.add_argument('--dist_timeout', default=1800, type=int_at_least(1),
+                        help='under torchrun: seconds a process waits for the others in a '
+                             'collective before the run stops with one line (default 1800, '
+                             "torch's default)")
 
-    parser.add_argument('--store_name', default='', help='run name (default: from the settings)')
+    parser.add_argument('--store_name', default='', type=run_name, help='run name (default: from the settings)')
     parser.add_argument('--root_log', default='experiments',
                         help='root of log/ and tensorboardX/: '
                              '<root_log>/<dataset>/<type>/<arch>/num_segments_<T>/<store_name>/')

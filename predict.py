@@ -18,7 +18,8 @@ import argparse
 
 import torch
 
-from opts import add_speed_args, add_data_args, add_model_args, add_view_args
+from opts import (add_speed_args, add_data_args, add_model_args, add_trust_arg, add_view_args,
+                  int_at_least)
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.predict import run_prediction
 
@@ -28,12 +29,13 @@ def build_parser():
     parser.add_argument('input', help='video file, frame folder, folder of videos, list file; '
                                       'with --window: video file, camera index or stream URL')
     parser.add_argument('--weights', required=True, help='checkpoint')
+    add_trust_arg(parser)
     parser.add_argument('--categories', default=None,
                         help='category file, one class name per line (default: the checkpoint\'s '
                              'names, else the --dataset\'s)')
     add_data_args(parser, default_dataset=None)
     add_model_args(parser, defaults_from_checkpoint=True)
-    parser.add_argument('--test_segments', default=None, type=int,
+    parser.add_argument('--test_segments', default=None, type=int_at_least(1),
                         help='frames per clip (default: the checkpoint\'s, else 8)')
     add_view_args(parser)
     add_speed_args(parser)
@@ -42,18 +44,18 @@ def build_parser():
     parser.add_argument('--image_tmpl', default=None,
                         help="frame file names, e.g. 'img_{:05d}.jpg' (default: the dataset's, "
                              "else guessed from the first frame)")
-    parser.add_argument('--topk', default=5, type=int, help='classes reported per video')
+    parser.add_argument('--topk', default=5, type=int_at_least(1), help='classes reported per video')
     parser.add_argument('--json', default=None, help='write the predictions as JSON')
     parser.add_argument('--csv', default=None, help='write the predictions as CSV')
     parser.add_argument('--submission', default=None,
                         help="write a Something-Something V2 submission ('id;c1;...;c5' lines)")
-    parser.add_argument('--window', default=None, type=int,
+    parser.add_argument('--window', default=None, type=int_at_least(1),
                         help='sliding-window mode: frames per window (T are sampled from each)')
-    parser.add_argument('--stride', default=None, type=int,
+    parser.add_argument('--stride', default=None, type=int_at_least(1),
                         help='frames between window starts (default: window // 2)')
     parser.add_argument('--annotate', default=None,
                         help='sliding-window mode: write the video with the predictions drawn')
-    parser.add_argument('--max_frames', default=None, type=int,
+    parser.add_argument('--max_frames', default=None, type=int_at_least(1),
                         help='sliding-window mode: stop after this many frames (for streams)')
     parser.add_argument('--device', default=None,
                         help="torch device, e.g. 'cpu', 'cuda:0' (default: cuda if available)")

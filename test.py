@@ -13,7 +13,8 @@ import argparse
 
 import torch
 
-from opts import add_speed_args, add_data_args, add_model_args, add_view_args, int_at_least
+from opts import (add_speed_args, add_data_args, add_model_args, add_trust_arg, add_view_args,
+                  int_at_least)
 from ops.evaluation import DEFAULT_SCORE_DIR
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.inference import evaluate_checkpoints
@@ -25,6 +26,7 @@ def build_parser():
     add_model_args(parser, defaults_from_checkpoint=True)
     parser.add_argument('--weights', required=True,
                         help='checkpoint(s), comma-separated for an ensemble')
+    add_trust_arg(parser)
     parser.add_argument('--test_segments', default=None,
                         help="segments per model, comma-separated (one value for all; default: "
                              "the checkpoint's, else the release's 16)")

@@ -12,13 +12,22 @@ Besides the release's keys, a checkpoint main.py writes describes itself (``mode
 format ``FORMAT_VERSION``): class names, dataset, temporal type, arch, segments, input and scale
 size, mean/std, channel order, flip map, the training flags (``args``) and the code version, so
 predict.py, CAM.py, the Recognizer, torch.hub and tools/export.py need only the file.
+
+Reading never runs code from a file: it unpickles with ``weights_only=True`` and allows only
+the globals of SAFE_GLOBALS beside tensors and plain Python values. A file needing anything
+else (e.g. a payload calling ``os.system``) is refused in one line naming the global and the
+``--trust_checkpoint`` flag, which unpickles files the user trusts in full (logged).
 """
+import argparse
 import functools
 import logging
+import math
 import os
 import pickle
+import re
 import subprocess
 
+import numpy as np
 import torch
 
 from archs import IMAGENET_WEIGHT_FILES
@@ -34,6 +43,18 @@ FORMAT_VERSION = 2
 CODE_VERSION = '1.0'
 # what the model's input channels hold: frames are decoded as BGR (OpenCV) and swapped to RGB
 CHANNEL_ORDER = 'RGB'
+TRUST_FLAG = '--trust_checkpoint'
+_NUMPY_SCALAR = (getattr(np, '_core', None) or np.core).multiarray.scalar  # numpy 2.x or 1.x
+# What checkpoints of the release, of TSM-era code and of this project legitimately hold beyond
+# tensors and plain Python values: numpy scalars (e.g. a best_prec1 computed with numpy, pickled
+# by numpy 1.x as numpy.core.* and by numpy 2.x as numpy._core.*) with their dtypes, and
+# argparse.Namespace (run arguments). The release's own files (floats only) need none of them.
+SAFE_GLOBALS = [
+    argparse.Namespace, np.dtype,
+    (_NUMPY_SCALAR, 'numpy.core.multiarray.scalar'),
+    (_NUMPY_SCALAR, 'numpy._core.multiarray.scalar'),
+] + [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64,
+                                  np.bool_)]
 IMAGENET_URL = 'https://download.pytorch.org/models/{}'
 
 logger = logging.getLogger('masnet.model')
@@ -51,22 +72,46 @@ def save_checkpoint(state, path):
         torch.save(state, f)
 
 
-def read_checkpoint(path, map_location='cpu'):
+def _refused_global(exc):
+    """The global a weights-only unpickling refused (e.g. 'posix.system'), from its message."""
+    found = re.search(r'GLOBAL (\S+)', str(exc))
+    if found:  # builtins are named bare ('exec')
+        return found.group(1) if '.' in found.group(1) else 'builtins.' + found.group(1)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _load_weights_only(path, map_location, trust):
+    """torch.load of `path` with only SAFE_GLOBALS allowed; with `trust`, a file needing more is
+    unpickled in full (its code runs) after a warning."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _refused_global(exc)
+        if not trust:
+            raise CheckpointError(
+                f"checkpoint '{path}' needs '{refused}' to unpickle, which could run code from "
+                f"the file: refused; pass {TRUST_FLAG} only for files you trust") from None
+    logger.warning(f"{TRUST_FLAG}: unpickling '{path}' in full (it needs '{refused}'): code in "
+                   f"the file runs")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def read_checkpoint(path, map_location='cpu', trust=False):
     """Read a checkpoint file into a dict that always has a ``state_dict`` entry.
 
     Accepts the release layout (dict with ``state_dict``), a bare state dict, and
     torchvision-style weight files. Raises CheckpointError for a missing, truncated or
-    non-PyTorch file.
+    non-PyTorch file, and for one needing globals beyond SAFE_GLOBALS unless `trust`
+    (``--trust_checkpoint``).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        try:
-            data = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:
-            # Older checkpoints may pickle numpy scalars or argparse objects; they are the
-            # user's own (or the authors' released) files, so fall back to full unpickling.
-            data = torch.load(path, map_location=map_location, weights_only=False)
+        data = _load_weights_only(path, map_location, trust)
+    except CheckpointError:
+        raise
     except Exception as exc:  # truncated zip, wrong format, ...
         raise CheckpointError(
             f"checkpoint '{path}' cannot be read (truncated or not a PyTorch file): "
@@ -83,13 +128,16 @@ def read_checkpoint(path, map_location='cpu'):
 
 
 def non_finite_entries(state):
-    """Names of the floating-point tensors holding NaN or inf in a (nested) state dict, e.g. a
-    model's or an optimizer's."""
+    """Names of the floating-point tensors (and floats) holding NaN or inf in a (nested) state
+    dict, e.g. a model's, an optimizer's or a GradScaler's."""
     bad = []
 
     def visit(value, name):
         if torch.is_tensor(value):
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(name)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
                 bad.append(name)
         elif isinstance(value, dict):
             for key, item in value.items():
@@ -201,13 +249,16 @@ def checkpoint_categories(checkpoint, path, given=None, given_by='the given clas
                           f"checkpoint's names")
 
 
-def check_finite(checkpoint, path):
-    """Refuse a checkpoint holding NaN / inf weights (from a diverged run)."""
-    bad = non_finite_entries(checkpoint['state_dict'])
+def check_finite(checkpoint, path, keys=('state_dict',), source=None):
+    """Refuse a checkpoint holding NaN / inf in its weights and buffers (or in the other `keys`,
+    e.g. 'optimizer' and 'scaler' for --resume): it comes from a diverged run or is damaged.
+    source: how the file is named in the error (default: checkpoint 'PATH')."""
+    bad = non_finite_entries({key: checkpoint[key] for key in keys
+                              if checkpoint.get(key) is not None})
     if bad:
-        raise CheckpointError(f"checkpoint '{path}' holds {len(bad)} non-finite tensor(s) "
-                              f"[{_summarise(bad)}]: it comes from a diverged run; resume from "
-                              f"an earlier checkpoint or start afresh with another --store_name")
+        raise CheckpointError(f"{source or f'checkpoint {path!r}'} holds {len(bad)} non-finite "
+                              f"value(s) [{_summarise(bad)}]: it comes from a diverged run or is "
+                              f"damaged; use an earlier checkpoint")
 
 
 def strip_wrapper_prefix(state_dict):
@@ -273,9 +324,11 @@ def load_state_dict_checked(model, state_dict, source='checkpoint', skip_prefixe
     return loaded
 
 
-def load_model_weights(model, path, skip_prefixes=(), map_location='cpu'):
-    """Read `path` and load its weights into `model` strictly; returns the checkpoint dict."""
-    checkpoint = read_checkpoint(path, map_location=map_location)
+def load_model_weights(model, path, skip_prefixes=(), map_location='cpu', trust=False):
+    """Read `path` (see read_checkpoint for `trust`), refuse non-finite weights and load them
+    into `model` strictly; returns the checkpoint dict."""
+    checkpoint = read_checkpoint(path, map_location=map_location, trust=trust)
+    check_finite(checkpoint, path)
     load_state_dict_checked(model, checkpoint['state_dict'], source=f"checkpoint '{path}'",
                             skip_prefixes=skip_prefixes)
     return checkpoint
@@ -294,12 +347,13 @@ def imagenet_weight_path(arch):
     return os.path.join(torch.hub.get_dir(), 'checkpoints', IMAGENET_WEIGHT_FILES[arch])
 
 
-def load_pretrained_backbone(backbone, arch, pretrain):
+def load_pretrained_backbone(backbone, arch, pretrain, trust=False):
     """Initialise `backbone` (a ResNet of `arch`) non-strictly from pretrained weights.
 
     pretrain: 'imagenet' (torchvision's file in the torch hub cache; never downloaded),
     'none' / '' / None, or the path of a weight file (torchvision layout or a TemporalModel
-    checkpoint, whose new_fc is ignored). Returns the names of the tensors loaded.
+    checkpoint, whose new_fc is ignored); `trust` as in read_checkpoint. Returns the names of
+    the tensors loaded.
     """
     if pretrain in (None, '', 'none'):
         return []
@@ -315,7 +369,9 @@ def load_pretrained_backbone(backbone, arch, pretrain):
                 f"fetch {url} to that path, or pass --pretrain none or --pretrain PATH")
     else:
         path = pretrain
-    state_dict = read_checkpoint(path)['state_dict']
+    checkpoint = read_checkpoint(path, trust=trust)
+    check_finite(checkpoint, path, source=f"--pretrain weights '{path}'")
+    state_dict = checkpoint['state_dict']
     state_dict = {k[len('base_model.'):] if k.startswith('base_model.') else k: v
                   for k, v in state_dict.items()
                   if not k.startswith(('new_fc.', 'fc.', 'base_model.fc.'))}

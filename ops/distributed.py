@@ -2,16 +2,22 @@
 
 Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) every process owns
 one device (GPU ``LOCAL_RANK`` with nccl, or the CPU with gloo); otherwise one process uses
-the CPU, one GPU, or several through DataParallel.
+the CPU, one GPU, or several through DataParallel. A failed torchrun run is one line, from
+rank 0 (one_line_failures).
 """
+import contextlib
 import os
 import sys
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from ops.errors import UserError
 
 RELEASE_NUM_GPUS = 4
 
@@ -22,6 +28,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     gpu_ids: tuple = ()  # DataParallel devices (single process)
+    store: object = None  # the process group's key-value store (torchrun)
+    timeout: float = 1800.0  # seconds a collective waits (torchrun)
 
     @property
     def distributed(self):
@@ -32,8 +40,9 @@ class Runtime:
         return self.rank == 0
 
 
-def setup_runtime(gpus=None):
-    """Pick the device(s) and, under torchrun, join the process group."""
+def setup_runtime(gpus=None, timeout=1800):
+    """Pick the device(s) and, under torchrun, join the process group, whose collectives give
+    up after `timeout` seconds (a process that stopped responding)."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     if world_size > 1:
         rank = int(os.environ['RANK'])
@@ -46,8 +55,10 @@ def setup_runtime(gpus=None):
             device = torch.device('cpu')
             backend = 'gloo'
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend)
-        return Runtime(device, rank, world_size)
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
+        # kept to report a failure after the process group is gone (one_line_failures)
+        store = dist.distributed_c10d._get_default_store()
+        return Runtime(device, rank, world_size, store=store, timeout=timeout)
     if not torch.cuda.is_available():
         if gpus:
             print(f'warning: --gpus {" ".join(map(str, gpus))} given but no CUDA device is '
@@ -118,6 +129,77 @@ def cleanup(runtime):
         dist.destroy_process_group()
 
 
+class PeerFailed(UserError):
+    """Another process of a torchrun run failed or stopped responding."""
+
+
+ERROR_KEY = 'masnet/error'
+# what gloo and nccl errors of a collective whose peer died or hung say
+COLLECTIVE_FAILURES = ('Connection closed by peer', 'Connection reset by peer', 'timed out',
+                       'Timed out', 'Broken pipe', 'NCCL', 'gloo')
+
+
+def _one_line(message):
+    """The last line of an error re-raised from a DataLoader worker, else the message."""
+    message = str(message).strip()
+    if 'Original Traceback' in message:
+        message = message.splitlines()[-1].split(': ', 1)[-1]
+    return message
+
+
+def _is_collective_failure(exc):
+    return isinstance(exc, getattr(dist, 'DistError', ())) or (
+        isinstance(exc, RuntimeError) and any(s in str(exc) for s in COLLECTIVE_FAILURES))
+
+
+def _posted_error(store, wait=5.0):
+    """The error message a peer posted in `store` within `wait` seconds (None: none)."""
+    deadline = time.time() + wait
+    with contextlib.suppress(Exception):
+        while not store.check([ERROR_KEY]):
+            if time.time() > deadline:
+                return None
+            time.sleep(0.1)
+        return store.get(ERROR_KEY).decode()
+    return None
+
+
+@contextlib.contextmanager
+def one_line_failures(runtime):
+    """Under torchrun, a failed run is one line, printed by rank 0, naming its root cause.
+
+    A process whose run fails with a UserError (a data error, say) posts its message in the
+    process group's store; then it raises it on rank 0 and exits quietly (status 2) on the
+    others. A process whose collective fails (a peer died or hung past --dist_timeout) exits
+    quietly on ranks > 0; rank 0 raises PeerFailed with the message a peer posted, or, when
+    none did within 5 seconds, the collective's error and --dist_timeout. Other errors (bugs)
+    keep their traceback.
+    """
+    if not runtime.distributed:
+        yield
+        return
+    try:
+        yield
+    except UserError as exc:
+        with contextlib.suppress(Exception):
+            runtime.store.set(ERROR_KEY, f'rank {runtime.rank}: {_one_line(exc)}')
+        if runtime.is_main:
+            raise
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if not _is_collective_failure(exc):
+            raise
+        if not runtime.is_main:
+            raise SystemExit(2) from None
+        posted = _posted_error(runtime.store)
+        if posted:
+            raise PeerFailed(posted) from None
+        cause = _one_line(exc).splitlines()[0][:200]
+        raise PeerFailed(f'rank 0: a collective operation failed ({cause}): another process '
+                         f'died or stopped responding for {runtime.timeout:g} s '
+                         f'(--dist_timeout); see its output') from None
+
+
 def gather_shards(array, runtime):
     """Undo a ShardSampler split: the per-process arrays of items r, r + W, ... interleaved
     back into dataset order on every process (the array itself in a single process)."""
@@ -146,3 +228,4 @@ class ShardSampler(Sampler):
 
     def __len__(self):
         return len(self.indices)
+

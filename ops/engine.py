@@ -7,7 +7,7 @@ import torch
 
 from ops.distributed import all_reduce_sum
 from ops.errors import UserError
-from ops.utils import AverageMeter, accuracy, progress
+from ops.utils import AverageMeter, accuracy, progress, restore_rng_state
 
 logger = logging.getLogger('masnet')
 
@@ -18,21 +18,40 @@ class TrainingDiverged(UserError):
 
 def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, runtime, lr: float,
                     amp: bool = False, clip_gradient: float = 0.0,
-                    print_freq: int = 20) -> Tuple[float, float, float]:
+                    print_freq: int = 20, progress_state=None,
+                    after_iteration=None) -> Tuple[float, float, float]:
     """Train for one epoch; returns (loss, top1, top5) averaged over all processes.
 
     amp: autocast the forward pass; clip_gradient: clip the global gradient norm to it (0: off);
     print_freq: log a line every that many iterations; lr: the epoch's lr, for the log lines.
+    progress_state: the 'progress' entry of a mid-epoch checkpoint, to finish its epoch: the
+    loader already skips its `iteration` batches (ops.preemption.ResumableSampler), the RNGs
+    continue from its states and rank 0's meters from its (all-process) sums.
+    after_iteration: called as after_iteration(done, sums) after every iteration, with the
+    iterations done in this epoch and this process's meter sums (meter_sums); it may write a
+    checkpoint and end the run (ops.preemption.Preempted).
     """
     batch_time, data_time = AverageMeter(), AverageMeter()
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.train()
     device = runtime.device
+    # iter() draws the workers' base seed from torch's RNG: before the RNG states are restored
+    batches = iter(loader)
+    first = 0
+    if progress_state is not None:
+        first = progress_state['iteration']
+        restore_rng_state(progress_state['rng'], device)
+        if runtime.is_main:
+            loss_sum, count, top1_sum, top5_sum = progress_state['meters']
+            losses.sum, losses.count, top1.sum, top5.sum = loss_sum, count, top1_sum, top5_sum
+            top1.count = top5.count = count
+    total = first + len(loader)
     end = time.time()
-    bar = progress(loader, enabled=runtime.is_main, desc=f'train {epoch}', leave=False)
+    bar = progress(batches, enabled=runtime.is_main, desc=f'train {epoch}', leave=False,
+                   total=total, initial=first)
     # one report of the running loss / top-1: the bar on a terminal, the print-freq lines in
     # a log file (and on the console when there is no bar)
-    for i, (clips, labels) in enumerate(bar):
+    for i, (clips, labels) in enumerate(bar, start=first):
         data_time.update(time.time() - end)
         clips = clips.to(device, non_blocking=True)  # (N, T*3, H, W)
         labels = labels.to(device, non_blocking=True)
@@ -61,14 +80,22 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
         end = time.time()
         bar.set_postfix(loss=f'{losses.avg:.3f}', top1=f'{top1.avg:.1f}')
         if i % print_freq == 0:
-            logger.info(f'Epoch: [{epoch}][{i}/{len(loader)}], lr: {lr:.5f}\t'
+            logger.info(f'Epoch: [{epoch}][{i}/{total}], lr: {lr:.5f}\t'
                         f'Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t'
                         f'Data {data_time.val:.3f} ({data_time.avg:.3f})\t'
                         f'Loss {losses.val:.4f} ({losses.avg:.4f})\t'
                         f'Prec@1 {top1.val:.3f} ({top1.avg:.3f})\t'
                         f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})',
                         extra={'console': bar.disable})
+        if after_iteration is not None:
+            after_iteration(i + 1, meter_sums(losses, top1, top5))
     return _reduce_meters(losses, top1, top5, runtime)
+
+
+def meter_sums(losses, top1, top5):
+    """[loss sum, clip count, top-1 sum, top-5 sum]: what a mid-epoch checkpoint keeps of an
+    epoch's meters (summed over the processes)."""
+    return [losses.sum, losses.count, top1.sum, top5.sum]
 
 
 @torch.no_grad()

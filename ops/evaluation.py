@@ -37,6 +37,44 @@ class ScoreFileError(UserError):
     """Score files that cannot be read or do not describe the same videos."""
 
 
+class NonFiniteScoresError(UserError):
+    """Scores with NaN / inf: finite weights whose logits overflow on these inputs."""
+
+
+def check_finite_scores(scores, source, video_ids=None):
+    """Refuse class scores (N, C) holding NaN or inf, naming `source` (e.g. the checkpoint) and
+    the first such videos, so that no accuracy, ranking or score file is made of them."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(scores)).all(axis=-1))
+    if bad.size:
+        named = ('' if video_ids is None
+                 else f" (first: {', '.join(str(video_ids[i]) for i in bad[:3])})")
+        raise NonFiniteScoresError(f"{source}: non-finite scores for {bad.size} of "
+                                   f"{len(scores)} video(s){named}: the model's outputs overflow "
+                                   f"on this input; nothing reported or written")
+
+
+def memory_bytes(device):
+    """Bytes of the machine's memory, or the smaller GPU memory when `device` is CUDA."""
+    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if device.type == 'cuda':
+        total = min(total, torch.cuda.mem_get_info(device)[1])
+    return total
+
+
+def check_view_memory(batch_size, crops, clips, segments, crop_size, device):
+    """Refuse, before anything is decoded, test views whose one input batch (batch x crops x
+    clips x T frames of 3 x crop x crop float32 values) exceeds the memory of the machine
+    (of the GPU on CUDA)."""
+    needed = batch_size * crops * clips * segments * 3 * crop_size ** 2 * 4
+    available = memory_bytes(device)
+    if needed > available:
+        raise UserError(f'one batch of --batch_size {batch_size} x {crops} crop(s) x {clips} '
+                        f'clip(s) x {segments} frames of {crop_size}px needs '
+                        f'{needed / 2 ** 30:.4g} GiB, more than the {available / 2 ** 30:.4g} GiB '
+                        f'of {device.type} memory: lower --dense_sample_num, --test_crops or '
+                        f'--batch_size')
+
+
 def score_filename(dataset: str, temporal_type: str, arch: str, segments: int, crops: int,
                    clips: int, size: int) -> str:
     return f'{dataset}_{temporal_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px.npz'

@@ -20,6 +20,7 @@ entry as JSON text, in the ONNX ``metadata_props`` and in the TorchScript extra 
 reference preprocessing, numpy only (a deployment can copy it): all frames of a video ->
 the ``frames`` input predict.py gives the model (one clip, center crop).
 """
+import io
 import json
 import logging
 import warnings
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from ops.errors import UserError
+from ops.utils import atomic_write
 
 logger = logging.getLogger('masnet')
 
@@ -82,17 +84,19 @@ def export_onnx(model, path: str, example: torch.Tensor,
     import onnx
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the legacy exporter's deprecation / tracer notes
-        torch.onnx.export(model, (example,), path, dynamo=False, opset_version=ONNX_OPSET,
+        graph = io.BytesIO()
+        torch.onnx.export(model, (example,), graph, dynamo=False, opset_version=ONNX_OPSET,
                           input_names=['frames'], output_names=['scores'],
                           dynamic_axes={'frames': {0: 'batch'}, 'scores': {0: 'batch'}})
-    proto = onnx.load(path)
+    proto = onnx.load_from_string(graph.getvalue())
     for values, axes in ((proto.graph.input, INPUT_AXES), (proto.graph.output, OUTPUT_AXES)):
         for dim, axis in zip(values[0].type.tensor_type.shape.dim, axes):
             dim.denotation = axis
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(proto, path)
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
 
 
 def export_torchscript(model, path: str, example: torch.Tensor,
@@ -102,7 +106,8 @@ def export_torchscript(model, path: str, example: torch.Tensor,
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         traced = torch.jit.trace(model, example, check_trace=False)
-    traced.save(path, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata or {})})
+    with atomic_write(path) as f:
+        torch.jit.save(traced, f, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata or {})})
 
 
 def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:

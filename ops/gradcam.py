@@ -10,11 +10,13 @@ import torch.nn.functional as F
 
 from ops.dataset import DataError, TSNDataSet, VideoRecord, parse_list_file
 from ops.errors import FlagError
+from ops.evaluation import check_finite_scores
 from ops.video_readers import count_frames
 from ops.dataset_config import get_dataset_config
 from ops.distributed import setup_runtime
 from ops.models import load_classifier
 from ops.transforms import build_transform
+from ops.utils import atomic_write, prepare_output
 
 logger = logging.getLogger('masnet')
 
@@ -93,9 +95,8 @@ def save_cam_figure(path, frames, cams, title):
             axes[row, t].axis('off')
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=120, format=os.path.splitext(path)[1][1:] or 'png')
     plt.close(fig)
 
 
@@ -122,6 +123,7 @@ def find_video(video, cfg, label=None):
 def explain(args):
     """Grad-CAM figure of one video as CAM.py's flags say; returns (cams, probabilities, class)."""
     runtime = setup_runtime(args.gpus)
+    prepare_output(args.output, '--output')
     if not os.path.isfile(args.weights) and args.weights == DEMO_CHECKPOINT:
         raise DataError(f"no checkpoint at '{DEMO_CHECKPOINT}': run `make demo` first or pass --weights")
     # class names: the checkpoint's, checked against --dataset's (needed when it records none)
@@ -129,7 +131,7 @@ def explain(args):
     model, names, checkpoint = load_classifier(
         args.weights, cfg.categories if cfg else None, f'--dataset {args.dataset}',
         '--dataset NAME', num_segments=args.num_segments, base_model=args.type, arch=args.arch,
-        input_size=args.input_size)
+        input_size=args.input_size, trust=args.trust_checkpoint)
     model = model.to(runtime.device).eval()
     if args.target_class is not None and args.target_class >= model.num_class:
         raise FlagError(f'--target_class {args.target_class}: the model has {model.num_class} '
@@ -150,6 +152,7 @@ def explain(args):
     clip, label = dataset[0]
     clip = clip.unsqueeze(0).to(runtime.device)  # (1, T*3, H, W)
     cams, probabilities, target = grad_cam(model, clip, args.target_class)
+    check_finite_scores(probabilities[None], args.weights, [record.path])
 
     predicted = int(probabilities.argmax())
     truth = names[label] if 0 <= label < model.num_class else 'unknown'

@@ -11,19 +11,20 @@ import os
 from torch.utils.data import DataLoader, Subset
 
 from ops.analysis import write_error_analysis
-from ops.checkpoint import read_checkpoint
+from ops.checkpoint import checkpoint_categories, read_checkpoint
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, cleanup, compile_model, gather_shards, setup_runtime,
                              to_channels_last, wrap_model)
 from ops.errors import FlagError
-from ops.evaluation import (check_score_file_free, describe_labels, ensemble, evaluate_models,
-                            lock_score_file, save_scores, score_filename, softmax, summarize)
+from ops.evaluation import (check_finite_scores, check_score_file_free, check_view_memory,
+                            describe_labels, ensemble, evaluate_models, lock_score_file,
+                            save_scores, score_filename, softmax, summarize)
 from ops.experiment import dataset_tag, setup_logging
 from ops.models import model_from_checkpoint
 from ops.recognizer import ranked_prediction, write_submission
 from ops.transforms import build_transform
-from ops.utils import atomic_write
+from ops.utils import atomic_write, prepare_output
 
 logger = logging.getLogger('masnet')
 
@@ -77,6 +78,8 @@ def evaluate_checkpoints(args):
 
 
 def _evaluate(args, runtime):
+    if args.csv_file:
+        prepare_output(args.csv_file, '--csv_file')
     cfg = get_dataset_config(args.dataset, args.dataset_path)
     weights = [w for w in args.weights.split(',') if w]
     segments = split_per_model(args.test_segments, int, len(weights), '--test_segments')
@@ -91,9 +94,14 @@ def _evaluate(args, runtime):
 
     models, loaders, names, settings = [], [], [], []
     for k, path in enumerate(weights):
-        model = model_from_checkpoint(read_checkpoint(path), path, cfg.num_class, segments[k],
+        checkpoint = read_checkpoint(path, trust=args.trust_checkpoint)
+        # the dataset's class names must be those the checkpoint was trained on (if it says)
+        checkpoint_categories(checkpoint, path, cfg.categories, f'--dataset {args.dataset}')
+        model = model_from_checkpoint(checkpoint, path, cfg.num_class, segments[k],
                                       args.type, args.arch, args.input_size, args.full_res)
         num_segments = segments[k] = model.num_segments
+        check_view_memory(args.batch_size, args.test_crops, num_clips, num_segments,
+                          model.crop_size, runtime.device)
         transform = build_transform('test', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std, num_crops=args.test_crops)
         dataset = TSNDataSet(cfg.root_path, list_file, num_segments, cfg.image_tmpl, transform,
@@ -144,6 +152,8 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
     base_set = loaders[0].dataset
     records = base_set.dataset.video_list if isinstance(base_set, Subset) else base_set.video_list
     video_ids = [r.path for r in records[:len(labels)]]
+    for path, model_scores in zip(weights, scores):
+        check_finite_scores(model_scores, path, video_ids)
     note = describe_labels(labels)
     if note:
         logger.info(note)

@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from archs import ARCHS
-from ops.checkpoint import (CheckpointError, check_trained_settings, checkpoint_categories,
-                            load_pretrained_backbone, load_state_dict_checked, read_checkpoint,
-                            trained_settings)
+from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
+                            checkpoint_categories, load_pretrained_backbone,
+                            load_state_dict_checked, read_checkpoint, trained_settings)
 from ops.optim import optim_policies
 from ops.temporal import TEMPORAL_TYPES, build_backbone
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -45,6 +45,7 @@ class TemporalModel(nn.Module):
             'none', or the path of a weight file.
         input_size: side of the square network input (224 in the paper).
         full_res: evaluate on larger crops (input_size * 256/224) as in 3-crop testing.
+        trust_checkpoint: unpickle a ``pretrain`` file in full (``--trust_checkpoint``).
 
     Input ``(N, T*3, H, W)``, output ``(N, num_class)``.
     """
@@ -52,7 +53,7 @@ class TemporalModel(nn.Module):
     def __init__(self, num_class: int, num_segments: int, base_model: str = 'MASNet',
                  backbone: str = 'resnet50', dropout: float = 0.5, consensus_type: str = 'avg',
                  partial_bn: bool = False, pretrain: Optional[str] = 'imagenet',
-                 input_size: int = 224, full_res: bool = False):
+                 input_size: int = 224, full_res: bool = False, trust_checkpoint: bool = False):
         super().__init__()
         if base_model not in TEMPORAL_TYPES:
             raise ValueError(f"unknown model type '{base_model}' "
@@ -72,7 +73,7 @@ class TemporalModel(nn.Module):
         self.initialised_norms = set()  # names of BatchNorms in base_model set by weight files
 
         self.base_model = build_backbone(backbone, base_model, num_segments)
-        loaded = load_pretrained_backbone(self.base_model, backbone, pretrain)
+        loaded = load_pretrained_backbone(self.base_model, backbone, pretrain, trust_checkpoint)
         self.num_pretrained_tensors = len(loaded)
         self.init_norms_from(loaded)
         feature_dim = self.base_model.fc.in_features
@@ -161,6 +162,7 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: Optional[int] 
     if fc_weight.shape[0] != num_class:
         raise CheckpointError(f"checkpoint '{path}' has {fc_weight.shape[0]} classes, "
                               f"the dataset has {num_class}")
+    check_finite(checkpoint, path)
     trained = trained_settings(checkpoint)
     trained_segments = trained['num_segments']
     check_trained_settings(checkpoint, path, num_segments=num_segments, type=base_model,
@@ -183,16 +185,16 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: Optional[int] 
 
 def load_classifier(path: str, categories: Optional[Sequence[str]] = None,
                     given_by: str = 'the given class names',
-                    required: str = '--categories FILE or --dataset NAME',
+                    required: str = '--categories FILE or --dataset NAME', trust: bool = False,
                     **settings) -> Tuple[TemporalModel, List[str], Dict]:
     """The model of a checkpoint file, its class names and the checkpoint dict.
 
     The names are the checkpoint's; `categories` (from the user, described by `given_by`) must
     equal them, and are required (`required` says how to pass them) when the checkpoint records
-    none. settings: num_segments, base_model, arch, input_size, full_res of
-    ``model_from_checkpoint`` (None: the checkpoint's).
+    none. trust: unpickle the file in full (--trust_checkpoint). settings: num_segments,
+    base_model, arch, input_size, full_res of ``model_from_checkpoint`` (None: the checkpoint's).
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trust=trust)
     names = checkpoint_categories(checkpoint, path, categories, given_by, required)
     model = model_from_checkpoint(checkpoint, path, len(names), **settings)
     return model, names, checkpoint

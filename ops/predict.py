@@ -10,12 +10,16 @@ from ops.distributed import compile_model, to_channels_last
 from ops.recognizer import (Prediction, Recognizer, collect_inputs, write_csv, write_json,
                             write_submission)
 from ops.stream import sliding_window
+from ops.utils import prepare_output
 
 logger = logging.getLogger('masnet')
 
 
 def run_prediction(args) -> List[Prediction]:
     """predict.py: load the recognizer, predict the input (or its windows), write the outputs."""
+    for flag in ('json', 'csv', 'submission', 'annotate'):
+        if getattr(args, flag):
+            prepare_output(getattr(args, flag), '--' + flag)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     # class names: the checkpoint's; --categories / --dataset are checked against them, and
     # needed for checkpoints that record none
@@ -29,6 +33,7 @@ def run_prediction(args) -> List[Prediction]:
     recognizer = Recognizer.from_checkpoint(
         args.weights, categories, args.test_segments, args.type, args.arch, args.input_size,
         args.full_res, device, given_by=given_by, required='--categories FILE or --dataset NAME',
+        trust_checkpoint=args.trust_checkpoint,
         test_crops=args.test_crops, twice_sample=args.twice_sample,
         dense_sample=args.dense_sample, dense_sample_num=args.dense_sample_num,
         use_softmax=args.softmax, image_tmpl=image_tmpl or '{:05d}.jpg')

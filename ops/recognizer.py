@@ -28,7 +28,7 @@ from ops.dataset import (UNKNOWN_LABEL, VIDEO_EXTENSIONS, DataError, TSNDataSet,
                          check_labels, fill_frame_counts, missing_videos, parse_list_file)
 from ops.video_readers import count_frames
 from ops.dataset_config import read_categories
-from ops.evaluation import evaluate_models, softmax
+from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models, softmax
 from ops.models import load_classifier
 from ops.transforms import build_transform
 from ops.utils import atomic_write
@@ -217,19 +217,21 @@ class Recognizer:
                         arch: Optional[str] = None, input_size: Optional[int] = None,
                         full_res: bool = False, device=None, given_by: Optional[str] = None,
                         required: str = 'categories= (a category file or a list of names)',
-                        **views) -> 'Recognizer':
+                        trust_checkpoint: bool = False, **views) -> 'Recognizer':
         """Load a checkpoint as test.py does, with the class names it records.
 
         categories: a category file or a name list; required for checkpoints that record no
         names, else checked against theirs (a mismatch is a CheckpointError). given_by /
-        required: how the caller's user gives the names, for the messages.
+        required: how the caller's user gives the names, for the messages. trust_checkpoint:
+        unpickle the file in full (``--trust_checkpoint``, only for files you trust).
         """
         if isinstance(categories, str):
             given_by = given_by or f"category file '{categories}'"
             categories = read_categories(categories)
         model, names, _ = load_classifier(
             path, categories, given_by or 'categories=', required, num_segments=num_segments,
-            base_model=temporal_type, arch=arch, input_size=input_size, full_res=full_res)
+            base_model=temporal_type, arch=arch, input_size=input_size, full_res=full_res,
+            trust=trust_checkpoint)
         return cls(model, names, device, **views)
 
     @property
@@ -264,11 +266,14 @@ class Recognizer:
     def scores_of_records(self, root: str, records: List[VideoRecord], batch_size: int = 1,
                           workers: int = 0) -> np.ndarray:
         """View-averaged scores (N, num_class) of `records`, with a progress bar."""
+        check_view_memory(batch_size, self.test_crops, self.num_clips, self.num_segments,
+                          self.model.crop_size, self.device)
         loader = DataLoader(self.dataset(root, records), batch_size=batch_size, shuffle=False,
                             num_workers=min(workers, len(records)),
                             pin_memory=self.device.type == 'cuda')
         scores, _ = evaluate_models([self.model], [loader], [self.num_segments], self.device,
                                     use_softmax=self.use_softmax)
+        check_finite_scores(scores[0], 'the model', [r.path for r in records])
         return scores[0]
 
     def clip_scores(self, frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -279,7 +284,9 @@ class Recognizer:
             scores = self.model(clip).float()  # (V*clips, C)
         if self.use_softmax:
             scores = scores.softmax(dim=1)
-        return scores.mean(dim=0).cpu().numpy()
+        scores = scores.mean(dim=0).cpu().numpy()
+        check_finite_scores(scores[None], 'the model')
+        return scores
 
     def predict_frames(self, frames: Sequence[np.ndarray], topk: int = 5,
                        video: str = 'frames', **extra) -> Prediction:

@@ -12,22 +12,23 @@ import math
 import os
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
                             load_state_dict_checked, model_description, non_finite_entries,
                             read_checkpoint, save_checkpoint, training_checkpoint)
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.distributed import (ShardSampler, all_reduce_sum, cleanup, compile_model, setup_runtime,
-                             to_channels_last, wrap_model)
+from ops.distributed import (ShardSampler, all_reduce_sum, barrier, cleanup, compile_model,
+                             one_line_failures, setup_runtime, to_channels_last, wrap_model)
 from ops.engine import TrainingDiverged, train_one_epoch, validate
 from ops.experiment import (RunLockedError, default_store_name, lock_run_folder, run_folder,
                             save_args, setup_logging)
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.models import TemporalModel
+from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
 from ops.transforms import build_transform
-from ops.utils import remove_stale_temp_files, set_seed
+from ops.utils import remove_stale_temp_files, rng_state, set_seed
 
 logger = logging.getLogger('masnet')
 
@@ -46,11 +47,13 @@ FLAG_SPELLING = {'batch_size': '--batch-size', 'clip_gradient': '--clip-gradient
 
 def build_loaders(cfg, model, args, runtime, train_records, val_records):
     """Train loader (shuffled per epoch through a seeded sampler) and sharded val loader."""
-    train_set = TSNDataSet(cfg.root_path, cfg.train_list, args.num_segments, cfg.image_tmpl,
-                           model.get_augmentation(flip=cfg.flip, mirror_map=cfg.mirror_map),
-                           random_shift=True, dense_sample=args.dense_sample,
-                           video_list=train_records,
-                           video_backend=args.video_backend)
+    train_set = SeededItems(TSNDataSet(cfg.root_path, cfg.train_list, args.num_segments,
+                                       cfg.image_tmpl,
+                                       model.get_augmentation(flip=cfg.flip,
+                                                              mirror_map=cfg.mirror_map),
+                                       random_shift=True, dense_sample=args.dense_sample,
+                                       video_list=train_records,
+                                       video_backend=args.video_backend), args.seed)
     val_transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std)
     val_set = TSNDataSet(cfg.root_path, cfg.val_list, args.num_segments, cfg.image_tmpl,
@@ -58,8 +61,8 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
                          video_list=val_records,
                          video_backend=args.video_backend)
     batch_size = max(args.batch_size // runtime.world_size, 1)
-    train_sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
-                                       shuffle=True, seed=args.seed)
+    train_sampler = ResumableSampler(train_set, num_replicas=runtime.world_size,
+                                     rank=runtime.rank, shuffle=True, seed=args.seed)
     pin = runtime.device.type == 'cuda'
     # the release drops the last partial batch (floor(N / B) iterations); a list smaller than
     # one batch, where it would train on nothing, keeps its one partial batch here
@@ -80,7 +83,7 @@ def build_model(args, num_class):
     """The TemporalModel main.py trains for `args` (before any --resume / --tune_from)."""
     return TemporalModel(num_class, args.num_segments, args.type, args.arch,
                          dropout=args.dropout, partial_bn=args.partialbn, pretrain=args.pretrain,
-                         input_size=args.input_size)
+                         input_size=args.input_size, trust_checkpoint=args.trust_checkpoint)
 
 
 def add_scalars(writer, epoch, values):
@@ -140,11 +143,11 @@ def find_resume(args, latest):
                               f"pass --resume FILE")
     if not resume:
         return None, None
-    checkpoint = read_checkpoint(resume)
+    checkpoint = read_checkpoint(resume, trust=args.trust_checkpoint)
     check_resume_flags(checkpoint, resume, args)
     check_trained_settings(checkpoint, resume, num_segments=args.num_segments, arch=args.arch,
                            type=args.type, input_size=args.input_size)
-    check_finite(checkpoint, resume)
+    check_finite(checkpoint, resume, keys=('state_dict', 'optimizer', 'scaler'))
     return resume, checkpoint
 
 
@@ -222,7 +225,7 @@ def check_diverged(model, optimizer, val_loss, epoch, latest):
 
 def train(args):
     """Train (or with --evaluate only validate) as the flags say; returns the best val top-1."""
-    runtime = setup_runtime(args.gpus)
+    runtime = setup_runtime(args.gpus, args.dist_timeout)
     set_seed(args.seed)
     if not args.store_name:
         args.store_name = default_store_name(args)
@@ -241,8 +244,9 @@ def train(args):
 
     locks = lock_run(args, runtime)
     try:
-        return _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoint,
-                           log_dir, ckpt_dir, latest, best_path)
+        with one_line_failures(runtime):
+            return _run_locked(args, runtime, cfg, train_records, val_records, resume,
+                               checkpoint, log_dir, ckpt_dir, latest, best_path)
     finally:
         for handle in locks:
             handle.close()
@@ -268,7 +272,7 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
                                 weight_decay=args.weight_decay)
     use_scaler = args.amp and runtime.device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
-    start_epoch, best_prec1 = args.start_epoch, 0.0
+    start_epoch, best_prec1, progress_state = args.start_epoch, 0.0, None
     if resume:
         load_state_dict_checked(model, checkpoint['state_dict'], source=f"checkpoint '{resume}'")
         if 'optimizer' in checkpoint:
@@ -281,14 +285,22 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
         if runtime.is_main and not args.evaluate:
             best_prec1 = best_on_disk(best_path, checkpoint)
         best_prec1 = all_reduce_sum([best_prec1 if runtime.is_main else 0.0], runtime)[0]
-        logger.info(f"resumed '{resume}' at epoch {start_epoch} (best top-1 {best_prec1:.2f})")
+        progress_state = checkpoint.get('progress')
+        within = f" iteration {progress_state['iteration']}" if progress_state else ''
+        if progress_state and progress_state.get('world_size') != runtime.world_size:
+            logger.warning(f"'{resume}' was saved mid-epoch by {progress_state.get('world_size')} "
+                           f"process(es), not {runtime.world_size}: the rest of epoch "
+                           f"{start_epoch} gets as many batches as the interrupted run had left, "
+                           f"but other clips")
+        logger.info(f"resumed '{resume}' at epoch {start_epoch}{within} "
+                    f"(best top-1 {best_prec1:.2f})")
         _, recipe, grown = flag_differences(checkpoint.get('args') or {}, vars(args))
         for line in grown:
             logger.info(f'training longer: {line}')
         for line in recipe:
             logger.warning(f'--resume_changed: {line}')
     elif args.tune_from:
-        tune = read_checkpoint(args.tune_from)
+        tune = read_checkpoint(args.tune_from, trust=args.trust_checkpoint)
         check_finite(tune, args.tune_from)
         load_state_dict_checked(model, tune['state_dict'], source=f"checkpoint '{args.tune_from}'",
                                 skip_prefixes=('new_fc.',))
@@ -326,18 +338,49 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(log_dir), 'tensorboardX'))
         writer.flush()
+    stop = StopSignals(runtime)
+
+    def after_iteration(done, sums):
+        """Between iterations: a mid-epoch checkpoint on a stop signal (then the run ends) or
+        every --save_every_iters iterations."""
+        signame = stop.poll()
+        if not signame and not (args.save_every_iters and done % args.save_every_iters == 0):
+            return
+        totals = all_reduce_sum(sums, runtime)
+        if runtime.is_main:
+            # 'epoch' counts the complete epochs, as in every checkpoint; 'progress' says how
+            # far the next one went (model, optimizer and RNGs are those after `done` iterations)
+            state = training_checkpoint(
+                epoch, model, optimizer, vars(args), None, best_prec1,
+                scaler.state_dict() if use_scaler else None, description=description,
+                initialised_norms=sorted(model.initialised_norms),
+                progress={'iteration': done, 'meters': totals,
+                          'rng': rng_state(runtime.device), 'world_size': runtime.world_size})
+            save_checkpoint(state, latest)
+        barrier(runtime)  # the other processes end once the checkpoint is on disk
+        if signame:
+            logger.info(f'{signame} at epoch {epoch} iteration {done}: saved {latest}; '
+                        f'rerun the same command to resume')
+            raise Preempted()
+
     epoch = start_epoch
+    stop.install()
     try:
         for epoch in range(start_epoch, args.epochs):
             set_seed(args.seed + epoch)  # an epoch's randomness depends only on (seed, epoch)
-            train_sampler.set_epoch(epoch)
+            resuming = progress_state if epoch == start_epoch else None
+            train_sampler.set_epoch(
+                epoch, resuming['iteration'] * train_loader.batch_size if resuming else 0)
+            train_loader.dataset.set_epoch(epoch)
             lr = lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs,
                              args.warmup)
             apply_lr(optimizer, lr, args.weight_decay)
             loss, prec1, prec5 = train_one_epoch(net, train_loader, criterion, optimizer, scaler,
                                                  epoch, runtime, lr, amp=args.amp,
                                                  clip_gradient=args.clip_gradient,
-                                                 print_freq=args.print_freq)
+                                                 print_freq=args.print_freq,
+                                                 progress_state=resuming,
+                                                 after_iteration=after_iteration)
             logger.info(f'Epoch {epoch} train: Loss {loss:.4f} Prec@1 {prec1:.3f} '
                         f'Prec@5 {prec5:.3f} lr {lr:.6f}')
             add_scalars(writer, epoch, {'loss/train': loss, 'acc/train_top1': prec1,
@@ -366,11 +409,17 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
                     save_checkpoint(state, best_path)
                 save_checkpoint(state, latest)
                 writer.flush()
+            signame = stop.poll() if epoch + 1 < args.epochs else None
+            if signame:  # it came during validation or the checkpoint writes
+                logger.info(f'{signame} at the end of epoch {epoch}: saved {latest}; rerun the '
+                            f'same command to resume')
+                raise Preempted()
     except KeyboardInterrupt:
         logger.info(f'interrupted during epoch {epoch}; {latest} '
                     f'holds the last complete epoch: run the same command to resume')
         raise
     finally:
+        stop.uninstall()
         if writer:
             writer.close()
         cleanup(runtime)

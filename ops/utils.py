@@ -83,6 +83,24 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
+def rng_state(device):
+    """The python, numpy and torch (CPU, and `device` when it is a GPU) RNG states."""
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(),
+             'torch': torch.get_rng_state()}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, device):
+    """Undo rng_state: the RNGs continue as they were when it was taken."""
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if device.type == 'cuda' and state.get('cuda') is not None:
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
 TMP_PREFIX = '.tmp_'
 # errors of the file system rather than of the program: reported as one line naming the path
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
@@ -97,6 +115,22 @@ _write_counts = {}
 
 class FileWriteError(UserError, OSError):
     """A file that cannot be written (disk full, no permission, ...), with the path in the message."""
+
+
+def prepare_output(path, flag):
+    """Check, before any work, that the output file `path` of `flag` can be written: its missing
+    folders are created (as atomic_write does); a folder that cannot be created or written, or a
+    `path` that is a folder, is a FileWriteError naming the flag."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise FileWriteError(exc.errno, f"{flag} '{path}': cannot create its folder: "
+                                        f"{exc.strerror}") from None
+    if os.path.isdir(path):
+        raise FileWriteError(errno.EISDIR, f"{flag} '{path}' is a folder, not a file")
+    if not os.access(folder, os.W_OK):
+        raise FileWriteError(errno.EACCES, f"{flag} '{path}': its folder is not writable")
 
 
 def storage_error(exc, path):

@@ -15,10 +15,15 @@ Backends (``--video_backend``):
     auto    the first installed of AUTO_ORDER (the fastest on long videos, tools/bench_data.py).
 PyAV and decord are optional (requirements-video.txt); asking for one that is not installed is an
 error naming the package.
+
+A frame file counts as unreadable (None) when it is missing, empty, truncated, does not decode,
+or is a JPEG whose decoder reports corrupt data (libjpeg's 'Corrupt JPEG data' / 'Premature end
+of JPEG file' warnings, which OpenCV only prints); the dataset then uses the nearest good frame.
 """
 import abc
 import logging
 import os
+import sys
 from fractions import Fraction
 from typing import Dict, Iterable, Optional
 
@@ -67,8 +72,32 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+# libjpeg warnings that mean the decoded picture is (partly) garbage
+JPEG_CORRUPTION_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file')
+
+
+def _imdecode_with_warnings(data: np.ndarray):
+    """cv2.imdecode of `data` and the lines libjpeg wrote meanwhile: its warnings go straight to
+    file descriptor 2, which points at a pipe for the call (non-blocking, so nothing can hang;
+    libjpeg prints one warning per picture)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        os.dup2(write_end, 2)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write_end)
+    with os.fdopen(read_end, 'rb') as pipe:
+        return image, pipe.read().splitlines(keepends=True)
+
+
 def decode_image_file(path: str) -> Optional[np.ndarray]:
-    """BGR uint8 frame of an image file, or None if missing / truncated / undecodable."""
+    """BGR uint8 frame of an image file, or None if missing / truncated / undecodable / a JPEG
+    reported corrupt by its decoder."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
@@ -79,6 +108,12 @@ def decode_image_file(path: str) -> Optional[np.ndarray]:
         tail = data[-32:].tobytes()
         if b'\xff\xd9' not in tail:  # no end-of-image marker: truncated file
             return None
+        image, lines = _imdecode_with_warnings(data)
+        corrupt = [line for line in lines if line.startswith(JPEG_CORRUPTION_WARNINGS)]
+        other = b''.join(line for line in lines if line not in corrupt)
+        if other:  # anything else written meanwhile goes where it was meant to
+            os.write(2, other)
+        return None if corrupt else image
     return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 

@@ -3,6 +3,7 @@ bad lists, flags and score files. The kill trials are two of tools/fault_injecti
 (its full run, with Ctrl-C and random-time kills, is reported in the README)."""
 import errno
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -42,8 +43,8 @@ def test_reported_best_is_what_test_py_gives_on_the_best_checkpoint(tiny_data_ro
 
 
 @pytest.mark.parametrize('name,how', [
-    ('kill -9 inside the 2nd best write', dict(fault=f'{F.BEST}:2:written:kill')),
-    ('kill -9 between the best and the latest write', dict(fault=f'{F.LATEST}:2:open:kill')),
+    ('kill -9 inside the 1st best write', dict(fault=f'{F.BEST}:1:written:kill')),
+    ('kill -9 between the best and the latest write', dict(fault=f'{F.LATEST}:1:open:kill')),
 ])
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data_root, reference, tmp_path,
                                                         name, how):
@@ -55,6 +56,65 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data_root, referenc
     if 'between' in name:
         assert window == 'between the best and the latest write'
     assert F.check_recovered(command, out, reference[1]) == []
+
+
+def test_sigterm_mid_epoch_saves_and_resumes_to_the_uninterrupted_result(tiny_data_root,
+                                                                         reference, tmp_path):
+    out = str(tmp_path / 'run')
+    command = F.train_command(tiny_data_root, out, 2, '-p', '1')
+    status, output = F.signal_at(command, 'Epoch: [1][0/', 'SIGTERM')
+    problems, saved_at = F.check_stopped(status, output, 'SIGTERM')
+    assert problems == [], output[-2000:]
+    # handled at the first iteration boundary after it arrived (1 or 2 unless this test
+    # process was starved for an iteration; 3: after the epoch's last one)
+    assert saved_at[0] == 1 and saved_at[1] in (1, 2, 3), saved_at
+    latest = read_checkpoint(os.path.join(F.run_dir(out), 'checkpoint', F.LATEST))
+    assert latest['epoch'] == 1 and latest['progress']['iteration'] == saved_at[1]
+    assert latest['progress']['meters'][1] == 8 * saved_at[1]  # clips of the iterations done
+    with open(os.path.join(F.run_dir(out), 'log', 'log.txt')) as f:
+        assert f'SIGTERM at epoch 1 iteration {saved_at[1]}: saved' in f.read()
+    assert F.check_recovered(command, out, reference[1], saved_at) == []
+
+
+def test_save_every_iters_resumes_a_kill_9_mid_epoch(tiny_data_root, reference, tmp_path):
+    out = str(tmp_path / 'run')
+    command = F.train_command(tiny_data_root, out, 2, '--save_every_iters', '2', '-p', '1')
+    # killed as it starts epoch 0's end-of-epoch latest write: the latest on disk is the one
+    # written after iteration 2 of epoch 0 (of 3)
+    F.kill_once(command, out, fault=f'{F.LATEST}:2:open:kill')
+    latest = read_checkpoint(os.path.join(F.run_dir(out), 'checkpoint', F.LATEST))
+    assert (latest['epoch'], latest['progress']['iteration']) == (0, 2)
+    assert F.check_recovered(command, out, reference[1], (0, 2)) == []
+
+
+def test_resumed_epochs_draw_the_same_items_with_any_number_of_workers():
+    from torch.utils.data import DataLoader
+    from ops.preemption import ResumableSampler, SeededItems
+
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, index):
+            return torch.tensor([index, random.random(), np.random.rand()], dtype=torch.float64)
+
+    def batches(workers, skip=0, epoch=1):
+        data = SeededItems(Draws(), seed=5)
+        sampler = ResumableSampler(data, num_replicas=1, rank=0, shuffle=True, seed=5)
+        sampler.set_epoch(epoch, skip)
+        data.set_epoch(epoch)
+        return torch.cat(list(DataLoader(data, batch_size=2, sampler=sampler,
+                                         num_workers=workers)))
+
+    before = random.getstate(), np.random.get_state()
+    whole = batches(0)
+    assert (random.getstate(), np.random.get_state()[1].tolist()) == \
+        (before[0], before[1][1].tolist())  # data loading leaves the global RNGs alone
+    assert torch.equal(batches(2), whole)
+    assert torch.equal(batches(2, skip=4), whole[4:])  # a resumed epoch: the rest of the order
+    other = batches(0, epoch=2)
+    assert not torch.equal(other[:, 1:], whole[:, 1:])  # another epoch draws anew
+    assert sorted(whole[:, 0].tolist()) == list(range(10))
 
 
 def test_files_get_the_umask_permissions(tmp_path):

@@ -18,15 +18,16 @@ FLOORS = [
      'ops.transforms'],
     # 2: temporal blocks, data layouts and readers, checkpoint I/O, run folders, the epoch loops
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
-     'ops.checkpoint', 'ops.experiment', 'ops.engine', 'ops.export'],
+     'ops.checkpoint', 'ops.experiment', 'ops.engine', 'ops.export', 'ops.preemption'],
     # 3: the registry of temporal types, the dataset, scores, the test reference
     ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference'],
     # 4: the model; the command-line flags
     ['ops.models', 'opts', 'ops.analysis'],
-    # 5: what uses a model: training, evaluation, Grad-CAM, the Recognizer API
-    ['ops.training', 'ops.inference', 'ops.gradcam', 'ops.recognizer'],
-    # 6-7: streams, then the prediction run
-    ['ops.stream'],
+    # 5: what uses a model: training, Grad-CAM, the Recognizer API (and its prediction records)
+    ['ops.training', 'ops.gradcam', 'ops.recognizer'],
+    # 6-7: test.py's evaluation (writes submissions through the API's records) and streams,
+    # then the prediction run
+    ['ops.inference', 'ops.stream'],
     ['ops.predict'],
 ]
 

@@ -1,6 +1,5 @@
 """Score files end to end: the release's layout, the lock and settings check of test.py's
 writes, average_scores' evaluation groups, and test.py / average_scores on unlabelled lists."""
-import glob
 import os
 import subprocess
 import sys

@@ -19,24 +19,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from opts import add_model_args  # noqa: E402
+from opts import add_model_args, add_trust_arg, int_at_least  # noqa: E402
 from ops.checkpoint import model_description  # noqa: E402
 from ops.dataset_config import DATASETS, get_dataset_config, read_categories  # noqa: E402
 from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
 from ops.export import FORMATS, ParityError, export_and_check, export_metadata  # noqa: E402
 from ops.models import load_classifier  # noqa: E402
 from ops.recognizer import Recognizer, collect_inputs  # noqa: E402
+from ops.utils import prepare_output  # noqa: E402
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--weights', required=True, help='checkpoint')
+    add_trust_arg(parser)
     parser.add_argument('--video', required=True,
                         help='video file or frame folder: the real clip of the parity check')
     parser.add_argument('--format', nargs='+', default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument('--output', default=None,
                         help='output path without extension (default: the checkpoint\'s)')
-    parser.add_argument('--num_segments', default=None, type=int,
+    parser.add_argument('--num_segments', default=None, type=int_at_least(1),
                         help='T (default: the checkpoint\'s, else 8)')
     parser.add_argument('--full_res', action='store_true', help='input_size*256/224 input')
     parser.add_argument('--tolerance', default=1e-4, type=float,
@@ -64,6 +66,9 @@ def real_clip(model, video):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
+    prefix = args.output or args.weights.replace('.pth.tar', '').replace('.pth', '')
+    for fmt in args.format:
+        prepare_output(prefix + FORMATS[fmt], '--output')
     categories, given_by = None, None
     if args.categories:
         categories, given_by = read_categories(args.categories), f"--categories '{args.categories}'"
@@ -73,10 +78,9 @@ def main(argv=None):
     model, names, checkpoint = load_classifier(
         args.weights, categories, given_by, '--categories FILE or --dataset NAME',
         num_segments=args.num_segments, base_model=args.type, arch=args.arch,
-        input_size=args.input_size, full_res=args.full_res)
+        input_size=args.input_size, full_res=args.full_res, trust=args.trust_checkpoint)
     description = model_description(model, names, checkpoint.get('dataset'),
                                     checkpoint.get('flip'), checkpoint.get('mirror_map'))
-    prefix = args.output or args.weights.replace('.pth.tar', '').replace('.pth', '')
     try:
         return export_and_check(model.eval(), prefix, args.format, real_clip(model, args.video),
                                 args.tolerance, export_metadata(model, description))

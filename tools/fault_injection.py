@@ -1,5 +1,6 @@
-"""Fault injection: kill a short training (kill -9 or Ctrl-C) at chosen and random points, run
-the same command again, and check that nothing was lost or is wrong.
+"""Fault injection: kill a short training (kill -9 or Ctrl-C) at chosen and random points, or
+stop it with SIGTERM / SIGUSR1 (a cluster's preemption) mid-epoch, run the same command again,
+and check that nothing was lost or is wrong.
 
     python tools/fault_injection.py --random 20          # ~6 minutes on 2 CPU cores
 
@@ -9,7 +10,11 @@ uninterrupted run's bit for bit, it reports the uninterrupted run's best top-1, 
 temporary file is left. test.py on the uninterrupted run's best checkpoint must give that
 top-1 too. Targeted trials kill inside each write window through the MASNET_FAULT hook of
 ops.utils.atomic_write; random trials kill at a random time, with MASNET_WRITE_DELAY widening
-the write windows, and the window a kill hit is read back from the files it left.
+the write windows, and the window a kill hit is read back from the files it left. Signal
+trials send SIGTERM or SIGUSR1 when the run logs a given line (an iteration's progress line,
+or the epoch's train line, i.e. during validation); the run must stop with exit status 75 and
+one line naming the checkpoint, and the rerun must resume at the iteration it saved (no
+iteration done twice).
 tests/test_faults.py runs a few of these trials in `make test`.
 """
 import argparse
@@ -32,14 +37,22 @@ from ops.utils import DELAY_ENV, FAULT_ENV, TMP_PREFIX  # noqa: E402
 
 LATEST, BEST = 'ckpt.pth.tar', 'ckpt.best.pth.tar'
 TINY = dict(train_per_class=3, val_per_class=2, width=64, height=48, min_frames=6, max_frames=12)
-# (name, MASNET_FAULT value): a kill inside every write window of a 2-epoch run
+# (name, MASNET_FAULT value): a kill inside every write window of a 2-epoch run (the first
+# validation always writes a best checkpoint; whether the second does depends on its top-1)
 TARGETED = [
-    ('kill -9 inside the 2nd best write', f'{BEST}:2:written:kill'),
-    ('kill -9 between the best and the latest write', f'{LATEST}:2:open:kill'),
+    ('kill -9 inside the 1st best write', f'{BEST}:1:written:kill'),
+    ('kill -9 between the best and the latest write', f'{LATEST}:1:open:kill'),
     ('kill -9 inside the 1st latest write', f'{LATEST}:1:written:kill'),
     ('Ctrl-C inside the 2nd latest write', f'{LATEST}:2:written:int'),
     ('Ctrl-C inside the 1st best write', f'{BEST}:1:written:int'),
     ('kill -9 inside the args.json write', 'args.json:1:written:kill'),
+]
+# (name, signal, the log line prefix after which it is sent) of a 2-epoch run, 3 iterations each
+SIGNALLED = [
+    ('SIGTERM after iteration 1 of epoch 1', 'SIGTERM', 'Epoch: [1][1/'),
+    ('SIGUSR1 after iteration 0 of epoch 0', 'SIGUSR1', 'Epoch: [0][0/'),
+    ('SIGTERM after iteration 2 of epoch 0', 'SIGTERM', 'Epoch: [0][2/'),
+    ('SIGUSR1 during the validation of epoch 0', 'SIGUSR1', 'Epoch 0 train:'),
 ]
 
 
@@ -50,13 +63,15 @@ def make_data(folder):
     return folder
 
 
-def train_command(data_root, out, epochs):
-    """A short deterministic training: ResNet-10, 64 px, 4 segments, 3 iterations an epoch."""
+def train_command(data_root, out, epochs, *extra):
+    """A short deterministic training: ResNet-10, 64 px, 4 segments, 3 iterations an epoch
+    (`extra` flags appended)."""
     return [sys.executable, os.path.join(ROOT, 'main.py'), '--dataset', 'synthetic',
             '--dataset_path', data_root, '--arch', 'resnet10', '--num_segments', '4',
             '--input_size', '64', '--pretrain', 'none', '-b', '8', '-j', '0', '--epochs',
             str(epochs), '--lr', '0.02', '--lr_type', 'step_lr', '--lr_steps', '2', '--seed', '3',
-            '--store_name', 'run', '--root_log', out, '--root_checkpoint', out, '-p', '100']
+            '--store_name', 'run', '--root_log', out, '--root_checkpoint', out, '-p', '100',
+            *extra]
 
 
 def run_dir(out):
@@ -133,12 +148,57 @@ def kill_once(command, out, fault=None, delay=None, kill_after=None, sig=signal.
     return window_hit(out)
 
 
-def check_recovered(command, out, reference):
-    """Run `command` again and compare with the uninterrupted `reference`; returns problems."""
+def signal_at(command, line, sig):
+    """Start `command`, send it `sig` ('SIGTERM' or 'SIGUSR1') once it logs a line starting
+    with `line`; returns (exit status, output)."""
+    proc = subprocess.Popen(command, cwd=ROOT, env=_env({'PYTHONUNBUFFERED': '1'}),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, sent = [], False
+    for text in proc.stdout:
+        lines.append(text)
+        if text.startswith(line) and not sent:
+            proc.send_signal(getattr(signal, sig))
+            sent = True
+    return proc.wait(timeout=600), ''.join(lines)
+
+
+def check_stopped(status, output, sig):
+    """Problems of a run stopped by `sig`; returns (problems, (epoch, iteration) it saved at,
+    iteration None when it stopped at the end of an epoch)."""
+    found = re.findall(rf'^{sig} at (?:epoch (\d+) iteration (\d+)|the end of epoch (\d+)): '
+                       rf'saved (.*); rerun the same command to resume$', output, re.M)
+    problems = []
+    if status != 75:
+        problems.append(f'exit status {status}, want 75')
+    if len(found) != 1 or 'Traceback' in output:
+        problems.append(f'not one stop line: {output.strip().splitlines()[-3:]}')
+        return problems, None
+    epoch, iteration, end_epoch, _ = found[0]
+    if end_epoch:
+        return problems, (int(end_epoch) + 1, None)
+    return problems, (int(epoch), int(iteration))
+
+
+def check_recovered(command, out, reference, saved_at=None):
+    """Run `command` again and compare with the uninterrupted `reference`; returns problems.
+    saved_at: the (epoch, iteration) a stop signal saved, where the rerun (logging every
+    iteration: -p 1) must resume."""
     status, output = run_to_end(command)
     if status != 0:
         return [f'the rerun failed ({status}): {output.strip().splitlines()[-1:]}']
     problems = []
+    if saved_at is not None and saved_at[1] is not None:
+        epoch, iteration = saved_at
+        if not re.search(rf'at epoch {epoch} iteration {iteration} ', output):
+            problems.append(f'the rerun did not resume at epoch {epoch} iteration {iteration}')
+        # the first iteration the rerun does: the saved one, or the next epoch's first when
+        # the signal came after the last iteration of an epoch
+        first = re.search(r'^Epoch: \[(\d+)\]\[(\d+)/(\d+)\]', output, re.M)
+        if first:
+            done, length = (int(first.group(1)), int(first.group(2))), int(first.group(3))
+            if done not in ((epoch, iteration), (epoch + 1, 0) if iteration == length else None):
+                problems.append(f'the rerun started with iteration {done[1]} of epoch '
+                                f'{done[0]}, not {iteration} of {epoch}')
     ckpt = os.path.join(run_dir(out), 'checkpoint')
     for name in (LATEST, BEST):
         got, want = read_checkpoint(os.path.join(ckpt, name)), reference[name]
@@ -185,6 +245,8 @@ def main(argv=None):
                         help='seconds each write pauses before its rename in the random trials')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--work', default=os.path.join('experiments', 'fault_injection'))
+    parser.add_argument('--signals_only', action='store_true',
+                        help='only the SIGTERM / SIGUSR1 trials')
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     data_root = make_data(os.path.join(args.work, 'data'))
@@ -197,6 +259,21 @@ def main(argv=None):
     print(f"uninterrupted run: {duration:.1f} s, reported best {reference['reported']:.3f}, "
           f"test.py on ckpt.best.pth.tar {top1:.3f}")
     failures = int(top1 != reference['reported'])
+
+    for k, (name, sig, line) in enumerate(SIGNALLED):
+        out = os.path.join(args.work, f'signal{k:02d}')
+        command = train_command(data_root, out, args.epochs, '-p', '1')
+        problems, saved_at = check_stopped(*signal_at(command, line, sig), sig)
+        if saved_at is not None:
+            problems += check_recovered(command, out, reference, saved_at)
+        where = ('-' if saved_at is None else f'end of epoch {saved_at[0] - 1}'
+                 if saved_at[1] is None
+                 else f'epoch {saved_at[0]} iteration {saved_at[1]}')
+        failures += bool(problems)
+        print(f"{name:48s} saved at: {where:26s} {'OK' if not problems else '; '.join(problems)}")
+    if args.signals_only:
+        print(f'{len(SIGNALLED)} signal points, {failures} failure(s)')
+        return 1 if failures else 0
 
     trials = [(name, dict(fault=fault)) for name, fault in TARGETED]
     for _ in range(args.random):
@@ -213,8 +290,8 @@ def main(argv=None):
         windows[window] = windows.get(window, 0) + 1
         failures += bool(problems)
         print(f"{name:48s} hit: {window:62s} {'OK' if not problems else '; '.join(problems)}")
-    print(f'{len(trials)} kill points ({len(TARGETED)} targeted, {args.random} random), '
-          f'{failures} failure(s); windows hit:')
+    print(f'{len(SIGNALLED)} signal points and {len(trials)} kill points ({len(TARGETED)} '
+          f'targeted, {args.random} random), {failures} failure(s); windows hit:')
     for window, count in sorted(windows.items()):
         print(f'  {count:3d}  {window}')
     return 1 if failures else 0

@@ -1,0 +1,158 @@
+"""Preemption-safe training: SIGTERM and SIGUSR1 (what SLURM sends before it stops, preempts
+or requeues a job) end a run at the next iteration with a resumable mid-epoch checkpoint.
+
+The signal handler only records the signal; the training loop polls it between iterations
+(every process of a torchrun job agrees through an all_reduce), rank 0 writes the checkpoint
+(model, optimizer, scaler, epoch, iteration, the epoch's meter sums, RNG states) and every
+process exits with PREEMPTED_EXIT. Running the same command again resumes at that iteration:
+the sampler skips the batches done (its order depends only on (seed, epoch)) and every clip's
+augmentation is drawn from RNGs seeded by (seed, epoch, index), so the resumed batches are the
+ones the uninterrupted run would have drawn, with any number of DataLoader workers.
+torchrun() (tools/torchrun.py) is torchrun forwarding SIGUSR1 too and ending in one line.
+"""
+import os
+import random
+import signal
+import sys
+import threading
+
+import numpy as np
+from torch.utils.data import Dataset, DistributedSampler
+
+from ops.distributed import all_reduce_sum
+
+# EX_TEMPFAIL of sysexits.h: a temporary stop, run the same command again (scripts/slurm_train.sh
+# requeues the job on it)
+PREEMPTED_EXIT = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(SystemExit):
+    """The run stopped on a signal after saving a resumable checkpoint (exit status 75, no
+    traceback: the one log line was written before)."""
+
+    def __init__(self):
+        super().__init__(PREEMPTED_EXIT)
+
+
+class StopSignals:
+    """Records SIGTERM / SIGUSR1 instead of dying on them, between install() and uninstall()
+    (which restores the previous handlers). Outside the main thread, where Python cannot
+    install handlers, it records nothing."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.received = None
+        self._previous = {}
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._record)
+
+    def uninstall(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _record(self, signum, frame):
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+
+    def poll(self):
+        """The name of the first stop signal any process received (None: none); a collective
+        under torchrun, so every process must call it at the same point."""
+        if not self.runtime.distributed:
+            return self.received
+        # each process votes for the signal it received; the first of STOP_SIGNALS voted wins
+        mine = [0.0] * len(STOP_SIGNALS)
+        if self.received is not None:
+            mine[[s.name for s in STOP_SIGNALS].index(self.received)] = 1.0
+        votes = all_reduce_sum(mine, self.runtime)
+        for sig, count in zip(STOP_SIGNALS, votes):
+            if count:
+                return sig.name
+        return None
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler whose epoch can start after its first `skip` samples: a resumed
+    epoch draws the rest of the order the interrupted one drew (it depends on (seed, epoch))."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+
+    def set_epoch(self, epoch, skip=0):
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self):
+        return max(super().__len__() - self.skip, 0)
+
+
+class SeededItems(Dataset):
+    """`dataset` whose item `index` in epoch `epoch` is drawn with python's and numpy's global
+    RNGs seeded from (seed, epoch, index); their states are restored after each item, so the
+    training loop's own randomness does not depend on data loading either.
+
+    Call set_epoch before iterating an epoch (the DataLoader's workers copy the dataset when
+    an epoch's iteration starts).
+    """
+
+    def __init__(self, dataset, seed):
+        self.dataset = dataset
+        self.seed = seed % 2 ** 64
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        words = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(4)
+        saved = random.getstate(), np.random.get_state()
+        random.seed(int.from_bytes(words.tobytes(), 'little'))
+        np.random.seed(words)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+
+
+def torchrun(argv=None):
+    """torch.distributed.run (torchrun) with `argv`, ending with one line instead of a
+    traceback when it is stopped by a signal or a worker fails; returns the exit status.
+
+    SIGUSR1 (SLURM's --signal) is forwarded to the workers like SIGTERM, so a training run
+    saves a mid-epoch checkpoint on either; torchrun then waits up to 100 s (not 30) for the
+    workers before it kills them. Stopped by SIGTERM or SIGUSR1 it returns 75
+    (ops.preemption.PREEMPTED_EXIT: run the same command again), by another signal 128 + its
+    number; a failed worker: 75 if it stopped on a signal itself, else 1.
+    """
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as run_main
+
+    # the defaults of torchrun's --signals_to_handle and --shutdown_timeout (flags win)
+    os.environ.setdefault('PET_SIGNALS_TO_HANDLE', 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1')
+    os.environ.setdefault('PET_SHUTDOWN_TIMEOUT', '100')
+    try:
+        run_main(argv)
+    except SignalException as exc:
+        sig = signal.Signals(exc.sigval)
+        print(f'torchrun: {sig.name}: workers stopped (a training run saves a checkpoint '
+              f'first, see its log); run the same command again to resume', file=sys.stderr)
+        return PREEMPTED_EXIT if sig in STOP_SIGNALS else 128 + int(sig)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        print(f'torchrun: worker rank {rank} failed first (exit status {failure.exitcode}; the '
+              f'error is above)', file=sys.stderr)
+        return PREEMPTED_EXIT if failure.exitcode == PREEMPTED_EXIT else 1
+    return 0
