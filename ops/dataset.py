@@ -1,10 +1,16 @@
 """TSN-style video dataset: list files, segment sampling, frame / video decoding.
 
-A list file has one video per line, ``<folder> <num_frames> <label>`` (frame folders,
-frames numbered from 1), or ``<file.mp4> <num_frames|-> <label>`` for video files, decoded on
-the fly by a reader of ops.video_readers (``--video_backend``), or MMAction2's
-``<path> <label>``. A ``-`` or absent count is found on first read and kept in the list's frame
-count index (``<list>.frames``), so later reads and epochs do not count again.
+List grammar (every tool reads lists through parse_list_file): one video per line,
+``<path> <label>`` or ``<path> <num_frames> <label>``. The path is a frame folder (frames
+numbered from 1) or a video file, decoded on the fly by a reader of ops.video_readers
+(``--video_backend``); a count of ``-`` (or none) is unknown, a label of ``-1`` is unknown
+(unlabelled lists: predict.py, and test.py where it allows them). The last field is the label,
+the one before it the count when it is a number or ``-``, and the rest of the line is the path,
+so paths may hold spaces (a path whose last word is a number needs the count field: ``a 12 - 3``).
+
+Unknown counts are counted once, in the process that loads the list, before any loader is built
+(fill_frame_counts), and kept in the list's FrameCountCache (``<list>.frames``), so no epoch,
+loader worker or later run counts them again.
 
 Sampling (T = num_segments, n = frames of the video, indices 1-based):
     train  d = n // T; d > 0: i*d + randint(d); n > T: sorted random distinct picks;
@@ -23,23 +29,35 @@ wrong. ``load_checked_list`` checks a list before any epoch: labels in range, ev
 present (an error naming ``file:line``; for a training list only a warning unless none is
 present), and a readable first video among the first few.
 """
+import hashlib
 import logging
 import os
 import random
-from typing import List
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from ops.errors import UserError
-from ops.video_readers import (VIDEO_EXTENSIONS, FolderReader, FrameCountIndex, VideoReadError,
-                               open_reader, resolve_backend)
+from ops.utils import atomic_write
+from ops.video_readers import (VIDEO_EXTENSIONS, FolderReader, VideoReadError, open_reader,
+                               resolve_backend)
 
 logger = logging.getLogger('masnet.data')
 
 DENSE_WINDOW = 64
 MAX_REPLACEMENTS = 20  # unreadable training videos in a row before the run stops
 PROBE_VIDEOS = 5  # videos of each list decoded before training
+UNKNOWN_LABEL = -1
+UNKNOWN_COUNT = '-'
+# '<path> [<num_frames>|-] <label>': the path is the rest of the line, so it may hold spaces
+LIST_LINE = re.compile(r'(?P<path>\S.*?)(?:\s+(?P<frames>\d+|-))?\s+(?P<label>-?\d+)')
+LIST_GRAMMAR = "'<path> <label>' or '<path> <num_frames|-> <label>', label -1 if unknown"
+COUNT_THREADS = 8  # videos counted at once (decoders release the GIL)
+CACHE_SAVE_SECONDS = 30  # a long count saves the counts found so far this often
 
 
 class DataError(UserError):
@@ -56,13 +74,28 @@ class VideoRecord:
 
     def __init__(self, path, num_frames, label, line_no=None):
         self.path = path
-        self.num_frames = num_frames  # None: counted on first read ('-' or a 2-field line)
+        self.num_frames = num_frames  # None: unknown ('-' or a 2-field line), counted once
         self.label = label
         self.line_no = line_no  # line in the list file
 
     @property
     def is_video_file(self) -> bool:
         return self.path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def parse_list_line(line: str) -> Tuple[str, Optional[int], int]:
+    """(path, num_frames or None, label) of one list line (see the module docstring).
+
+    Raises ValueError saying what is wrong.
+    """
+    match = LIST_LINE.fullmatch(line.strip())
+    if not match:
+        raise ValueError(f'want {LIST_GRAMMAR}')
+    frames = match.group('frames')
+    frames = None if frames in (None, UNKNOWN_COUNT) else int(frames)
+    if frames is not None and frames < 1:
+        raise ValueError('num_frames must be >= 1 (or - if unknown)')
+    return match.group('path'), frames, int(match.group('label'))
 
 
 def parse_list_file(list_file: str) -> List['VideoRecord']:
@@ -78,21 +111,12 @@ def parse_list_file(list_file: str) -> List['VideoRecord']:
                 raise DataError(f"{list_file}:{line_no}: not UTF-8 text (is it a list file?)") from None
             if not line.strip():
                 continue
-            parts = line.split()
             try:
-                if len(parts) == 2:  # MMAction2's '<path> <label>': count on first read
-                    parts.insert(1, '-')
-                if len(parts) != 3:
-                    raise ValueError(f'expected 2 or 3 fields, got {len(parts)}')
-                path, num_frames, label = parts
-                frames = None if num_frames == '-' else int(num_frames)
-                if frames is not None and frames < 1:
-                    raise ValueError('num_frames must be >= 1')
-                records.append(VideoRecord(path, frames, int(label), line_no))
+                path, frames, label = parse_list_line(line)
             except ValueError as exc:
-                want = "'<path> <num_frames|-> <label>' or '<path> <label>'"
                 raise DataError(f"{list_file}:{line_no}: cannot parse '{line.strip()[:80]}' "
-                                f"(want {want}: {exc})") from None
+                                f"({exc})") from None
+            records.append(VideoRecord(path, frames, label, line_no))
     if not records:
         raise DataError(f"list file '{list_file}' holds no video")
     return records
@@ -100,13 +124,14 @@ def parse_list_file(list_file: str) -> List['VideoRecord']:
 
 def check_labels(records: List['VideoRecord'], list_file: str, num_class: int,
                  allow_unlabelled: bool = False) -> None:
-    """Refuse a label outside [0, num_class) (-1, unknown, too when `allow_unlabelled`),
-    naming the list file and line."""
+    """Refuse a label outside [0, num_class), naming the list file and line; the unknown label
+    -1 passes only when `allow_unlabelled` (evaluation without accuracy, prediction)."""
     for record in records:
-        if allow_unlabelled and record.label == -1:
+        if record.label == UNKNOWN_LABEL and allow_unlabelled:
             continue
         if not 0 <= record.label < num_class:
-            hint = ' (an unlabelled list: predict.py takes it)' if record.label == -1 else ''
+            hint = (' (-1: an unlabelled list, which training cannot use)'
+                    if record.label == UNKNOWN_LABEL else '')
             raise DataError(f"{list_file}:{record.line_no}: label {record.label} of "
                             f"'{record.path}' is not in [0, {num_class}){hint}")
 
@@ -130,15 +155,153 @@ def missing_videos(records: List['VideoRecord'], root_path: str) -> List['VideoR
     return missing
 
 
+def cache_folder() -> str:
+    """Where a list in a read-only folder keeps its frame count cache."""
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'masnet', 'frame_counts')
+
+
+def video_stamp(path: str) -> Tuple[int, int]:
+    """(size, mtime in ns) of a video file or frame folder: a cached count holds while it holds."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+class FrameCountCache:
+    """Frame counts of the videos of a list whose count is unknown, kept beside the list.
+
+    The file is ``<list file>.frames``: a header line, then ``<count> <size> <mtime_ns> <path>``
+    per video (the path last: it may hold spaces). A count is used only while its video file /
+    frame folder keeps the size and mtime it was counted with. The file is replaced atomically
+    (ops.utils.atomic_write); a list in a read-only folder keeps it in cache_folder() instead,
+    and if that fails too the counts stay in memory (one warning). A cache file that does not
+    parse is ignored with a warning and rewritten.
+    """
+
+    SUFFIX = '.frames'
+    HEADER = '# masnet frame counts 1: <count> <size> <mtime_ns> <path>'
+
+    def __init__(self, list_file: str):
+        self.beside = list_file + self.SUFFIX
+        digest = hashlib.sha1(os.path.abspath(list_file).encode()).hexdigest()[:16]
+        self.fallback = os.path.join(cache_folder(),
+                                     f'{digest}_{os.path.basename(list_file)}{self.SUFFIX}')
+        self.path = self.beside if os.path.isfile(self.beside) or \
+            not os.path.isfile(self.fallback) else self.fallback
+        self.entries: Dict[str, Tuple[int, int, int]] = {}
+        self.in_memory = False
+        if os.path.isfile(self.path):
+            self._load()
+
+    def _load(self):
+        try:
+            with open(self.path, encoding='utf-8') as f:
+                lines = f.read().splitlines()
+            if not lines or lines[0] != self.HEADER:
+                raise ValueError('no frame count header')
+            for line in lines[1:]:
+                count, size, mtime, video = line.split(' ', 3)  # (ValueError if fewer)
+                self.entries[video] = (int(count), int(size), int(mtime))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            self.entries = {}
+            logger.warning("frame count cache '%s' is unreadable (%s): ignored, the videos are "
+                           "counted again", self.path, exc)
+
+    def get(self, video: str, stamp: Tuple[int, int]) -> Optional[int]:
+        """The cached count of `video` if it was counted with this (size, mtime), else None."""
+        entry = self.entries.get(video)
+        return entry[0] if entry is not None and entry[1:] == stamp else None
+
+    def put(self, video: str, count: int, stamp: Tuple[int, int]) -> None:
+        self.entries[video] = (count, *stamp)
+
+    def save(self) -> None:
+        """Write the counts beside the list, else in cache_folder(), else keep them in memory."""
+        if self.in_memory:
+            return
+        text = self.HEADER + '\n' + ''.join(f'{count} {size} {mtime} {video}\n' for video,
+                                            (count, size, mtime) in self.entries.items())
+        problems = []
+        for path in (self.beside, self.fallback):
+            try:
+                with atomic_write(path) as f:
+                    f.write(text.encode('utf-8'))
+                self.path = path
+                return
+            except OSError as exc:
+                problems.append(str(exc))
+        self.in_memory = True
+        logger.warning("frame counts kept in memory only (%s): every run counts again",
+                       '; '.join(problems))
+
+
+def fill_frame_counts(records: List['VideoRecord'], root_path: str, list_file: str,
+                      image_tmpl: str = '{:05d}.jpg', video_backend: str = 'auto') -> None:
+    """Give each record of unknown count its frame count, in this process, before any loader.
+
+    The count comes from the list's FrameCountCache while the video is unchanged, else it is
+    counted now (COUNT_THREADS videos at once) and the cache is written (every
+    CACHE_SAVE_SECONDS during a long count, and at the end). Under torchrun only rank 0 writes
+    the cache; the other ranks count in memory (no barrier: a first count may take longer than
+    a collective's timeout). A missing or unreadable video keeps no count: reading it fails
+    later as the bad-data policy says.
+    """
+    todo = [r for r in records if r.num_frames is None]
+    if not todo:
+        return
+    writes = int(os.environ.get('RANK', '0')) == 0
+    cache = FrameCountCache(list_file)
+    uncounted = []  # (record, path, stamp)
+    for record in todo:
+        path = os.path.join(root_path, record.path)
+        try:
+            stamp = video_stamp(path)
+        except OSError:
+            continue  # missing: load_checked_list / the dataset say so
+        record.num_frames = cache.get(record.path, stamp)
+        if record.num_frames is None:
+            uncounted.append((record, path, stamp))
+    if not uncounted:
+        return
+    try:
+        backend = resolve_backend(video_backend)
+    except VideoReadError as exc:
+        raise DataError(str(exc)) from None
+
+    def count(item):
+        record, path, _ = item
+        try:
+            with open_reader(path, record.is_video_file, image_tmpl, backend) as reader:
+                return reader.count()
+        except (VideoReadError, OSError):
+            return 0
+
+    logger.info("counting the frames of %d videos of '%s' (once: kept in '%s')", len(uncounted),
+                list_file, cache.path)
+    saved = time.monotonic()
+    with ThreadPoolExecutor(COUNT_THREADS) as pool:
+        for (record, _, stamp), frames in zip(uncounted, pool.map(count, uncounted)):
+            if frames > 0:
+                record.num_frames = frames
+                cache.put(record.path, frames, stamp)
+            if writes and time.monotonic() - saved > CACHE_SAVE_SECONDS:
+                cache.save()
+                saved = time.monotonic()
+    if writes:
+        cache.save()
+
+
 def load_checked_list(list_file: str, root_path: str, num_class: int, image_tmpl: str,
                       missing: str = 'error', video_backend: str = 'auto',
                       allow_unlabelled: bool = False) -> List['VideoRecord']:
-    """The VideoRecords of `list_file`, checked before any epoch (see the module docstring).
+    """The VideoRecords of `list_file`, checked before any epoch (see the module docstring),
+    with the frame counts of its ``-`` entries filled in (fill_frame_counts).
 
     missing: 'error' (validation / test lists: a missing video would cost a whole epoch or
         bias the scores) or 'warn' (training lists: missing videos are replaced by others,
         as unreadable ones are; an error only if no video is present).
-    allow_unlabelled: accept label -1 (unknown: lists to predict, e.g. a test split).
+    allow_unlabelled: accept the unknown label -1 (evaluation that only writes predictions);
+        training never does.
     Raises DataError naming the file and line of the first problem.
     """
     records = parse_list_file(list_file)
@@ -153,6 +316,7 @@ def load_checked_list(list_file: str, root_path: str, num_class: int, image_tmpl
         logger.warning(f'{where}; they are replaced by other videos in training)')
     absent_ids = {id(r) for r in absent}
     present = [r for r in records if id(r) not in absent_ids]
+    fill_frame_counts(present, root_path, list_file, image_tmpl, video_backend)
     probe = TSNDataSet(root_path, None, 1, image_tmpl, None, random_shift=False,
                        video_list=present[:PROBE_VIDEOS], video_backend=video_backend)
     problems = []
@@ -243,7 +407,9 @@ class TSNDataSet(Dataset):
         dense_sample: dense sampling (I3D window for train/val, K shifted clips in test).
         twice_sample: two clips per video in test mode.
         dense_sample_num: K, clips per video with dense test sampling.
-        video_list: VideoRecords to use instead of reading `list_file` (which may be None).
+        video_list: VideoRecords to use instead of reading `list_file` (which may be None); their
+            unknown counts are counted on first read, in the reading process only (lists are
+            counted up front: load_checked_list / fill_frame_counts).
         video_backend: decoder of video files (ops.video_readers.VIDEO_BACKENDS).
     Item: ``(Tensor (V*clips*T*3, H, W), label)``, the clips' frames concatenated.
     """
@@ -261,13 +427,15 @@ class TSNDataSet(Dataset):
         self.dense_sample = dense_sample
         self.twice_sample = twice_sample
         self.dense_sample_num = dense_sample_num
-        self.video_list = video_list if video_list is not None else parse_list_file(list_file)
         self.num_replaced = 0
         try:
             self.video_backend = resolve_backend(video_backend)
         except VideoReadError as exc:
             raise DataError(str(exc)) from None
-        self.frame_counts = FrameCountIndex(list_file if video_list is None else None)
+        if video_list is None:
+            video_list = parse_list_file(list_file)
+            fill_frame_counts(video_list, root_path, list_file, image_tmpl, self.video_backend)
+        self.video_list = video_list
 
     @property
     def num_clips(self) -> int:
@@ -314,13 +482,11 @@ class TSNDataSet(Dataset):
             return [frames[i] for i in indices]
 
     def _count(self, record, reader, path):
-        """Frame count of a '-' entry: from the frame count index, else counted once and kept."""
-        count = self.frame_counts.get(record.path)
-        if count is None:
-            count = reader.count()
-            if count == 0:
-                raise DataError(f"video '{path}' has no decodable frame")
-            self.frame_counts.add(record.path, count)
+        """Frame count of a record without one (a video given outside a list, or one the up-front
+        count could not read), counted now and kept on the record."""
+        count = reader.count()
+        if count == 0:
+            raise DataError(f"video '{path}' has no decodable frame")
         record.num_frames = count
         return count
 

@@ -52,7 +52,7 @@ def run_prediction(args) -> List[Prediction]:
         if args.annotate:
             logger.info(f'annotated video written to {args.annotate}')
     else:
-        root, records = collect_inputs(args.input, args.root)
+        root, records = collect_inputs(args.input, args.root, recognizer.categories)
         predictions = recognizer.predict_records(root, records, args.topk, args.batch_size,
                                                  args.workers)
         for prediction in predictions:

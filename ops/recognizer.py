@@ -5,8 +5,9 @@
     recognizer.predict('my_video.mp4', topk=5)      # -> Prediction (names + probabilities)
     recognizer.predict(list_of_bgr_frames)           # frames already decoded (OpenCV BGR)
 
-An input is a video file, a frame folder, a folder of videos / frame folders, or a list file
-(``<path> [<num_frames> [<label>]]`` per line, labels optional). Clips are sampled, cropped
+An input is a video file, a frame folder, a folder of videos / frame folders (or of class
+folders of them), or a list file in the one list grammar of ops.dataset (``<path> <label>`` or
+``<path> <num_frames|-> <label>``, label -1 if unknown). Clips are sampled, cropped
 and averaged over views exactly as test.py does (same TSNDataSet, transform and
 ``evaluate_models``), so the same flags give the same scores.
 """
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ops.dataset import VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord
+from ops.dataset import (UNKNOWN_LABEL, VIDEO_EXTENSIONS, DataError, TSNDataSet, VideoRecord,
+                         check_labels, fill_frame_counts, missing_videos, parse_list_file)
 from ops.video_readers import count_frames
 from ops.dataset_config import read_categories
 from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models, softmax
@@ -34,7 +36,6 @@ from ops.utils import atomic_write
 logger = logging.getLogger('masnet')
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
-UNKNOWN_LABEL = -1
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Prediction:
     probabilities: List[float]
     label: int = UNKNOWN_LABEL
     extra: dict = field(default_factory=dict)  # e.g. start/end of a sliding window
+    label_name: str = ''  # the class name of `label`
 
     @property
     def top1(self) -> int:
@@ -55,6 +57,7 @@ class Prediction:
         out = {'video': self.video, **self.extra}
         if self.label != UNKNOWN_LABEL:
             out['label'] = self.label
+            out['label_class'] = self.label_name
         out['topk'] = [{'index': i, 'class': n, 'probability': round(p, 6)}
                        for i, n, p in zip(self.indices, self.names, self.probabilities)]
         return out
@@ -95,51 +98,72 @@ def _folder_record(root, name):
     return VideoRecord(name, frames, UNKNOWN_LABEL)
 
 
-def read_prediction_list(list_file: str) -> List[VideoRecord]:
-    """Records of a list file whose lines are ``<path> [<num_frames>|- [<label>]]``.
-
-    Missing frame counts are counted when the video is read; missing labels are unknown (-1).
-    """
-    if not os.path.isfile(list_file):
-        raise DataError(f"list file '{list_file}' does not exist")
-    records = []
-    with open(list_file) as f:
-        for line_no, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) > 3:
-                    raise ValueError(f'expected 1 to 3 fields, got {len(parts)}')
-                frames = None if len(parts) < 2 or parts[1] == '-' else int(parts[1])
-                if frames is not None and frames < 1:
-                    raise ValueError('num_frames must be >= 1')
-                label = int(parts[2]) if len(parts) == 3 else UNKNOWN_LABEL
-            except ValueError as exc:
-                raise DataError(f"{list_file}:{line_no}: cannot parse '{line.strip()}' "
-                                f"(want '<path> [<num_frames> [<label>]]': {exc})") from None
-            records.append(VideoRecord(parts[0], frames, label))
-    if not records:
-        raise DataError(f"list file '{list_file}' holds no video")
+def _list_records(list_file, root, categories):
+    """The records of a list file, checked against the model's classes, with their counts."""
+    records = parse_list_file(list_file)
+    if categories is not None:
+        check_labels(records, list_file, len(categories), allow_unlabelled=True)
+    absent = missing_videos(records, root)
+    if absent:
+        raise DataError(f"{list_file}:{absent[0].line_no}: '{os.path.join(root, absent[0].path)}' "
+                        f"does not exist (check --root)")
+    fill_frame_counts(records, root, list_file)
     return records
 
 
-def collect_inputs(source: str, root: Optional[str] = None):
+def _videos_in(root, sub=''):
+    """Records of the video files and frame folders directly in `root/sub` (paths relative to
+    `root`), without label."""
+    records = []
+    for name in sorted(os.listdir(os.path.join(root, sub))):
+        relative = os.path.join(sub, name)
+        path = os.path.join(root, relative)
+        if os.path.isfile(path) and _is_video_file(name):
+            records.append(VideoRecord(relative, None, UNKNOWN_LABEL))
+        elif os.path.isdir(path) and _has_images(path):
+            records.append(_folder_record(root, relative))
+    return records
+
+
+def _folder_records(folder, categories):
+    """Records of a folder of videos / frame folders and of class folders of them.
+
+    A class folder is a sub-folder holding videos or frame folders; when every class folder is
+    named after a class of the model (`categories`), its videos carry that class as label,
+    else no video has a label.
+    """
+    records = _videos_in(folder)
+    classes = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not _has_images(path):
+            classes[name] = _videos_in(folder, name)
+    classes = {name: videos for name, videos in classes.items() if videos}
+    index = {name: i for i, name in enumerate(categories or [])}
+    if classes and all(name in index for name in classes):
+        for name, videos in classes.items():
+            for record in videos:
+                record.label = index[name]
+    elif classes and categories is not None:
+        unknown = [name for name in classes if name not in index]
+        logger.info(f"'{folder}': class folders {unknown[:3]} are not classes of the model: "
+                    f"the videos carry no label")
+    return records + [r for videos in classes.values() for r in videos]
+
+
+def collect_inputs(source: str, root: Optional[str] = None,
+                   categories: Optional[Sequence[str]] = None):
     """(root, [VideoRecord]) of a video file, frame folder, folder of videos or list file.
 
     root: folder the paths of a list file are relative to (default: the list's folder).
-    Frame counts left out of a list are counted here for frame folders.
+    categories: the model's class names; labels of a list must be one of them (or -1), and
+        class folders named after them give their videos these labels.
+    Frame counts left out of a list are filled in up front (ops.dataset.fill_frame_counts,
+    kept in ``<list>.frames``).
     """
     if os.path.isfile(source) and not _is_video_file(source):
         root = root if root is not None else os.path.dirname(os.path.abspath(source))
-        records = read_prediction_list(source)
-        for record in records:
-            if record.num_frames is None and not record.is_video_file:
-                folder = os.path.join(root, record.path)
-                if not os.path.isdir(folder):
-                    raise DataError(f"{source}: frame folder '{folder}' does not exist")
-                record.num_frames = _folder_record(root, record.path).num_frames
-        return root, records
+        return root, _list_records(source, root, categories)
     if os.path.isfile(source):
         folder, name = os.path.split(os.path.abspath(source))
         return folder, [VideoRecord(name, None, UNKNOWN_LABEL)]
@@ -149,13 +173,7 @@ def collect_inputs(source: str, root: Optional[str] = None):
     if _has_images(folder):
         parent, name = os.path.split(folder)
         return parent, [_folder_record(parent, name)]
-    records = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path) and _is_video_file(name):
-            records.append(VideoRecord(name, None, UNKNOWN_LABEL))
-        elif os.path.isdir(path) and _has_images(path):
-            records.append(_folder_record(folder, name))
+    records = _folder_records(folder, categories)
     if not records:
         raise DataError(f"folder '{source}' holds no video file, frame folder or image")
     return folder, records
@@ -286,7 +304,7 @@ class Recognizer:
         if not isinstance(source, (str, os.PathLike)):
             return self.predict_frames(source, topk)
         source = os.fspath(source)
-        root, records = collect_inputs(source)
+        root, records = collect_inputs(source, categories=self.categories)
         predictions = self.predict_records(root, records, topk, batch_size, workers)
         single = os.path.isfile(source) and _is_video_file(source) or \
             os.path.isdir(source) and _has_images(source)
@@ -304,20 +322,21 @@ class Recognizer:
 
 
 def write_json(path: str, predictions: List[Prediction]) -> None:
-    """``[{video, [label], topk: [{index, class, probability}]}]``, written atomically."""
+    """``[{video, [label, label_class], topk: [{index, class, probability}]}]``, written
+    atomically."""
     with atomic_write(path) as f:
         f.write(json.dumps([p.as_dict() for p in predictions], indent=1).encode())
 
 
 def write_csv(path: str, predictions: List[Prediction]) -> None:
-    """One row per video (window): video, [window columns], label, then class/probability of
-    each rank."""
+    """One row per video (window): video, [window columns], label and its class name (empty
+    when unknown), then class/probability of each rank."""
     extra = list(predictions[0].extra) if predictions else []
     topk = max((len(p.indices) for p in predictions), default=0)
-    header = ['video'] + extra + ['label'] + [f'{c}{r}' for r in range(1, topk + 1)
-                                              for c in ('class', 'probability')]
+    header = ['video'] + extra + ['label', 'label_class'] + [
+        f'{c}{r}' for r in range(1, topk + 1) for c in ('class', 'probability')]
     rows = [[p.video] + [p.extra[k] for k in extra]
-            + ['' if p.label == UNKNOWN_LABEL else p.label]
+            + (['', ''] if p.label == UNKNOWN_LABEL else [p.label, p.label_name])
             + [v for n, q in zip(p.names, p.probabilities) for v in (n, f'{q:.6f}')]
             for p in predictions]
     _write_rows(path, [header] + rows)
@@ -328,7 +347,8 @@ def ranked_prediction(video: str, probabilities: np.ndarray, categories: Sequenc
     """The Prediction of one probability vector (num_class,): its `topk` classes, best first."""
     order = np.argsort(-probabilities, kind='stable')[:min(topk, len(probabilities))]
     return Prediction(video, [int(i) for i in order], [categories[i] for i in order],
-                      [float(probabilities[i]) for i in order], label, extra)
+                      [float(probabilities[i]) for i in order], label, extra,
+                      '' if label == UNKNOWN_LABEL else categories[label])
 
 
 def write_submission(path: str, predictions: List[Prediction]) -> None:

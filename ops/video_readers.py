@@ -1,5 +1,5 @@
-"""Frame readers: one small interface over frame folders and video decoders, and the frame-count
-index that caches the counts of ``-`` list entries.
+"""Frame readers: one small interface over frame folders and video decoders (the counts of
+``-`` list entries are cached by ops.dataset.FrameCountCache).
 
 A reader is opened on one video, answers ``count()`` (its number of frames) and
 ``read(indices)`` (1-based frame indices -> ``{index: BGR uint8 frame, or None when that frame
@@ -380,69 +380,4 @@ def open_reader(path: str, is_video_file: bool, image_tmpl: str = '{:05d}.jpg',
     if not os.path.isfile(path):
         raise VideoReadError(f"video file '{path}' does not exist")
     return _VIDEO_READERS[resolve_backend(backend)](path)
-
-
-class FrameCountIndex:
-    """Frame counts of the ``-`` entries of a list, found on first read and kept on disk.
-
-    The index is ``<list file>.frames``: ``<path> <count>`` lines. Loader workers append the
-    counts they find (one short line per write, atomic with O_APPEND) and pick up what other
-    workers and earlier epochs appended from where they last read; the main process compacts
-    the file on load (with ops.utils.atomic_write) so a torn last line or duplicates vanish.
-    A list in a read-only place keeps its counts in memory only.
-    """
-
-    SUFFIX = '.frames'
-
-    def __init__(self, list_file: Optional[str]):
-        self.path = list_file + self.SUFFIX if list_file else None
-        self.counts: Dict[str, int] = {}
-        self.offset = 0
-        self.writable = self.path is not None
-        if self.path and os.path.isfile(self.path):
-            lines = self._read_new()
-            if lines != len(self.counts):
-                self._compact()
-
-    def _read_new(self) -> int:
-        """Read lines appended since the last read; returns how many lines were read."""
-        try:
-            with open(self.path, 'rb') as f:
-                f.seek(self.offset)
-                data = f.read()
-        except OSError:
-            return 0
-        complete = data[:data.rfind(b'\n') + 1]  # a line being written is read next time
-        self.offset += len(complete)
-        lines = complete.decode('utf-8', 'replace').splitlines()
-        for line in lines:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                self.counts[parts[0]] = int(parts[1])
-        return len(lines)
-
-    def _compact(self):
-        from ops.utils import atomic_write
-        try:
-            with atomic_write(self.path) as f:
-                f.write(''.join(f'{p} {c}\n' for p, c in self.counts.items()).encode())
-            self.offset = os.path.getsize(self.path)
-        except OSError as exc:
-            logger.warning("frame count index '%s' cannot be rewritten: %s", self.path, exc)
-
-    def get(self, path: str) -> Optional[int]:
-        if path not in self.counts and self.path and os.path.isfile(self.path):
-            self._read_new()
-        return self.counts.get(path)
-
-    def add(self, path: str, count: int) -> None:
-        self.counts[path] = count
-        if not self.writable:
-            return
-        try:
-            with open(self.path, 'a') as f:
-                f.write(f'{path} {count}\n')
-        except OSError as exc:
-            self.writable = False
-            logger.warning("frame counts of '%s' kept in memory only: %s", self.path, exc)
 

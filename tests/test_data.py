@@ -298,7 +298,7 @@ def test_unreadable_video_policy(tmp_path):
 
 def test_malformed_list_line_names_file_and_line(tmp_path):
     path = tmp_path / 'list.txt'
-    path.write_text('a 10 1\nb ten 2\n')
+    path.write_text('a 10 1\nb 10 two\n')  # ('b ten 2' is the path 'b ten', label 2)
     with pytest.raises(D.DataError, match=r'list.txt:2'):
         D.parse_list_file(str(path))
 

@@ -13,7 +13,7 @@ import test as test_entry
 from ops.dataset import TSNDataSet, parse_list_file
 from ops.evaluation import load_scores
 from ops.models import TemporalModel
-from ops.recognizer import Recognizer, collect_inputs, frame_template, read_prediction_list
+from ops.recognizer import Recognizer, collect_inputs, frame_template
 from ops.stream import write_video
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from ops.transforms import build_transform
@@ -99,7 +99,7 @@ def test_prediction_equals_test_py_on_files_folders_and_lists(tiny_data_root, fi
     expected = dict(zip(reference['video_ids'], reference['predictions']))
     assert len(set(expected.values())) > 3  # the head tells the videos apart
     unlabelled = tmp_path / 'test.txt'
-    unlabelled.write_text(''.join(f'{r.path}\n' for r in records))
+    unlabelled.write_text(''.join(f'{r.path} -1\n' for r in records))
     listed = run_predict(tiny_data_root, weights, str(unlabelled), '--root', frames_root,
                          '--json', str(tmp_path / 'p.json'), '--csv', str(tmp_path / 'p.csv'))
     assert {p.video: p.top1 for p in listed} == expected
@@ -158,7 +158,7 @@ def test_submission_and_gen_label_test_list(tiny_data_root, fitted, tmp_path):
     json.dump([{'id': v} for v in list(names) + ['missing_video']],
               open(annotations / 'test.json', 'w'))
     gen_label(['sthv2', str(annotations), frames_root, str(tmp_path / 'out')])
-    test_list = read_prediction_list(str(tmp_path / 'out' / 'test.txt'))
+    test_list = parse_list_file(str(tmp_path / 'out' / 'test.txt'))
     assert [r.path for r in test_list] == list(names)  # the one without frames is skipped
     assert all(r.label == -1 and r.num_frames == records[i].num_frames
                for i, r in enumerate(test_list))
@@ -179,7 +179,7 @@ def test_input_errors_and_frame_templates(tmp_path):
     bad = tmp_path / 'bad.txt'
     bad.write_text('a 3 1\nb x\n')
     with pytest.raises(Exception, match=r'bad.txt:2: cannot parse'):
-        read_prediction_list(str(bad))
+        parse_list_file(str(bad))
     with pytest.raises(Exception, match='neither a video file'):
         collect_inputs(str(tmp_path / 'nothing'))
 

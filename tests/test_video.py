@@ -1,4 +1,4 @@
-"""Video files: the frame-reader seam and its backends, both list formats, cached frame counts,
+"""Video files: the frame-reader seam and its backends, both list formats,
 bounded memory, truncated videos, the video tools and test.py under torchrun."""
 import logging
 import os
@@ -138,45 +138,13 @@ def test_both_list_formats_and_folders_without_count(video_tree):
                                                           (None, 1), (40, 0)]
     ds = D.TSNDataSet(str(root), str(list_file), 4, '{:05d}.jpg', None, random_shift=False)
     clips = [ds[k][0] for k in range(len(records))]
-    assert [r.num_frames for r in ds.video_list] == [40] * 5  # counted on first read
+    assert [r.num_frames for r in ds.video_list] == [40] * 5  # counted when the list is loaded
     for clip in clips[1:]:
         for a, b in zip(clips[0], clip):
             assert diff(a, b) < 3
     (root / 'bad.txt').write_text('a.mp4\n')
     with pytest.raises(D.DataError, match=r"bad.txt:1.*'<path> <label>'"):
         D.parse_list_file(str(root / 'bad.txt'))
-
-
-def test_counts_are_found_once_and_kept_across_epochs_and_workers(video_tree, tmp_path):
-    root, _ = video_tree
-    list_file = tmp_path / 'videos.txt'
-    paths = ['tree/train/jumping/a.mp4', 'tree/train/running/b.mp4', 'tree/val/running/c.mp4']
-    list_file.write_text(''.join(f'{p} {k}\n' for k, p in enumerate(paths)))
-    index_file = str(list_file) + V.FrameCountIndex.SUFFIX
-
-    ds = D.TSNDataSet(str(root), str(list_file), 4, '{:05d}.jpg', None, random_shift=True,
-                      video_backend='opencv')
-    # forkserver: workers forked from a clean process, not from this one, whose earlier tests
-    # left decoder threads behind
-    loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=list,
-                        multiprocessing_context='forkserver')
-    assert len([item for batch in loader for item in batch]) == 3
-    first = open(index_file).read().splitlines()
-    assert sorted(first) == sorted([f'{paths[0]} 40', f'{paths[1]} 30', f'{paths[2]} 20'])
-    # epoch 2: new workers, forked from a dataset that counted nothing itself: every count
-    # comes from the index (a count would append a line)
-    assert len([item for batch in loader for item in batch]) == 3
-    assert open(index_file).read().splitlines() == first
-    # a new run on the list loads the index in the main process
-    assert D.TSNDataSet(str(root), str(list_file), 4).frame_counts.counts == {
-        paths[0]: 40, paths[1]: 30, paths[2]: 20}
-
-    # a torn last line (a killed worker) is dropped when the index is loaded
-    with open(index_file, 'a') as f:
-        f.write('tree/x.mp4 1')
-    index = V.FrameCountIndex(str(list_file))
-    assert index.counts == {paths[0]: 40, paths[1]: 30, paths[2]: 20}
-    assert open(index_file).read().count('\n') == 3
 
 
 @pytest.mark.parametrize('backend', BACKENDS)

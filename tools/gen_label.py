@@ -3,7 +3,7 @@
     python tools/gen_label.py sthv1 ANNOTATIONS/ FRAMES/ OUT/
         something-something-v1-labels.csv, -train.csv, -validation.csv ('id;label' lines)
         -> OUT/category.txt, OUT/train.txt, OUT/valid.txt
-        (+ -test.csv, ids only, if present -> OUT/test.txt, unlabelled: '<folder> <num_frames>')
+        (+ -test.csv, ids only, if present -> OUT/test.txt, unlabelled: '<folder> <num_frames> -1')
     python tools/gen_label.py sthv2 ANNOTATIONS/ FRAMES/ OUT/
         labels.json ({name: index}), train.json, validation.json ([{id, template, ...}])
         -> OUT/category.txt, OUT/train.txt, OUT/valid.txt
@@ -43,7 +43,7 @@ UNLABELLED = -1
 def write_split(out_file, samples, frame_root):
     """Write `samples` [(folder, label)] whose frame folder exists; returns (written, skipped).
 
-    A label of None (test sets) writes an unlabelled '<folder> <num_frames>' line.
+    A label of None (test sets) writes an unlabelled '<folder> <num_frames> -1' line.
     """
     written = skipped = 0
     with open(out_file, 'w') as f:
@@ -53,7 +53,7 @@ def write_split(out_file, samples, frame_root):
             if frames == 0:
                 skipped += 1
                 continue
-            f.write(f'{folder} {frames}' + ('' if label is None else f' {label}') + '\n')
+            f.write(f'{folder} {frames} {UNLABELLED if label is None else label}\n')
             written += 1
     return written, skipped
 
