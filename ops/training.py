@@ -19,6 +19,7 @@ from ops.checkpoint import (CheckpointError, check_finite, check_trained_setting
                             save_checkpoint, training_checkpoint)
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
+from ops.download import imagenet_weights
 from ops.distributed import (ShardSampler, all_reduce_sum, cleanup, compile_model, setup_runtime,
                              to_channels_last, wrap_model)
 from ops.engine import TrainingDiverged, train_one_epoch, validate
@@ -62,9 +63,13 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
 
 
 def build_model(args, num_class):
-    """The TemporalModel main.py trains for `args` (before any --resume / --tune_from)."""
+    """The TemporalModel main.py trains for `args` (before any --resume / --tune_from);
+    --pretrain imagenet fetches the weights when missing, unless --offline (or MASNET_OFFLINE)."""
+    pretrain = args.pretrain
+    if pretrain == 'imagenet':
+        pretrain = imagenet_weights(args.arch, offline=args.offline or None)
     return TemporalModel(num_class, args.num_segments, args.type, args.arch,
-                         dropout=args.dropout, partial_bn=args.partialbn, pretrain=args.pretrain,
+                         dropout=args.dropout, partial_bn=args.partialbn, pretrain=pretrain,
                          input_size=args.input_size)
 
 
