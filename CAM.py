@@ -10,14 +10,16 @@ import argparse
 import os
 
 from opts import add_data_args, add_model_args, int_at_least
+from ops.cli import HelpFormatter
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.gradcam import DEMO_CHECKPOINT, explain
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Grad-CAM visualisation of a MAS-Net checkpoint.')
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description='Grad-CAM visualisation of a MAS-Net checkpoint.')
     add_data_args(parser, loader=False)
-    parser.add_argument('--weights', default=DEMO_CHECKPOINT, help='checkpoint (default: the demo\'s)')
+    parser.add_argument('--weights', default=DEMO_CHECKPOINT, help="checkpoint (the demo's by default: %(default)s)")
     parser.add_argument('--video', default=None,
                         help='frame folder, video file or video id (default: first val video)')
     parser.add_argument('--label', type=int, default=None,

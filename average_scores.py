@@ -7,13 +7,16 @@ import argparse
 import glob
 import os
 
+from ops.cli import HelpFormatter
 from ops.evaluation import (DEFAULT_SCORE_DIR, ScoreFileError, check_same_videos, ensemble,
                             load_scores, summarize)
 from ops.experiment import exit_on_user_error
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Average the class scores of several score files.')
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
+        description='Average the class scores of several score files.')
     parser.add_argument('files', nargs='*', help=f'npz score files (default: all in {DEFAULT_SCORE_DIR}/)')
     parser.add_argument('--score_dir', default=DEFAULT_SCORE_DIR, help='folder used without files')
     parser.add_argument('--weights', nargs='+', type=float, default=None, help='one weight per file')

@@ -2,6 +2,7 @@
 import argparse
 
 from archs import ARCHS
+from ops.cli import HelpFormatter
 from ops.dataset_config import DATASETS
 from ops.temporal import TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
@@ -82,6 +83,7 @@ def add_view_args(parser):
 
 def build_parser():
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         description='Train MAS-Net (or the TSM / TSN baselines) on video frame folders.')
     add_data_args(parser)
     add_model_args(parser)
@@ -115,7 +117,7 @@ def build_parser():
                              'decays x0.1 at each, as step_lr, like the release)')
     parser.add_argument('--warmup', default=0, type=int,
                         help='epochs of linear lr warm-up: epoch e < N uses lr x (e+1)/N '
-                             '(default 0: none, as the release)')
+                             '(0: none, as the release)')
     parser.add_argument('--momentum', default=0.9, type=float)
     parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float)
     parser.add_argument('--clip-gradient', '--gd', default=20, type=float,

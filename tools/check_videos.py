@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.dataset import DataError, parse_list_file  # noqa: E402
 from ops.utils import atomic_write  # noqa: E402
 from ops.video_readers import count_frames  # noqa: E402
@@ -108,7 +109,8 @@ def write_clean_list(path, list_file, statuses):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('list_file')
     parser.add_argument('root', help='folder the paths of the list are relative to')
     parser.add_argument('--report', default=None, help='default: LIST.check')

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from opts import add_model_args  # noqa: E402
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.checkpoint import read_checkpoint  # noqa: E402
 from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
 from ops.export import FORMATS, ParityError, export_and_check  # noqa: E402
@@ -25,7 +26,8 @@ from ops.recognizer import Recognizer, collect_inputs  # noqa: E402
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--weights', required=True, help='checkpoint')
     parser.add_argument('--video', required=True,
                         help='video file or frame folder: the real clip of the parity check')

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.dataset_config import DatasetError, image_template  # noqa: E402
 from ops.utils import atomic_write  # noqa: E402
 from ops.video_readers import VIDEO_EXTENSIONS  # noqa: E402
@@ -156,7 +157,8 @@ def frame_template(tmpl, dataset):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('video_dir')
     parser.add_argument('frame_dir')
     parser.add_argument('--short_side', type=int, default=256, help='0 keeps the original size')

@@ -25,6 +25,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
 from tools import bench_model  # noqa: E402
 
@@ -96,7 +97,8 @@ def run_step(report, name, function, *args, **kwargs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--out', default='gpu_check.json', help='the JSON report')
     parser.add_argument('--repeats', type=int, default=15, help='benchmark rounds')
     parser.add_argument('--skip', nargs='*', default=[], choices=['bench', 'train', 'test'],
