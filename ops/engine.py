@@ -7,7 +7,7 @@ import torch
 
 from ops.distributed import all_reduce_sum
 from ops.errors import UserError
-from ops.utils import AverageMeter, accuracy, progress
+from ops.utils import AverageMeter, accuracy, progress, throughput
 
 logger = logging.getLogger('masnet')
 
@@ -28,7 +28,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.train()
     device = runtime.device
-    end = time.time()
+    end = start = time.time()
     bar = progress(loader, enabled=runtime.is_main, desc=f'train {epoch}', leave=False)
     # one report of the running loss / top-1: the bar on a terminal, the print-freq lines in
     # a log file (and on the console when there is no bar)
@@ -66,8 +66,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
                         f'Data {data_time.val:.3f} ({data_time.avg:.3f})\t'
                         f'Loss {losses.val:.4f} ({losses.avg:.4f})\t'
                         f'Prec@1 {top1.val:.3f} ({top1.avg:.3f})\t'
-                        f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})',
+                        f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})\t'
+                        + throughput(losses.count, start, len(loader) * loader.batch_size,
+                                     runtime.world_size),
                         extra={'console': bar.disable})
+    logger.info(f'Epoch: [{epoch}] trained '
+                f'{throughput(losses.count, start, world_size=runtime.world_size)}')
     return _reduce_meters(losses, top1, top5, runtime)
 
 
@@ -77,6 +81,7 @@ def validate(model, loader, criterion, runtime, desc: str = 'val') -> Tuple[floa
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.eval()
     device = runtime.device
+    start = time.time()
     for clips, labels in progress(loader, enabled=runtime.is_main, desc=desc, leave=False):
         clips = clips.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -87,6 +92,8 @@ def validate(model, loader, criterion, runtime, desc: str = 'val') -> Tuple[floa
         losses.update(loss.item(), n)
         top1.update(prec1, n)
         top5.update(prec5, n)
+    logger.info(f'{desc}: evaluated '
+                f'{throughput(losses.count, start, world_size=runtime.world_size)}')
     return _reduce_meters(losses, top1, top5, runtime)
 
 

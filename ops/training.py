@@ -10,6 +10,7 @@ the run-folder lock.
 import logging
 import math
 import os
+import time
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -28,7 +29,7 @@ from ops.experiment import (RunLockedError, default_store_name, lock_run_folder,
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.models import TemporalModel
 from ops.transforms import build_transform
-from ops.utils import remove_stale_temp_files, set_seed
+from ops.utils import format_duration, remove_stale_temp_files, set_seed
 
 logger = logging.getLogger('masnet')
 
@@ -71,6 +72,14 @@ def build_model(args, num_class):
     return TemporalModel(num_class, args.num_segments, args.type, args.arch,
                          dropout=args.dropout, partial_bn=args.partialbn, pretrain=pretrain,
                          input_size=args.input_size)
+
+
+def run_eta(start, epochs_done, epochs_left):
+    """``'H:MM:SS, ETA of the run H:MM:SS (N epochs left)'`` at the pace since `start`."""
+    elapsed = time.time() - start
+    eta = format_duration(elapsed / epochs_done * epochs_left)
+    return (f'{format_duration(elapsed)}, ETA of the run {eta} '
+            f'({epochs_left} epoch(s) left)')
 
 
 def add_scalars(writer, epoch, values):
@@ -272,6 +281,7 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
         writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(log_dir), 'tensorboardX'))
         writer.flush()
     epoch = start_epoch
+    run_start = time.time()
     try:
         for epoch in range(start_epoch, args.epochs):
             set_seed(args.seed + epoch)  # an epoch's randomness depends only on (seed, epoch)
@@ -312,6 +322,8 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
                     save_checkpoint(state, best_path)
                 save_checkpoint(state, latest)
                 writer.flush()
+            logger.info(f'Epoch {epoch} done; {epoch + 1 - start_epoch} epoch(s) in '
+                        f'{run_eta(run_start, epoch + 1 - start_epoch, args.epochs - epoch - 1)}')
     except KeyboardInterrupt:
         logger.info(f'interrupted during epoch {epoch}; {latest} '
                     f'holds the last complete epoch: run the same command to resume')
