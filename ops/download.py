@@ -15,6 +15,7 @@ downloaded into ``<torch hub dir>/checkpoints/`` on first use and read from ther
 - the address is ``IMAGENET_URL`` (torchvision's) unless ``MASNET_WEIGHTS_URL`` names another
   base (a mirror, or the local server of the tests); a progress bar shows on a terminal.
 """
+import contextlib
 import hashlib
 import logging
 import os
@@ -125,7 +126,8 @@ def imagenet_weights(arch, offline=None):
             return path
         logger.warning("'%s' does not match the sha256 prefix in its name (a partial or "
                        "corrupt copy): fetching it again", path)
-        os.remove(path)
+        with contextlib.suppress(FileNotFoundError):  # another process may have removed it
+            os.remove(path)
     elif offline:
         raise DownloadError(f"--pretrain imagenet: '{path}' not found and offline (--offline or "
                             f"{OFFLINE_ENV}=1); fetch {url} to that path, or pass --pretrain none "

@@ -62,6 +62,8 @@ def main(argv=None):
     model = model_from_checkpoint(checkpoint, args.weights, num_class, args.num_segments,
                                   args.type, args.arch, args.input_size, args.full_res)
     prefix = args.output or args.weights.replace('.pth.tar', '').replace('.pth', '')
+    if os.path.dirname(prefix):
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
     try:
         return export_and_check(model.eval(), prefix, args.format, real_clip(model, args.video),
                                 args.tolerance)
