@@ -19,7 +19,8 @@ def build_parser():
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
                                      description='Grad-CAM visualisation of a MAS-Net checkpoint.')
     add_data_args(parser, loader=False)
-    parser.add_argument('--weights', default=DEMO_CHECKPOINT, help="checkpoint (the demo's by default: %(default)s)")
+    parser.add_argument('--weights', default=DEMO_CHECKPOINT,
+                        help="checkpoint (the demo's by default: %(default)s)")
     parser.add_argument('--video', default=None,
                         help='frame folder, video file or video id (default: first val video)')
     parser.add_argument('--label', type=int, default=None,
