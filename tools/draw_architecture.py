@@ -143,7 +143,8 @@ def draw_modules(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
                                      description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='imgs')
+    parser.add_argument('--out', default='outputs',
+                        help='folder of MAS-Net.png and Module.png (`make figures`: imgs)')
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     draw_overview(os.path.join(args.out, 'MAS-Net.png'))

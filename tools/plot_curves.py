@@ -51,7 +51,8 @@ def main(argv=None):
                                      description=__doc__.splitlines()[0])
     parser.add_argument('runs', nargs='+', help='run folders (holding tensorboardX/)')
     parser.add_argument('--labels', nargs='+', default=None)
-    parser.add_argument('--out', default=os.path.join('imgs', 'training_curves.png'))
+    parser.add_argument('--out', default=os.path.join('outputs', 'training_curves.png'),
+                        help='figure to write (`make figures`: imgs/training_curves.png)')
     args = parser.parse_args(argv)
     plot(args.runs, args.out, args.labels)
     print(f'wrote {args.out}')
