@@ -14,14 +14,17 @@ import argparse
 import os
 
 from opts import add_data_args, add_model_args, add_trust_arg, int_at_least
+from ops.cli import HelpFormatter
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.gradcam import DEMO_CHECKPOINT, explain
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Grad-CAM visualisation of a MAS-Net checkpoint.')
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description='Grad-CAM visualisation of a MAS-Net checkpoint.')
     add_data_args(parser, default_dataset=None, loader=False)
-    parser.add_argument('--weights', default=DEMO_CHECKPOINT, help='checkpoint (default: the demo\'s)')
+    parser.add_argument('--weights', default=DEMO_CHECKPOINT,
+                        help="checkpoint (the demo's by default: %(default)s)")
     add_trust_arg(parser)
     parser.add_argument('--video', default=None,
                         help='frame folder, video file or video id (default: first val video)')
@@ -29,7 +32,8 @@ def build_parser():
                         help='ground-truth class of a --video given as folder/file, if known')
     parser.add_argument('--num_segments', type=int_at_least(1), default=None, help='default: the checkpoint\'s')
     parser.add_argument('--target_class', type=int_at_least(0), default=None, help='default: the predicted class')
-    parser.add_argument('--output', default=os.path.join('imgs', 'CAM_result.png'))
+    parser.add_argument('--output', default=os.path.join('outputs', 'CAM_result.png'),
+                        help='figure to write (`make figures` writes imgs/CAM_result.png)')
     add_model_args(parser, defaults_from_checkpoint=True)
     return parser
 

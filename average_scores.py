@@ -13,6 +13,7 @@ import argparse
 import glob
 import os
 
+from ops.cli import HelpFormatter
 from ops.evaluation import (DEFAULT_SCORE_DIR, ScoreFileError, check_same_videos, describe_group,
                             describe_labels, ensemble, evaluation_group, load_scores, summarize)
 from ops.experiment import exit_on_user_error
@@ -20,8 +21,12 @@ from ops.utils import atomic_write
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Average the class scores of several score files.')
-    parser.add_argument('files', nargs='*', help=f'npz score files (default: those in {DEFAULT_SCORE_DIR}/)')
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
+        description='Average the class scores of several score files.')
+    parser.add_argument('files', nargs='*',
+                        help=f'npz score files (default: the one evaluation group in '
+                             f'{DEFAULT_SCORE_DIR}/)')
     parser.add_argument('--score_dir', default=DEFAULT_SCORE_DIR, help='folder used without files')
     parser.add_argument('--dataset', default=None,
                         help="without files: only the score files of this dataset (its name, "

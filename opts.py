@@ -7,6 +7,7 @@ import math
 import os
 
 from archs import ARCHS
+from ops.cli import HelpFormatter
 from ops.dataset_config import DATASETS
 from ops.temporal import TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
@@ -122,6 +123,7 @@ def add_view_args(parser):
 
 def build_parser():
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         description='Train MAS-Net (or the TSM / TSN baselines) on video frame folders.')
     add_data_args(parser)
     add_model_args(parser)
@@ -129,8 +131,13 @@ def build_parser():
     parser.add_argument('--num_segments', type=int_at_least(1), default=8, help='frames sampled per clip (T)')
     parser.add_argument('--dropout', '--do', default=0.5, type=float_in(0, 1), help='dropout before new_fc')
     parser.add_argument('--pretrain', default='imagenet',
-                        help="'imagenet' (torchvision weights from the torch hub cache), 'none', "
-                             "or a weight file")
+                        help="'imagenet' (torchvision's weights in the torch hub cache, downloaded "
+                             "and checked against their sha256 when missing), 'none', or a "
+                             "weight file")
+    parser.add_argument('--offline', action='store_true',
+                        help='never download (--pretrain imagenet then needs the file in the '
+                             'torch hub cache); the environment variable MASNET_OFFLINE=1 does '
+                             'the same')
     parser.add_argument('--partialbn', '--pbn', dest='partialbn', action='store_true',
                         help="TSN/TSM's partial BN: freeze every pretrained BatchNorm but the "
                              "first (off by default, as in the release)")

@@ -20,12 +20,14 @@ import torch
 
 from opts import (add_speed_args, add_data_args, add_model_args, add_trust_arg, add_view_args,
                   int_at_least)
+from ops.cli import HelpFormatter
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.predict import run_prediction
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Top-k classes of videos, files or streams.')
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description='Top-k classes of videos, files or streams.')
     parser.add_argument('input', help='video file, frame folder, folder of videos, list file; '
                                       'with --window: video file, camera index or stream URL')
     parser.add_argument('--weights', required=True, help='checkpoint')

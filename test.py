@@ -15,13 +15,15 @@ import torch
 
 from opts import (add_speed_args, add_data_args, add_model_args, add_trust_arg, add_view_args,
                   int_at_least)
+from ops.cli import HelpFormatter
 from ops.evaluation import DEFAULT_SCORE_DIR
 from ops.experiment import exit_on_user_error, setup_logging
 from ops.inference import evaluate_checkpoints
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Multi-crop / multi-clip evaluation of MAS-Net.')
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description='Multi-crop / multi-clip evaluation of MAS-Net.')
     add_data_args(parser)
     add_model_args(parser, defaults_from_checkpoint=True)
     parser.add_argument('--weights', required=True,

@@ -30,7 +30,7 @@ import subprocess
 import numpy as np
 import torch
 
-from archs import IMAGENET_WEIGHT_FILES
+from ops.download import DownloadError, imagenet_weights
 from ops.errors import UserError
 from ops.utils import atomic_write
 
@@ -55,7 +55,6 @@ SAFE_GLOBALS = [
     (_NUMPY_SCALAR, 'numpy._core.multiarray.scalar'),
 ] + [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64,
                                   np.bool_)]
-IMAGENET_URL = 'https://download.pytorch.org/models/{}'
 
 logger = logging.getLogger('masnet.model')
 
@@ -342,31 +341,22 @@ def unwrap_model(model):
     return model
 
 
-def imagenet_weight_path(arch):
-    """Where torchvision keeps the IMAGENET1K_V1 weights of `arch` (the torch hub cache)."""
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', IMAGENET_WEIGHT_FILES[arch])
-
-
-def load_pretrained_backbone(backbone, arch, pretrain, trust=False):
+def load_pretrained_backbone(backbone, arch, pretrain, offline=None, trust=False):
     """Initialise `backbone` (a ResNet of `arch`) non-strictly from pretrained weights.
 
-    pretrain: 'imagenet' (torchvision's file in the torch hub cache; never downloaded),
-    'none' / '' / None, or the path of a weight file (torchvision layout or a TemporalModel
-    checkpoint, whose new_fc is ignored); `trust` as in read_checkpoint. Returns the names of
-    the tensors loaded.
+    pretrain: 'imagenet' (torchvision's file in the torch hub cache, downloaded and verified
+    there when missing: ops.download.imagenet_weights; `offline` True, or None with
+    MASNET_OFFLINE set, refuses to download), 'none' / '' / None, or the path of a weight file
+    (torchvision layout or a TemporalModel checkpoint, whose new_fc is ignored); `trust` as in
+    read_checkpoint. Returns the names of the tensors loaded.
     """
     if pretrain in (None, '', 'none'):
         return []
     if pretrain == 'imagenet':
-        if arch not in IMAGENET_WEIGHT_FILES:
-            raise CheckpointError(f"--pretrain imagenet: no torchvision weights exist for "
-                                  f"'{arch}'; pass --pretrain none or a weight file")
-        path = imagenet_weight_path(arch)
-        if not os.path.isfile(path):
-            url = IMAGENET_URL.format(IMAGENET_WEIGHT_FILES[arch])
-            raise CheckpointError(
-                f"--pretrain imagenet: '{path}' not found (no download is attempted); "
-                f"fetch {url} to that path, or pass --pretrain none or --pretrain PATH")
+        try:
+            path = imagenet_weights(arch, offline)
+        except DownloadError as exc:
+            raise CheckpointError(str(exc)) from None
     else:
         path = pretrain
     checkpoint = read_checkpoint(path, trust=trust)

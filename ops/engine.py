@@ -7,7 +7,7 @@ import torch
 
 from ops.distributed import all_reduce_sum
 from ops.errors import UserError
-from ops.utils import AverageMeter, accuracy, progress, restore_rng_state
+from ops.utils import AverageMeter, accuracy, progress, restore_rng_state, throughput
 
 logger = logging.getLogger('masnet')
 
@@ -46,7 +46,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
             losses.sum, losses.count, top1.sum, top5.sum = loss_sum, count, top1_sum, top5_sum
             top1.count = top5.count = count
     total = first + len(loader)
-    end = time.time()
+    end = start = time.time()
+    seen = 0  # clips this process trained in this call (a resumed epoch counts from its resume)
     bar = progress(batches, enabled=runtime.is_main, desc=f'train {epoch}', leave=False,
                    total=total, initial=first)
     # one report of the running loss / top-1: the bar on a terminal, the print-freq lines in
@@ -73,6 +74,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
 
         prec1, prec5 = accuracy(output.detach().float(), labels, topk=(1, 5))
         n = labels.size(0)
+        seen += n
         losses.update(loss.item(), n)
         top1.update(prec1, n)
         top5.update(prec5, n)
@@ -85,10 +87,13 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
                         f'Data {data_time.val:.3f} ({data_time.avg:.3f})\t'
                         f'Loss {losses.val:.4f} ({losses.avg:.4f})\t'
                         f'Prec@1 {top1.val:.3f} ({top1.avg:.3f})\t'
-                        f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})',
+                        f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})\t'
+                        + throughput(seen, start, len(loader) * loader.batch_size,
+                                     runtime.world_size),
                         extra={'console': bar.disable})
         if after_iteration is not None:
             after_iteration(i + 1, meter_sums(losses, top1, top5))
+    logger.info(f'Epoch: [{epoch}] trained {throughput(seen, start, world_size=runtime.world_size)}')
     return _reduce_meters(losses, top1, top5, runtime)
 
 
@@ -104,6 +109,7 @@ def validate(model, loader, criterion, runtime, desc: str = 'val') -> Tuple[floa
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     model.eval()
     device = runtime.device
+    start = time.time()
     for clips, labels in progress(loader, enabled=runtime.is_main, desc=desc, leave=False):
         clips = clips.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -114,6 +120,8 @@ def validate(model, loader, criterion, runtime, desc: str = 'val') -> Tuple[floa
         losses.update(loss.item(), n)
         top1.update(prec1, n)
         top5.update(prec5, n)
+    logger.info(f'{desc}: evaluated '
+                f'{throughput(losses.count, start, world_size=runtime.world_size)}')
     return _reduce_meters(losses, top1, top5, runtime)
 
 

@@ -24,7 +24,7 @@ import torch
 from ops.checkpoint import unwrap_model
 from ops.errors import UserError
 from ops.experiment import LockBusy, hold_lock
-from ops.utils import accuracy, atomic_write, class_accuracy, progress
+from ops.utils import accuracy, atomic_write, class_accuracy, progress, throughput
 
 logger = logging.getLogger('masnet')
 
@@ -299,6 +299,6 @@ def evaluate_models(models, loaders, num_segments: List[int], device: torch.devi
         bar.update(labels.size(0))
         seen += labels.size(0)
         if bar.disable and (batch % log_every == 0 or batch == len(loaders[0])):
-            logger.info(f'test: {seen}/{total} videos, {time.time() - start:.0f} s')
+            logger.info(f'test: {throughput(seen, start, total, unit="videos")}')
     bar.close()
     return [torch.cat(o).numpy() for o in outputs], torch.cat(all_labels).numpy()

@@ -3,7 +3,15 @@
     from ops.recognizer import Recognizer
     recognizer = Recognizer.from_checkpoint('ckpt.best.pth.tar')  # class names: the file's
     recognizer.predict('my_video.mp4', topk=5)      # -> Prediction (names + probabilities)
-    recognizer.predict(list_of_bgr_frames)           # frames already decoded (OpenCV BGR)
+    recognizer.predict(frames)                       # decoded frames, OpenCV's BGR order
+    recognizer.predict(frames, color_order='rgb')    # ... from PIL, PyAV rgb24, torchvision
+
+Decoded frames are a list of ``(H, W, 3)`` uint8 arrays (or tensors), a ``(T, H, W, 3)`` uint8
+numpy array or a ``(T, H, W, 3)`` uint8 tensor. Their channel order defaults to 'bgr', the
+order of OpenCV (``cv2.VideoCapture``, ``cv2.imread``) and of every frame reader of this code
+base, so frames read as predict.py and test.py read them give their scores unchanged; frames from
+PIL, PyAV's ``to_ndarray(format='rgb24')``, decord, torchvision or imageio are RGB: pass
+``color_order='rgb'``.
 
 An input is a video file, a frame folder, a folder of videos / frame folders (or of class
 folders of them), or a list file in the one list grammar of ops.dataset (``<path> <label>`` or
@@ -36,6 +44,7 @@ from ops.utils import atomic_write
 logger = logging.getLogger('masnet')
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+COLOR_ORDERS = ('bgr', 'rgb')
 
 
 @dataclass
@@ -67,6 +76,32 @@ class Prediction:
         ranked = '  '.join(f'{r}. {n} ({p:.1%})' for r, (n, p) in
                            enumerate(zip(self.names, self.probabilities), start=1))
         return f'{self.video}{" " + head if head else ""}: {ranked}'
+
+
+def as_bgr_frames(frames, color_order: str = 'bgr') -> List[np.ndarray]:
+    """The frames of `frames` as a list of ``(H, W, 3)`` uint8 BGR arrays.
+
+    frames: a list / tuple of ``(H, W, 3)`` uint8 arrays or tensors, or a ``(T, H, W, 3)`` uint8
+    numpy array or tensor. color_order: 'bgr' (OpenCV's) or 'rgb' (PIL's, PyAV's rgb24).
+    """
+    if color_order not in COLOR_ORDERS:
+        raise DataError(f"color_order must be 'bgr' or 'rgb', not {color_order!r}")
+    if torch.is_tensor(frames):
+        frames = frames.detach().cpu().numpy()
+    if isinstance(frames, np.ndarray) and frames.ndim == 4:
+        frames = list(frames)  # (T, H, W, 3) -> T x (H, W, 3)
+    if not isinstance(frames, (list, tuple)):
+        raise DataError(f'frames must be a list of (H, W, 3) arrays or a (T, H, W, 3) array or '
+                        f'tensor, not {type(frames).__name__}'
+                        + (f' of shape {tuple(frames.shape)}' if hasattr(frames, 'shape') else ''))
+    out = []
+    for i, frame in enumerate(frames):
+        frame = frame.detach().cpu().numpy() if torch.is_tensor(frame) else np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise DataError(f'frame {i} is a {frame.dtype} array of shape {frame.shape}; frames '
+                            f'must be (H, W, 3) uint8 (channels last, values 0..255)')
+        out.append(np.ascontiguousarray(frame[..., ::-1]) if color_order == 'rgb' else frame)
+    return out
 
 
 def frame_template(folder: str, default: str) -> str:
@@ -276,9 +311,11 @@ class Recognizer:
         check_finite_scores(scores[0], 'the model', [r.path for r in records])
         return scores[0]
 
-    def clip_scores(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """View-averaged scores (num_class,) of sampled BGR frames (clips x T of them)."""
-        clip, _ = self.transform(list(frames), UNKNOWN_LABEL)  # (V*clips*T*3, H, W)
+    def clip_scores(self, frames, color_order: str = 'bgr') -> np.ndarray:
+        """View-averaged scores (num_class,) of sampled frames (clips x T of them; any input
+        of as_bgr_frames, in `color_order`)."""
+        clip, _ = self.transform(as_bgr_frames(frames, color_order),
+                                 UNKNOWN_LABEL)  # (V*clips*T*3, H, W)
         clip = clip.to(self.device).view(-1, self.num_segments * 3, *clip.shape[-2:])
         with torch.no_grad():
             scores = self.model(clip).float()  # (V*clips, C)
@@ -288,21 +325,30 @@ class Recognizer:
         check_finite_scores(scores[None], 'the model')
         return scores
 
-    def predict_frames(self, frames: Sequence[np.ndarray], topk: int = 5,
-                       video: str = 'frames', **extra) -> Prediction:
-        """Top-k of a decoded video (all its BGR frames, in order), sampled as a test clip."""
+    def predict_frames(self, frames, topk: int = 5, video: str = 'frames', *,
+                       color_order: str = 'bgr', **extra) -> Prediction:
+        """Top-k of a decoded video (all its frames, in order), sampled as a test clip.
+
+        frames: a list of ``(H, W, 3)`` uint8 arrays / tensors, or a ``(T, H, W, 3)`` uint8
+        array / tensor; color_order: their channel order, 'bgr' (OpenCV's, the default) or
+        'rgb' (PIL, PyAV rgb24, torchvision).
+        """
+        frames = as_bgr_frames(frames, color_order)
         if not frames:
             raise DataError(f"{video}: no frame to predict on")
         picked = [frames[i - 1] for i in self.sample_indices(len(frames)).tolist()]
         scores = self.clip_scores(picked)[None]  # (1, C)
         return self.ranked(video, self.probabilities(scores)[0], topk, **extra)
 
-    def predict(self, source, topk: int = 5, batch_size: int = 1,
-                workers: int = 0) -> Union[Prediction, List[Prediction]]:
+    def predict(self, source, topk: int = 5, batch_size: int = 1, workers: int = 0,
+                color_order: str = 'bgr') -> Union[Prediction, List[Prediction]]:
         """Top-k of a path (one Prediction for a video/frame folder, a list for a folder of
-        videos or a list file) or of a sequence of decoded BGR frames."""
+        videos or a list file) or of decoded frames: a list of ``(H, W, 3)`` uint8 arrays, a
+        ``(T, H, W, 3)`` uint8 numpy array or tensor, whose channel order is `color_order`
+        ('bgr': OpenCV's and this code base's readers', the default; 'rgb': PIL's, PyAV's
+        rgb24, torchvision's). Files are always read as test.py reads them."""
         if not isinstance(source, (str, os.PathLike)):
-            return self.predict_frames(source, topk)
+            return self.predict_frames(source, topk, color_order=color_order)
         source = os.fspath(source)
         root, records = collect_inputs(source, categories=self.categories)
         predictions = self.predict_records(root, records, topk, batch_size, workers)

@@ -37,6 +37,8 @@ def open_source(source: Union[str, int]) -> cv2.VideoCapture:
 def open_writer(path: str, fps: float, size) -> cv2.VideoWriter:
     """An opened cv2.VideoWriter of ``size`` (width, height): mp4v for .mp4, else MJPG."""
     fourcc = cv2.VideoWriter_fourcc(*('mp4v' if path.lower().endswith('.mp4') else 'MJPG'))
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     writer = cv2.VideoWriter(path, fourcc, fps, size)
     if not writer.isOpened():
         raise DataError(f"'{path}': OpenCV cannot write this video file")

@@ -10,6 +10,7 @@ the run-folder lock.
 import logging
 import math
 import os
+import time
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,6 +22,7 @@ from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.distributed import (ShardSampler, all_reduce_sum, barrier, cleanup, compile_model,
                              one_line_failures, setup_runtime, to_channels_last, wrap_model)
+from ops.download import imagenet_weights
 from ops.engine import TrainingDiverged, train_one_epoch, validate
 from ops.experiment import (RunLockedError, default_store_name, lock_run_folder, run_folder,
                             save_args, setup_logging)
@@ -28,7 +30,7 @@ from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.models import TemporalModel
 from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
 from ops.transforms import build_transform
-from ops.utils import remove_stale_temp_files, rng_state, set_seed
+from ops.utils import format_duration, remove_stale_temp_files, rng_state, set_seed
 
 logger = logging.getLogger('masnet')
 
@@ -80,10 +82,22 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
 
 
 def build_model(args, num_class):
-    """The TemporalModel main.py trains for `args` (before any --resume / --tune_from)."""
+    """The TemporalModel main.py trains for `args` (before any --resume / --tune_from);
+    --pretrain imagenet fetches the weights when missing, unless --offline (or MASNET_OFFLINE)."""
+    pretrain = args.pretrain
+    if pretrain == 'imagenet':
+        pretrain = imagenet_weights(args.arch, offline=args.offline or None)
     return TemporalModel(num_class, args.num_segments, args.type, args.arch,
-                         dropout=args.dropout, partial_bn=args.partialbn, pretrain=args.pretrain,
+                         dropout=args.dropout, partial_bn=args.partialbn, pretrain=pretrain,
                          input_size=args.input_size, trust_checkpoint=args.trust_checkpoint)
+
+
+def run_eta(start, epochs_done, epochs_left):
+    """``'H:MM:SS, ETA of the run H:MM:SS (N epochs left)'`` at the pace since `start`."""
+    elapsed = time.time() - start
+    eta = format_duration(elapsed / epochs_done * epochs_left)
+    return (f'{format_duration(elapsed)}, ETA of the run {eta} '
+            f'({epochs_left} epoch(s) left)')
 
 
 def add_scalars(writer, epoch, values):
@@ -365,6 +379,7 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
 
     epoch = start_epoch
     stop.install()
+    run_start = time.time()
     try:
         for epoch in range(start_epoch, args.epochs):
             set_seed(args.seed + epoch)  # an epoch's randomness depends only on (seed, epoch)
@@ -409,6 +424,8 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
                     save_checkpoint(state, best_path)
                 save_checkpoint(state, latest)
                 writer.flush()
+            logger.info(f'Epoch {epoch} done; {epoch + 1 - start_epoch} epoch(s) in '
+                        f'{run_eta(run_start, epoch + 1 - start_epoch, args.epochs - epoch - 1)}')
             signame = stop.poll() if epoch + 1 < args.epochs else None
             if signame:  # it came during validation or the checkpoint writes
                 logger.info(f'{signame} at the end of epoch {epoch}: saved {latest}; rerun the '

@@ -27,6 +27,29 @@ def progress(iterable=None, enabled=True, **kwargs):
     return tqdm(iterable, disable=not (enabled and on_terminal()), dynamic_ncols=True, **kwargs)
 
 
+def format_duration(seconds) -> str:
+    """``H:MM:SS`` of a number of seconds ('?' when unknown: None, inf or NaN)."""
+    if seconds is None or not np.isfinite(seconds):
+        return '?'
+    minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f'{hours}:{minutes:02d}:{secs:02d}'
+
+
+def throughput(done, start, total=None, world_size=1, unit='clips') -> str:
+    """``'<done> <unit> in H:MM:SS, <rate> <unit>/s'``, or with a `total`
+    ``'<done>/<total> <unit> in H:MM:SS, <rate> <unit>/s, ETA H:MM:SS'``: `done` items took the
+    time since `start` (a time.time()), the rest of `total` is expected at the same rate. With
+    `world_size` processes each doing as many, the counts are all processes'."""
+    done, elapsed = done * world_size, time.time() - start
+    rate = done / elapsed if elapsed > 0 else float('nan')
+    if total is None:
+        return f'{done} {unit} in {format_duration(elapsed)}, {rate:.1f} {unit}/s'
+    eta = (total * world_size - done) / rate if rate > 0 else None
+    return (f'{done}/{total * world_size} {unit} in {format_duration(elapsed)}, '
+            f'{rate:.1f} {unit}/s, ETA {format_duration(eta)}')
+
+
 class AverageMeter:
     """Running average of a scalar (loss, accuracy, time), weighted by batch size."""
 

@@ -42,3 +42,11 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def no_weight_downloads(monkeypatch):
+    """No test downloads ImageNet weights: offline, and the address a closed local port, unless
+    a test serves the weights itself (tests/test_download.py)."""
+    monkeypatch.setenv('MASNET_OFFLINE', '1')
+    monkeypatch.setenv('MASNET_WEIGHTS_URL', 'http://127.0.0.1:9/')

@@ -15,17 +15,19 @@ FLOORS = [
     # 1: leaves: utilities, schedules, devices, transforms, the synthetic generator
     ['archs', 'ops.utils', 'ops.optim', 'ops.lr_schedule', 'ops.distributed', 'ops.synthetic',
      'ops.mas_fused',
-     'ops.transforms'],
-    # 2: temporal blocks, data layouts and readers, checkpoint I/O, run folders, the epoch loops
+     'ops.transforms', 'ops.cli'],
+    # 2: downloads of ImageNet weights (atomic writes, progress bars below; checkpoint I/O above)
+    ['ops.download'],
+    # 3: temporal blocks, data layouts and readers, checkpoint I/O, run folders, the epoch loops
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
      'ops.checkpoint', 'ops.experiment', 'ops.engine', 'ops.export', 'ops.preemption'],
-    # 3: the registry of temporal types, the dataset, scores, the test reference
+    # 4: the registry of temporal types, the dataset, scores, the test reference
     ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference'],
-    # 4: the model; the command-line flags
+    # 5: the model; the command-line flags
     ['ops.models', 'opts', 'ops.analysis'],
-    # 5: what uses a model: training, Grad-CAM, the Recognizer API (and its prediction records)
+    # 6: what uses a model: training, Grad-CAM, the Recognizer API (and its prediction records)
     ['ops.training', 'ops.gradcam', 'ops.recognizer'],
-    # 6-7: test.py's evaluation (writes submissions through the API's records) and streams,
+    # 7-8: test.py's evaluation (writes submissions through the API's records) and streams,
     # then the prediction run
     ['ops.inference', 'ops.stream'],
     ['ops.predict'],

@@ -97,7 +97,32 @@ def test_command_flags_exist(section, command):
             assert flag in usage, f'{flag} of {command} not in {script} --help'
 
 
+def git_status(folder):
+    return subprocess.run(['git', 'status', '--porcelain', '--untracked-files=all'], cwd=folder,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def written_into_repository(before):
+    """Lines of the repository's git status that are new since `before`: untracked files, and
+    changes of the tracked figures (edits of code during the run are someone's work, not ours)."""
+    new = set(git_status(ROOT).splitlines()) - set(before.splitlines())
+    return sorted(line for line in new if line.startswith('??') or 'imgs/' in line)
+
+
+def make_checkout(folder):
+    """A git repository in `folder` with the project's .gitignore and a tracked figure, as a
+    checkout where the README's commands are run."""
+    (folder / 'imgs').mkdir()
+    shutil.copy(os.path.join(ROOT, '.gitignore'), folder / '.gitignore')
+    shutil.copy(os.path.join(ROOT, 'imgs', 'CAM_result.png'), folder / 'imgs' / 'CAM_result.png')
+    git = ['git', '-c', 'user.name=test', '-c', 'user.email=test@localhost']
+    for command in (['init', '-q'], ['add', '.'], ['commit', '-q', '-m', 'checkout']):
+        subprocess.run(git + command, cwd=folder, check=True, capture_output=True)
+
+
 def test_synthetic_tour_runs_as_written(tmp_path):
+    make_checkout(tmp_path)
+    repo_status = git_status(ROOT)
     results = [run_command(c, cwd=tmp_path)
                for c in section_commands('A tour on the synthetic dataset')]
     run = tmp_path / 'experiments/synthetic/MASNet/resnet10/num_segments_8/demo'
@@ -107,8 +132,19 @@ def test_synthetic_tour_runs_as_written(tmp_path):
     assert scores == ['synthetic_MASNet_resnet10_8f_1crop_1clip_64px.npz',
                       'synthetic_MASNet_resnet10_8f_3crop_2clip_73px.npz']  # full_res: 64*256/224
     assert 'ensemble' in results[3].stdout
-    assert (tmp_path / 'cam.png').stat().st_size > 10000
+    assert (tmp_path / 'outputs' / 'cam.png').stat().st_size > 10000
     assert '26.07 M params, 33.55 GFLOPs' in results[5].stdout
+    # the commands that use the tour's model, from the same folder
+    for section in ('Prediction', 'Streams and long videos', 'Visualization'):
+        for command in section_commands(section):
+            run_command(command, cwd=tmp_path)
+    export, = [c for c in section_commands('Export') if 'tools/export.py' in c]
+    run_command(export, cwd=tmp_path)
+    assert (tmp_path / 'outputs' / 'masnet_demo.onnx').is_file()
+    assert (tmp_path / 'outputs' / 'CAM_result.png').is_file()
+    # no tracked file changed, no file written outside the ignored folders
+    assert git_status(tmp_path) == ''
+    assert written_into_repository(repo_status) == []
 
 
 def make_something_v1(datasets):

@@ -2,6 +2,8 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 from ops.evaluation import save_scores
+from tests.conftest import ROOT
 from tools import ablation_table, extract_frames, flops, gen_label
 
 
@@ -39,6 +42,41 @@ def test_extract_frames_parallel_and_resumable(tmp_path):
     assert counts == {'a.avi': 5, 'b.avi': 7}
     assert os.path.isfile(frames / 'b' / '00003.jpg')
     assert os.path.getmtime(frames / 'a' / '00001.jpg') == stamp
+
+
+def run_tool(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', script), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_extract_and_check_count_failures_exit_1_and_write_clean_lists(tmp_path):
+    videos, frames = tmp_path / 'videos', tmp_path / 'frames'
+    os.makedirs(videos / 'cls')
+    os.makedirs(videos / 'broken')
+    write_video(videos / 'cls' / 'a.avi', 5)
+    (videos / 'cls' / 'bad.avi').write_bytes(b'not a video at all' * 100)
+    (videos / 'broken' / 'bad2.avi').write_bytes(b'\x00' * 1000)
+    res = run_tool('extract_frames.py', videos, frames, '--short_side', 0, '--num_workers', 1,
+                   '--write-clean', tmp_path / 'clean.txt')
+    assert res.returncode == 1, res.stderr
+    assert '1 videos extracted' in res.stdout and '5 frames; 2 failed' in res.stdout
+    assert 'failed: broken/bad2.avi (no frame decodes)' in res.stderr
+    assert 'failed: cls/bad.avi (no frame decodes)' in res.stderr
+    assert sorted(os.listdir(frames)) == ['cls']  # no folder left for a failed video
+    assert sorted(os.listdir(frames / 'cls')) == ['a']
+    assert (tmp_path / 'clean.txt').read_text() == 'cls/a 5 -1\n'
+
+    (tmp_path / 'list.txt').write_text('cls/a.avi 0\ncls/bad.avi 1\n\nbroken/bad2.avi 1\n')
+    res = run_tool('check_videos.py', tmp_path / 'list.txt', videos, '--num_workers', 1,
+                   '--write-clean', tmp_path / 'clean_videos.txt')
+    assert res.returncode == 1 and '3 videos checked: 2 bad' in res.stdout, res.stderr
+    assert (tmp_path / 'clean_videos.txt').read_text() == 'cls/a.avi 0\n'
+    # nothing failed: exit 0
+    os.remove(videos / 'cls' / 'bad.avi')
+    os.remove(videos / 'broken' / 'bad2.avi')
+    assert run_tool('extract_frames.py', videos, frames, '--num_workers', 1).returncode == 0
+    res = run_tool('check_videos.py', tmp_path / 'clean_videos.txt', videos, '--num_workers', 1)
+    assert res.returncode == 0 and '1 videos checked: 0 bad' in res.stdout
 
 
 def make_frame_folders(root, names_and_counts):

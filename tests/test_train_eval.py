@@ -2,8 +2,10 @@
 import glob
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from ops.evaluation import load_scores, save_scores, summarize
 from ops.experiment import read_scalars
 from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.models import TemporalModel
+from ops.utils import format_duration, throughput
 from tests.conftest import ROOT
 
 
@@ -87,6 +90,44 @@ def test_training_writes_logs_events_and_checkpoints(trained):
     assert ckpt['epoch'] == 2 and ckpt['type'] == 'MASNet' and ckpt['num_segments'] == 4
     assert ckpt['best_prec1'] == pytest.approx(best) and 'optimizer' in ckpt
     assert os.path.isfile(os.path.join(folder, 'checkpoint', 'ckpt.best.pth.tar'))
+
+
+DURATION = r'\d+:\d\d:\d\d'
+
+
+def test_logs_print_clips_per_second_and_eta(tiny_data_root, trained, capsys):
+    out, _ = trained
+    log = open(os.path.join(run_dir(out), 'log', 'log.txt')).read()
+    # -b 8 on 24 training clips: 3 iterations an epoch, each interval line counts the clips done
+    for epoch in (0, 1):
+        for i, done in enumerate((8, 16, 24)):
+            assert re.search(rf'Epoch: \[{epoch}\]\[{i}/3\].*\t{done}/24 clips in {DURATION}, '
+                             rf'\d+\.\d clips/s, ETA {DURATION}\n', log), (epoch, i)
+        assert re.search(rf'Epoch: \[{epoch}\] trained 24 clips in {DURATION}, \d+\.\d clips/s\n',
+                         log)
+    assert len(re.findall(rf'val: evaluated 16 clips in {DURATION}, \d+\.\d clips/s\n', log)) == 2
+    assert re.search(rf'Epoch 0 done; 1 epoch\(s\) in {DURATION}, ETA of the run {DURATION} '
+                     rf'\(1 epoch\(s\) left\)', log)
+    assert re.search(rf'Epoch 1 done; 2 epoch\(s\) in {DURATION}, ETA of the run 0:00:00 '
+                     rf'\(0 epoch\(s\) left\)', log)
+    # test.py: a line per tenth of the batches (4 batches of 4 videos here)
+    capsys.readouterr()
+    test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights',
+                    os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar'), '-j', '0',
+                    '--batch_size', '4', '--save_scores', ''])
+    lines = re.findall(rf'test: (\d+)/16 videos in {DURATION}, \d+\.\d videos/s, ETA '
+                       rf'({DURATION})\n', capsys.readouterr().out)
+    assert [int(n) for n, _ in lines] == [4, 8, 12, 16] and lines[-1][1] == '0:00:00'
+
+
+def test_throughput_and_eta_values(monkeypatch):
+    monkeypatch.setattr(time, 'time', lambda: 1000.0)
+    assert throughput(30, 990.0, 90) == '30/90 clips in 0:00:10, 3.0 clips/s, ETA 0:00:20'
+    assert throughput(30, 990.0, 90, world_size=2) == \
+        '60/180 clips in 0:00:10, 6.0 clips/s, ETA 0:00:20'
+    assert throughput(5, 990.0, unit='videos') == '5 videos in 0:00:10, 0.5 videos/s'
+    assert throughput(0, 1000.0, 10).endswith('nan clips/s, ETA ?')
+    assert format_duration(3 * 3600 + 62.4) == '3:01:02'
 
 
 def test_resume_matches_uninterrupted_run(tiny_data_root, trained, tmp_path):

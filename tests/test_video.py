@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from ops import dataset as D
 from ops.dataset_config import DatasetError, get_dataset_config

@@ -15,6 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.evaluation import load_scores, summarize  # noqa: E402
 
 # the synthetic classes 2k and 2k+1 are each other played backwards (ops/synthetic.py)
@@ -56,7 +57,8 @@ def table(paths):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('files', nargs='+')
     args = parser.parse_args(argv)
     print(table(args.files))

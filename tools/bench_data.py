@@ -32,6 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.dataset import TSNDataSet, VideoRecord, sample_train_indices  # noqa: E402
 from ops.synthetic import textured_scene  # noqa: E402
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, GroupMultiScaleCrop, build_transform  # noqa: E402
@@ -171,7 +172,8 @@ def bench_videos(clips):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--clips', type=int, default=200)
     parser.add_argument('--frames', type=int, default=8)
     parser.add_argument('--width', type=int, default=320)

@@ -21,6 +21,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from archs import ARCHS  # noqa: E402
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.temporal import TEMPORAL_TYPES  # noqa: E402
 from ops.export import example_input, export_and_check  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
@@ -33,7 +34,8 @@ def timed(fn, x):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--type', default='MASNet', choices=TEMPORAL_TYPES)
     parser.add_argument('--arch', default='resnet50', choices=ARCHS)
     parser.add_argument('--num_segments', default=8, type=int)

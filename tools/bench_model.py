@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from archs.resnet import PLAIN_BLOCKS, build_resnet  # noqa: E402
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.distributed import to_channels_last  # noqa: E402
 from ops.reference import ReleaseStyleModel  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
@@ -242,7 +243,8 @@ def print_times(results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--num_segments', type=int, default=8)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--repeats', type=int, default=15, help='timed rounds (medians over them)')

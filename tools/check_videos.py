@@ -9,7 +9,8 @@ than its container claims, 'short' when fewer than the list says; a frame folder
 when missing or empty and 'short' when it holds fewer frames than listed. One line per video,
 ``<status> <path> <decoded> <claimed> <listed>``, is appended to the report (default
 ``LIST.check``) as soon as it is known, so a stopped run resumes where it was; the bad videos
-are printed at the end and the exit status is 1 when there is one.
+are printed at the end with their count, and the exit status is 1 when there is one;
+--write-clean LIST writes the lines of the list file without the bad videos.
 """
 import argparse
 import os
@@ -21,7 +22,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.dataset import DataError, parse_list_file  # noqa: E402
+from ops.utils import atomic_write  # noqa: E402
 from ops.video_readers import count_frames  # noqa: E402
 
 OK = 'ok'
@@ -95,12 +98,25 @@ def check_list(list_file, root, report, num_workers=4):
     return {r.path: statuses[r.path] for r in records}
 
 
+def write_clean_list(path, list_file, statuses):
+    """Write the lines of `list_file` whose video is OK in `statuses`, atomically."""
+    bad_lines = {r.line_no for r in parse_list_file(list_file) if statuses[r.path] != OK}
+    with open(list_file, 'rb') as f:
+        lines = [line for line_no, line in enumerate(f, start=1)
+                 if line.strip() and line_no not in bad_lines]
+    with atomic_write(path) as out:
+        out.write(b''.join(line if line.endswith(b'\n') else line + b'\n' for line in lines))
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('list_file')
     parser.add_argument('root', help='folder the paths of the list are relative to')
     parser.add_argument('--report', default=None, help='default: LIST.check')
     parser.add_argument('--num_workers', type=int, default=os.cpu_count())
+    parser.add_argument('--write-clean', dest='write_clean', metavar='LIST', default=None,
+                        help='write the lines of list_file without the bad videos to LIST')
     args = parser.parse_args(argv)
     try:
         statuses = check_list(args.list_file, args.root, args.report or args.list_file + '.check',
@@ -111,6 +127,9 @@ def main(argv=None):
     for path, status in bad.items():
         print(f'{status} {path}')
     print(f'{len(statuses)} videos checked: {len(bad)} bad')
+    if args.write_clean:
+        write_clean_list(args.write_clean, args.list_file, statuses)
+        print(f'{len(statuses) - len(bad)} good videos listed in {args.write_clean}')
     return statuses
 
 

@@ -4,12 +4,17 @@
 """
 import argparse
 import os
+import sys
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ops.cli import HelpFormatter  # noqa: E402
 
 COLOURS = {'conv': '#cfe2f3', 'mam': '#f4cccc', 'msm': '#fff2cc', 'tim': '#d9ead3',
            'data': '#eeeeee', 'op': '#ffffff', 'head': '#e6d5f0'}
@@ -136,8 +141,10 @@ def draw_modules(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='imgs')
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument('--out', default='outputs',
+                        help='folder of MAS-Net.png and Module.png (`make figures`: imgs)')
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     draw_overview(os.path.join(args.out, 'MAS-Net.png'))

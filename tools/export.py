@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from opts import add_model_args, add_trust_arg, int_at_least  # noqa: E402
 from ops.checkpoint import model_description  # noqa: E402
 from ops.dataset_config import DATASETS, get_dataset_config, read_categories  # noqa: E402
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
 from ops.export import FORMATS, ParityError, export_and_check, export_metadata  # noqa: E402
 from ops.models import load_classifier  # noqa: E402
@@ -30,7 +31,8 @@ from ops.utils import prepare_output  # noqa: E402
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--weights', required=True, help='checkpoint')
     add_trust_arg(parser)
     parser.add_argument('--video', required=True,

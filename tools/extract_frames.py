@@ -10,8 +10,14 @@ their layout. A folder is marked complete by a ``.done`` file written after its 
 an interrupted run picks up where it stopped: complete folders are skipped and incomplete ones
 redone. A video that decodes fewer frames than its container claims (a truncated download) is
 reported and not marked complete, unless --accept_truncated.
+
+A video that fails (nothing decodes, or truncated without --accept_truncated) leaves no folder
+behind, so gen_label.py never lists it. The run ends with the count of failures, one line per
+failed video on stderr and exit status 1 when there is one; --write-clean LIST writes the list
+of the complete frame folders (``<folder> <num_frames> -1`` lines, label unknown).
 """
 import argparse
+import io
 import os
 import shutil
 import sys
@@ -22,7 +28,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.dataset_config import DatasetError, image_template  # noqa: E402
+from ops.utils import atomic_write  # noqa: E402
 from ops.video_readers import VIDEO_EXTENSIONS  # noqa: E402
 
 DONE_MARKER = '.done'
@@ -42,8 +50,9 @@ def extract_video(video_path, out_dir, short_side=256, tmpl=DEFAULT_TMPL, qualit
                   accept_truncated=False):
     """Write the frames of one video.
 
-    Returns (video, frames written, frames the container claims (0: unknown)); the folder is
-    marked done unless nothing decoded, or fewer frames than claimed without `accept_truncated`.
+    Returns (video, frames decoded, frames the container claims (0: unknown)); the folder is
+    marked done unless nothing decoded, or fewer frames than claimed without `accept_truncated`,
+    in which case it is removed.
     """
     if os.path.isfile(os.path.join(out_dir, DONE_MARKER)):
         count = len([f for f in os.listdir(out_dir) if f != DONE_MARKER])
@@ -65,6 +74,8 @@ def extract_video(video_path, out_dir, short_side=256, tmpl=DEFAULT_TMPL, qualit
         capture.release()
     if count and (count >= claimed or accept_truncated):
         open(os.path.join(out_dir, DONE_MARKER), 'w').close()
+    else:
+        shutil.rmtree(out_dir)
     return video_path, count, claimed
 
 
@@ -85,11 +96,12 @@ def find_videos(video_dir, extensions=VIDEO_EXTENSIONS):
 
 def extract_folder(video_dir, frame_dir, short_side=256, tmpl=DEFAULT_TMPL, num_workers=4,
                    extensions=VIDEO_EXTENSIONS, accept_truncated=False):
-    """Extract every video below `video_dir`; returns {video path relative to video_dir: frame
-    count}. Truncated videos (fewer frames than their container claims) are warned about."""
+    """Extract every video below `video_dir`; returns {video path relative to video_dir: frames
+    decoded}. Truncated videos (fewer frames than their container claims) are warned about;
+    failed ones (failed_videos) leave no folder, nor an empty parent folder."""
     names = find_videos(video_dir, extensions)
-    jobs = [(os.path.join(video_dir, n), os.path.join(frame_dir, os.path.splitext(n)[0]),
-             short_side, tmpl, 95, accept_truncated) for n in names]
+    jobs = [(os.path.join(video_dir, n), frame_folder(frame_dir, n), short_side, tmpl, 95,
+             accept_truncated) for n in names]
     counts = {}
     with Pool(max(1, num_workers)) as pool:
         for video, count, claimed in tqdm(pool.imap_unordered(_extract, jobs), total=len(jobs),
@@ -99,9 +111,38 @@ def extract_folder(video_dir, frame_dir, short_side=256, tmpl=DEFAULT_TMPL, num_
             if 0 < count < claimed:
                 print(f'warning: {video}: {count} frames decode, the container claims {claimed} '
                       f'(truncated?): ' + ('kept (--accept_truncated)' if accept_truncated else
-                                           'not marked done; re-download it, or pass '
+                                           'not kept; re-download it, or pass '
                                            '--accept_truncated to keep it'), file=sys.stderr)
+    for name in failed_videos(frame_dir, counts):
+        parent = os.path.dirname(frame_folder(frame_dir, name))
+        while os.path.normpath(parent) != os.path.normpath(frame_dir) and os.path.isdir(parent) \
+                and not os.listdir(parent):
+            os.rmdir(parent)
+            parent = os.path.dirname(parent)
     return counts
+
+
+def frame_folder(frame_dir, name):
+    """The frame folder of the video `name` (relative to the video folder)."""
+    return os.path.join(frame_dir, os.path.splitext(name)[0])
+
+
+def failed_videos(frame_dir, counts):
+    """The videos of `counts` whose frame folder is not complete, sorted."""
+    return sorted(n for n in counts
+                  if not os.path.isfile(os.path.join(frame_folder(frame_dir, n), DONE_MARKER)))
+
+
+def write_clean_list(path, frame_dir, counts):
+    """Write ``<folder> <num_frames> -1`` for every complete frame folder, atomically."""
+    failed = set(failed_videos(frame_dir, counts))
+    text = io.StringIO()
+    for name in sorted(counts):
+        if name not in failed:
+            folder = os.path.splitext(name)[0].replace(os.sep, '/')
+            text.write(f'{folder} {counts[name]} -1\n')
+    with atomic_write(path) as f:
+        f.write(text.getvalue().encode())
 
 
 def frame_template(tmpl, dataset):
@@ -116,7 +157,8 @@ def frame_template(tmpl, dataset):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('video_dir')
     parser.add_argument('frame_dir')
     parser.add_argument('--short_side', type=int, default=256, help='0 keeps the original size')
@@ -129,6 +171,9 @@ def main(argv=None):
     parser.add_argument('--num_workers', type=int, default=os.cpu_count())
     parser.add_argument('--accept_truncated', action='store_true',
                         help='mark videos that decode fewer frames than claimed as done')
+    parser.add_argument('--write-clean', dest='write_clean', metavar='LIST', default=None,
+                        help="write the complete frame folders to LIST, '<folder> <num_frames> "
+                             "-1' per line (failed videos left out)")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.video_dir):
         sys.exit(f"extract_frames.py: error: video folder '{args.video_dir}' does not exist")
@@ -138,13 +183,18 @@ def main(argv=None):
         sys.exit(f'extract_frames.py: error: {exc}')
     counts = extract_folder(args.video_dir, args.frame_dir, args.short_side, tmpl,
                             args.num_workers, accept_truncated=args.accept_truncated)
-    failed = sorted(v for v, c in counts.items() if c == 0)
-    print(f'{len(counts) - len(failed)} videos extracted to {args.frame_dir}, '
-          f'{sum(counts.values())} frames')
+    failed = failed_videos(args.frame_dir, counts)
     for video in failed:
-        print(f'could not decode {video}', file=sys.stderr)
-    return counts
+        reason = 'no frame decodes' if counts[video] == 0 else 'truncated'
+        print(f'failed: {video} ({reason})', file=sys.stderr)
+    print(f'{len(counts) - len(failed)} videos extracted to {args.frame_dir}, '
+          f'{sum(c for v, c in counts.items() if v not in failed)} frames; '
+          f'{len(failed)} failed')
+    if args.write_clean:
+        write_clean_list(args.write_clean, args.frame_dir, counts)
+        print(f'{len(counts) - len(failed)} complete frame folders listed in {args.write_clean}')
+    return counts, failed
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(1 if main()[1] else 0)

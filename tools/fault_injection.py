@@ -32,6 +32,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.checkpoint import read_checkpoint  # noqa: E402
 from ops.utils import DELAY_ENV, FAULT_ENV, TMP_PREFIX  # noqa: E402
 
@@ -238,7 +239,8 @@ def evaluate_best(data_root, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.split('\n\n')[0])
     parser.add_argument('--random', type=int, default=20, help='random-time kills')
     parser.add_argument('--epochs', type=int, default=2)
     parser.add_argument('--delay', type=float, default=0.3,

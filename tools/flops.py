@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from archs import ARCHS  # noqa: E402
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
 from ops.temporal import TEMPORAL_TYPES, temporal_module  # noqa: E402
 
@@ -57,7 +58,8 @@ def count(temporal_type='MASNet', arch='resnet50', num_segments=8, input_size=22
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--type', default='MASNet', choices=TEMPORAL_TYPES)
     parser.add_argument('--arch', default='resnet50', choices=ARCHS)
     parser.add_argument('--num_segments', type=int, default=8)

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.recognizer import IMAGE_EXTENSIONS  # noqa: E402
 from ops.stream import write_video  # noqa: E402
 
@@ -29,7 +30,8 @@ def read_frames(folder):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('folders', nargs='+', help='frame folders, written in this order')
     parser.add_argument('--output', required=True, help='video file (.mp4 or .avi)')
     parser.add_argument('--fps', default=12.0, type=float)

@@ -31,6 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.video_readers import count_frames  # noqa: E402
 from ops.dataset_config import read_categories  # noqa: E402
 from ops.video_readers import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS  # noqa: E402
@@ -190,7 +191,8 @@ def write_tree_lists(root, out, label_map=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('format', choices=tuple(FORMATS) + ('folders',))
     parser.add_argument('annotations', help='folder of the official annotation files (folders: '
                                             'the class-per-folder tree)')

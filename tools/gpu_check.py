@@ -1,6 +1,6 @@
 """One command to check and measure this code base on a CUDA GPU machine; one JSON report.
 
-    python tools/gpu_check.py --out gpu_check.json        # or: bash scripts/gpu_check.sh
+    python tools/gpu_check.py --out outputs/gpu_check.json   # or: bash scripts/gpu_check.sh
 
 On a machine with a CUDA GPU it runs, each step recorded in the report (an exception is
 recorded and the next step runs):
@@ -25,7 +25,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
+from ops.utils import atomic_write  # noqa: E402
 from tools import bench_model  # noqa: E402
 
 BENCH_VARIANTS = {'fp32': {}, 'amp_fp16': {'amp': 'fp16'}, 'amp_bf16': {'amp': 'bf16'},
@@ -96,8 +98,10 @@ def run_step(report, name, function, *args, **kwargs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='gpu_check.json', help='the JSON report')
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument('--out', default=os.path.join('outputs', 'gpu_check.json'),
+                        help='the JSON report')
     parser.add_argument('--repeats', type=int, default=15, help='benchmark rounds')
     parser.add_argument('--skip', nargs='*', default=[], choices=['bench', 'train', 'test'],
                         help='steps to leave out')
@@ -117,7 +121,7 @@ def main(argv=None):
     if 'test' not in args.skip:
         with tempfile.TemporaryDirectory() as workdir:
             run_step(report, 'train_and_test', train_and_test, workdir)
-    with open(args.out, 'w') as f:
+    with atomic_write(args.out, 'w') as f:
         json.dump(report, f, indent=2)
     failed = [name for name, value in report.items()
               if isinstance(value, dict) and value.get('ok') is False]

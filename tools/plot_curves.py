@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ops.cli import HelpFormatter  # noqa: E402
 from ops.experiment import read_scalars  # noqa: E402
 
 PANELS = (('loss', ('loss/train', 'loss/test')), ('top-1 (%)', ('acc/train_top1', 'acc/test_top1')),
@@ -46,10 +47,12 @@ def plot(run_dirs, out, labels=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('runs', nargs='+', help='run folders (holding tensorboardX/)')
     parser.add_argument('--labels', nargs='+', default=None)
-    parser.add_argument('--out', default=os.path.join('imgs', 'training_curves.png'))
+    parser.add_argument('--out', default=os.path.join('outputs', 'training_curves.png'),
+                        help='figure to write (`make figures`: imgs/training_curves.png)')
     args = parser.parse_args(argv)
     plot(args.runs, args.out, args.labels)
     print(f'wrote {args.out}')
