@@ -68,7 +68,8 @@ def add_data_args(parser, default_dataset='synthetic', loader=True):
     loader."""
     parser.add_argument('--dataset', default=default_dataset,
                         help=f"{', '.join(DATASETS)} (synthetic: generated on first use), or a "
-                             f".json dataset file (default: %(default)s)")
+                             f".json dataset file" + ('' if default_dataset else
+                                                     " (default: the checkpoint's)"))
     parser.add_argument('--dataset_path', default=None,
                         help="folder holding the dataset folders (default: data/ for synthetic; "
                              "else the release's ../, or ../../datasets/ (the README's training "
@@ -157,7 +158,7 @@ def build_parser():
                              'decays x0.1 at each, as step_lr, like the release)')
     parser.add_argument('--warmup', default=0, type=int_at_least(0),
                         help='epochs of linear lr warm-up: epoch e < N uses --lr x (e+1)/N '
-                             'in place of the schedule, as the release (default 0: none)')
+                             'in place of the schedule, as the release (0: none)')
     parser.add_argument('--momentum', default=0.9, type=float_in(0, 1))
     parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float_in(0))
     parser.add_argument('--clip-gradient', '--gd', default=20, type=float_in(0),
@@ -182,12 +183,11 @@ def build_parser():
     parser.add_argument('--start-epoch', default=0, type=int_at_least(0), help='first epoch (set by --resume)')
     parser.add_argument('--save_every_iters', default=0, type=int_at_least(0),
                         help='also write a resumable mid-epoch checkpoint every N iterations, for '
-                             'jobs killed without warning (default 0: only at SIGTERM / SIGUSR1 '
-                             'and at the end of each epoch)')
+                             'jobs killed without warning (0: only at SIGTERM / SIGUSR1 and at '
+                             'the end of each epoch)')
     parser.add_argument('--dist_timeout', default=1800, type=int_at_least(1),
                         help='under torchrun: seconds a process waits for the others in a '
-                             'collective before the run stops with one line (default 1800, '
-                             "torch's default)")
+                             'collective before the run stops with one line (as torch)')
 
     parser.add_argument('--store_name', default='', type=run_name, help='run name (default: from the settings)')
     parser.add_argument('--root_log', default='experiments',

@@ -73,7 +73,8 @@ class TemporalModel(nn.Module):
         self.initialised_norms = set()  # names of BatchNorms in base_model set by weight files
 
         self.base_model = build_backbone(backbone, base_model, num_segments)
-        loaded = load_pretrained_backbone(self.base_model, backbone, pretrain, trust_checkpoint)
+        loaded = load_pretrained_backbone(self.base_model, backbone, pretrain,
+                                          trust=trust_checkpoint)
         self.num_pretrained_tensors = len(loaded)
         self.init_norms_from(loaded)
         feature_dim = self.base_model.fc.in_features
