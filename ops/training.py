@@ -255,19 +255,30 @@ def train(args):
     val_records = load_checked_list(cfg.val_list, cfg.root_path, cfg.num_class, cfg.image_tmpl,
                                     video_backend=args.video_backend)
     resume, checkpoint = find_resume(args, latest)
+    # weight files too: --pretrain (fetched if need be) and --tune_from are read and checked here
+    model = build_model(args, cfg.num_class)
+    tune = read_tune_from(args) if args.tune_from and not resume else None
 
     locks = lock_run(args, runtime)
     try:
         with one_line_failures(runtime):
             return _run_locked(args, runtime, cfg, train_records, val_records, resume,
-                               checkpoint, log_dir, ckpt_dir, latest, best_path)
+                               checkpoint, log_dir, ckpt_dir, latest, best_path, model=model,
+                               tune=tune)
     finally:
         for handle in locks:
             handle.close()
 
 
+def read_tune_from(args):
+    """The --tune_from checkpoint, read and checked (finite weights)."""
+    tune = read_checkpoint(args.tune_from, trust=args.trust_checkpoint)
+    check_finite(tune, args.tune_from)
+    return tune
+
+
 def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoint, log_dir,
-                ckpt_dir, latest, best_path):
+                ckpt_dir, latest, best_path, *, model, tune):
     setup_logging(os.path.join(log_dir, 'log.txt'), runtime.is_main)
     if runtime.is_main:
         stale = remove_stale_temp_files(ckpt_dir) + remove_stale_temp_files(log_dir)
@@ -278,7 +289,6 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
                 f'{args.num_segments} segments, {args.input_size}px; device {runtime.device}, '
                 f'{runtime.world_size} process(es)')
 
-    model = build_model(args, cfg.num_class)
     if mas_lr_falls_back(args.lr_type, args.lr_steps):
         logger.info(f'--lr_type MAS_lr with {len(args.lr_steps)} steps: x0.1 at each step '
                     f'(step_lr), as the release does')
@@ -313,9 +323,7 @@ def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoi
             logger.info(f'training longer: {line}')
         for line in recipe:
             logger.warning(f'--resume_changed: {line}')
-    elif args.tune_from:
-        tune = read_checkpoint(args.tune_from, trust=args.trust_checkpoint)
-        check_finite(tune, args.tune_from)
+    elif tune is not None:
         load_state_dict_checked(model, tune['state_dict'], source=f"checkpoint '{args.tune_from}'",
                                 skip_prefixes=('new_fc.',))
         model.init_norms_from(tune['state_dict'])

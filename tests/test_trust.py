@@ -115,7 +115,7 @@ def test_a_payload_checkpoint_runs_nothing_anywhere(entry, tiny_data_root, tmp_p
     message = refusal(entry, tiny_data_root, weights, tmp_path, capsys, monkeypatch)
     assert not marker.exists()
     assert weights in message and "'posix.system'" in message and '--trust_checkpoint' in message
-    if entry == 'main.py --resume':  # refused before the run folder is made
+    if entry.startswith('main.py'):  # refused before the run folder is made
         assert not (tmp_path / 'exp').exists()
 
 
@@ -130,6 +130,7 @@ def test_non_finite_weights_are_refused_anywhere(entry, tiny_data_root, tmp_path
     assert weights in message and 'non-finite' in message and name in message
     assert '--lr' not in message
     assert not (tmp_path / 'scores').exists() and not (tmp_path / 'p.json').exists()
+    assert not (tmp_path / 'exp').exists()  # main.py: refused before the run folder is made
 
 
 def test_a_trusted_legacy_file_loads_with_the_flag_only(tiny_data_root, tmp_path, capsys):
