@@ -14,12 +14,13 @@ from ops.analysis import write_error_analysis
 from ops.checkpoint import checkpoint_categories, read_checkpoint
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.distributed import (ShardSampler, cleanup, compile_model, gather_shards, setup_runtime,
-                             to_channels_last, wrap_model)
+from ops.distributed import (ShardSampler, all_reduce_sum, cleanup, compile_model,
+                             gather_shards, one_line_failures, setup_runtime, to_channels_last,
+                             wrap_model)
 from ops.errors import FlagError
-from ops.evaluation import (check_finite_scores, check_score_file_free, check_view_memory,
-                            describe_labels, ensemble, evaluate_models, lock_score_file,
-                            save_scores, score_filename, softmax, summarize)
+from ops.evaluation import (ScoreFileError, check_finite_scores, check_score_file_free,
+                            check_view_memory, describe_labels, ensemble, evaluate_models,
+                            lock_score_file, save_scores, score_filename, softmax, summarize)
 from ops.experiment import dataset_tag, setup_logging
 from ops.models import model_from_checkpoint
 from ops.recognizer import ranked_prediction, write_submission
@@ -64,7 +65,8 @@ def evaluate_checkpoints(args):
 
     Under torchrun the videos are split over the processes (ShardSampler) and their scores
     gathered back in list order, so the numbers and files are those of one process; the first
-    process logs and writes them.
+    process logs and writes them; a process's input error is one line, printed by the first
+    (ops.distributed.one_line_failures).
     Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one)
     over the labelled videos; None for an unlabelled list (label -1: predictions only).
     """
@@ -72,7 +74,8 @@ def evaluate_checkpoints(args):
     if runtime.distributed:
         setup_logging(args.log_file, runtime.is_main)
     try:
-        return _evaluate(args, runtime)
+        with one_line_failures(runtime):
+            return _evaluate(args, runtime)
     finally:
         cleanup(runtime)
 
@@ -135,8 +138,16 @@ def _evaluate(args, runtime):
         if args.save_scores:
             for path, name, setting in zip(weights, names, settings):
                 out = os.path.join(args.save_scores, name)
+                busy = None
                 if runtime.is_main:  # the process that writes
-                    locks.enter_context(lock_score_file(out))
+                    try:
+                        locks.enter_context(lock_score_file(out))
+                    except ScoreFileError as exc:
+                        busy = exc
+                # every process stops when the writer cannot lock (none waits for it)
+                if all_reduce_sum([busy is not None], runtime)[0]:
+                    raise busy or ScoreFileError(f"score file '{out}' is being written by "
+                                                 f"another test.py")
                 check_score_file_free(out, path, list_file, args.overwrite, **setting)
         return _score(args, cfg, runtime, weights, names, settings, list_file, models, loaders,
                       segments, coeffs)

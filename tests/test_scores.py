@@ -16,7 +16,7 @@ from ops.dataset import parse_list_file
 from ops.dataset_config import get_dataset_config
 from ops.evaluation import lock_score_file, load_scores, save_scores
 from ops.models import TemporalModel
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 NAME = 'synthetic_MASNet_resnet10_4f_1crop_1clip_32px.npz'
 
@@ -136,6 +136,30 @@ def test_a_score_file_being_written_is_not_written_by_another_run(tiny_data_root
         assert not os.path.exists(os.path.join(out, NAME))
     finally:
         held.close()
+
+
+@pytest.mark.distributed
+def test_a_locked_score_file_stops_every_torchrun_process_in_one_line(tiny_data_root, setup,
+                                                                      tmp_path):
+    """Only rank 0 takes the lock; the other process must not wait for it in a collective
+    (run through tools/torchrun.py, the README's launcher without torchrun's tracebacks)."""
+    weights, relabelled, _, _ = setup
+    out = str(tmp_path / 'score')
+    held = lock_score_file(os.path.join(out, NAME))
+    try:
+        res = subprocess.run(
+            [sys.executable, 'tools/torchrun.py', '--nproc_per_node', '2',
+             '--master_port', str(free_port()), 'test.py', '--dataset', 'synthetic',
+             '--dataset_path', tiny_data_root, '--weights', weights, '--test_list', relabelled,
+             '-j', '0', '--save_scores', out],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    finally:
+        held.close()
+    errors = [line for line in res.stderr.splitlines() if ': error: ' in line]
+    assert res.returncode != 0 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+    assert len(errors) == 1 and 'another test.py' in errors[0], errors
+    assert not os.path.exists(os.path.join(out, NAME))
 
 
 def test_two_concurrent_test_py_runs_leave_the_file_of_the_one_that_reports(
