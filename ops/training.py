@@ -238,8 +238,14 @@ def check_diverged(model, optimizer, val_loss, epoch, latest):
 
 
 def train(args):
-    """Train (or with --evaluate only validate) as the flags say; returns the best val top-1."""
+    """Train (or with --evaluate only validate) as the flags say; returns the best val top-1.
+    Under torchrun a failure is one line, printed by rank 0 (one_line_failures)."""
     runtime = setup_runtime(args.gpus, args.dist_timeout)
+    with one_line_failures(runtime):
+        return _train(args, runtime)
+
+
+def _train(args, runtime):
     set_seed(args.seed)
     if not args.store_name:
         args.store_name = default_store_name(args)
@@ -261,10 +267,8 @@ def train(args):
 
     locks = lock_run(args, runtime)
     try:
-        with one_line_failures(runtime):
-            return _run_locked(args, runtime, cfg, train_records, val_records, resume,
-                               checkpoint, log_dir, ckpt_dir, latest, best_path, model=model,
-                               tune=tune)
+        return _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoint,
+                           log_dir, ckpt_dir, latest, best_path, model=model, tune=tune)
     finally:
         for handle in locks:
             handle.close()

@@ -171,6 +171,19 @@ main()
 
 
 @pytest.mark.distributed
+def test_an_error_before_the_run_folder_is_one_line_under_torchrun(tiny_data_root, tmp_path):
+    """Every process fails the same check (a missing --pretrain file): rank 0 says it once."""
+    missing = str(tmp_path / 'missing.pth')
+    proc = start(torchrun('main.py', *common_flags(tiny_data_root, str(tmp_path / 'runs'),
+                                                   '--pretrain', missing)))
+    output = proc.communicate(timeout=200)[0]
+    errors = [ln for ln in output.splitlines() if 'error:' in ln]
+    assert proc.returncode == 1 and 'Traceback' not in output, output[-3000:]
+    assert len(errors) == 1 and missing in errors[0], output[-3000:]
+    assert not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.distributed
 def test_two_nodes_on_one_machine(tiny_data_root, tmp_path):
     port = str(free_port())
     procs = [start([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2',
