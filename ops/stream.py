@@ -9,6 +9,7 @@ so the window costs little memory even for HD streams.
 Sources: a video file, a camera index ('0') or a stream URL ('rtsp://...', 'http://...').
 """
 import collections
+import contextlib
 import logging
 import os
 from typing import Iterator, Optional, Union
@@ -18,6 +19,7 @@ import cv2
 from ops.dataset import DataError
 from ops.recognizer import Prediction, Recognizer
 from ops.transforms import GroupScale
+from ops.utils import atomic_path
 
 logger = logging.getLogger('masnet')
 
@@ -34,32 +36,39 @@ def open_source(source: Union[str, int]) -> cv2.VideoCapture:
     return capture
 
 
-def open_writer(path: str, fps: float, size) -> cv2.VideoWriter:
-    """An opened cv2.VideoWriter of ``size`` (width, height): mp4v for .mp4, else MJPG."""
+def open_writer(file: str, fps: float, size, path: str) -> cv2.VideoWriter:
+    """An opened cv2.VideoWriter of ``size`` (width, height) writing `file`, the temporary
+    file of the video `path` (ops.utils.atomic_path): mp4v for .mp4, else MJPG."""
     fourcc = cv2.VideoWriter_fourcc(*('mp4v' if path.lower().endswith('.mp4') else 'MJPG'))
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    writer = cv2.VideoWriter(path, fourcc, fps, size)
+    writer = cv2.VideoWriter(file, fourcc, fps, size)
     if not writer.isOpened():
         raise DataError(f"'{path}': OpenCV cannot write this video file")
     return writer
 
 
 def write_video(path: str, frames, fps: float = 12.0) -> None:
-    """Write BGR uint8 frames (all of one size) to a video file."""
-    writer = open_writer(path, fps, (frames[0].shape[1], frames[0].shape[0]))
-    try:
-        for frame in frames:
-            writer.write(frame)
-    finally:
-        writer.release()
+    """Write BGR uint8 frames (all of one size) to a video file, atomically."""
+    with atomic_path(path) as file:
+        writer = open_writer(file, fps, (frames[0].shape[1], frames[0].shape[0]), path)
+        try:
+            for frame in frames:
+                writer.write(frame)
+        finally:
+            writer.release()
 
 
 class Annotator:
-    """Writes the source's frames to a video file with the latest prediction drawn on them."""
+    """Writes the source's frames to a video file with the latest prediction drawn on them;
+    the file appears at `path` only when closed without a failure (ops.utils.atomic_path)."""
 
     def __init__(self, path: str, fps: float, size):
-        self.writer = open_writer(path, fps, size)
+        self._file = contextlib.ExitStack()
+        file = self._file.enter_context(atomic_path(path))
+        try:
+            self.writer = open_writer(file, fps, size, path)
+        except BaseException as exc:  # no temporary file left behind
+            self._file.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         self.text = ''
 
     def write(self, frame):
@@ -70,8 +79,13 @@ class Annotator:
                         0.6 * scale, colour, max(1, int(thickness * scale)), cv2.LINE_AA)
         self.writer.write(frame)
 
-    def close(self):
+    def close(self, failure: Optional[BaseException] = None):
+        """Finish the video: in place at its path, or discarded after a `failure`."""
         self.writer.release()
+        if failure is None:
+            self._file.close()
+        else:
+            self._file.__exit__(type(failure), failure, failure.__traceback__)
 
 
 def sliding_window(recognizer: Recognizer, source: Union[str, int], window: int, stride: int,
@@ -104,6 +118,7 @@ def sliding_window(recognizer: Recognizer, source: Union[str, int], window: int,
             annotator.text = f'{prediction.names[0]} ({prediction.probabilities[0]:.0%})'
         return prediction
 
+    failure = None
     try:
         while max_frames is None or index < max_frames:
             ok, frame = capture.read()
@@ -123,7 +138,11 @@ def sliding_window(recognizer: Recognizer, source: Union[str, int], window: int,
             raise DataError(f"stream source '{source}' gave no frame")
         if last_end == 0:  # shorter than one window: one prediction over all of it
             yield predict()
+    except BaseException as exc:
+        if not isinstance(exc, GeneratorExit):  # a consumer that stops early keeps the video
+            failure = exc
+        raise
     finally:
         capture.release()
         if annotator is not None:
-            annotator.close()
+            annotator.close(failure)

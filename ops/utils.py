@@ -212,6 +212,33 @@ def remove_stale_temp_files(folder):
 
 
 @contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside `path` for writers that open files themselves (OpenCV's
+    VideoWriter): it keeps `path`'s extension, and replaces `path` only when the block ends
+    without an error; otherwise it is removed and `path` keeps its old content. A full disk or
+    a permission error raises FileWriteError naming the path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path),
+                                        dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise (storage_error(exc, path) or exc) from None
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, file_mode())
+        os.replace(tmp_path, path)
+    except BaseException as exc:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        error = storage_error(exc, path) if isinstance(exc, OSError) else None
+        if error is not None and error is not exc:
+            raise error from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path, mode='wb'):
     """Open a file that replaces `path` only once fully written and flushed to disk.
 

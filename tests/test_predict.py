@@ -14,7 +14,7 @@ from ops.dataset import DataError, TSNDataSet, parse_list_file
 from ops.evaluation import load_scores
 from ops.models import TemporalModel
 from ops.recognizer import Recognizer, collect_inputs, frame_template
-from ops.stream import write_video
+from ops.stream import sliding_window, write_video
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from ops.transforms import build_transform
 from tests.conftest import ROOT, randomize_bn
@@ -269,6 +269,31 @@ def test_sliding_window_switches_class_at_the_boundary(tmp_path):
     short = predict_entry.main([str(video), '--weights', weights, '--categories',
                                 str(tmp_path / 'category.txt'), '--window', '200'])
     assert [(p.extra['start_frame'], p.extra['end_frame']) for p in short] == [(1, len(decoded))]
+
+
+def test_annotated_video_appears_only_when_complete(tmp_path, monkeypatch):
+    """--annotate's video is written beside its path and renamed at the end: a failure
+    mid-stream leaves no file (nor a temporary one), the old file stays."""
+    frames = [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(12)]
+    video, out = str(tmp_path / 'in.avi'), tmp_path / 'out' / 'annotated.mp4'
+    write_video(video, frames, fps=10)
+    recognizer = Recognizer(TemporalModel(8, 4, 'TSN', 'resnet10', pretrain='none',
+                                          input_size=32).eval(), SYNTHETIC_CLASSES)
+    done = list(sliding_window(recognizer, video, 8, 2, annotate=str(out)))
+    assert len(done) == 3 and int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    before = out.read_bytes()
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DataError('decoder gave up')
+        return done[0]
+
+    monkeypatch.setattr(recognizer, 'predict_frames', failing)
+    with pytest.raises(DataError):
+        list(sliding_window(recognizer, video, 8, 2, annotate=str(out)))
+    assert out.read_bytes() == before and os.listdir(out.parent) == ['annotated.mp4']
 
 
 # ---- torch.hub ------------------------------------------------------------------------------
