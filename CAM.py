@@ -23,7 +23,7 @@ def build_parser():
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
                                      description='Grad-CAM visualisation of a MAS-Net checkpoint.')
     add_data_args(parser, default_dataset=None, loader=False)
-    parser.add_argument('--weights', default=DEMO_CHECKPOINT,
+    parser.add_argument('--weights', '--checkpoint', dest='weights', default=DEMO_CHECKPOINT,
                         help="checkpoint (the demo's by default: %(default)s)")
     add_trust_arg(parser)
     parser.add_argument('--video', default=None,

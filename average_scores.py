@@ -3,6 +3,7 @@
     python average_scores.py                       # score/'s files (of one evaluation group)
     python average_scores.py --dataset synthetic   # those of one dataset
     python average_scores.py a.npz b.npz --weights 1 0.5 --softmax
+    python average_scores.py a.npz b.npz --coeff 1,0.5      # test.py's spelling
 
 Without files, the folder's score files must be of one evaluation group (same dataset, list,
 classes and videos); a folder holding several is refused with the groups listed. Score files
@@ -20,6 +21,19 @@ from ops.experiment import exit_on_user_error
 from ops.utils import atomic_write
 
 
+class FloatList(argparse.Action):
+    """Floats given space- and / or comma-separated (``1 0.5``, ``1,0.5``), as one list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            floats = [float(v) for text in values for v in text.split(',') if v]
+        except ValueError as exc:
+            raise argparse.ArgumentError(self, f'not a list of numbers: {exc}') from None
+        if not floats:
+            raise argparse.ArgumentError(self, 'expected at least one number')
+        setattr(namespace, self.dest, floats)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
@@ -31,7 +45,10 @@ def build_parser():
     parser.add_argument('--dataset', default=None,
                         help="without files: only the score files of this dataset (its name, "
                              "or a .json dataset's file stem)")
-    parser.add_argument('--weights', nargs='+', type=float, default=None, help='one weight per file')
+    parser.add_argument('--weights', '--ensemble_weights', '--coeff', dest='weights', nargs='+',
+                        action=FloatList, default=None,
+                        help='ensemble weights, one per file, space- or comma-separated (test.py '
+                             'spells them --coeff 1,0.5)')
     parser.add_argument('--softmax', action='store_true', help='softmax each file before averaging')
     parser.add_argument('--csv_file', default=None,
                         help="write the ensemble's 'video_id;predicted class' lines")

@@ -1,7 +1,8 @@
 """Command-line flags of main.py (training); the model flags are shared with test.py and CAM.py.
 
 Every numeric flag is checked against its domain by argparse (exit 2, the flag named) before
-anything is created."""
+anything is created. A release spelling whose word means something else in another script
+has a clearer alias beside it (e.g. --dense_sample / --dense_window); see docs/glossary.md."""
 import argparse
 import math
 import os
@@ -111,13 +112,16 @@ def add_view_args(parser):
     """Test-time views of test.py and predict.py: crops, clips, score averaging."""
     parser.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
                         help='1 center, 3 full-res, 5 corners+center, 10 = 5 + flips')
-    parser.add_argument('--batch_size', default=8, type=int_at_least(1),
+    parser.add_argument('--batch_size', '--batch-size', default=8, type=int_at_least(1),
                         help='videos per batch (the release\'s 8)')
     parser.add_argument('--full_res', action='store_true',
                         help='crop input_size*256/224 (256 px) instead of input_size')
     parser.add_argument('--twice_sample', action='store_true', help='2 clips per video')
-    parser.add_argument('--dense_sample', action='store_true', help='dense_sample_num clips')
-    parser.add_argument('--dense_sample_num', default=10, type=int_at_least(1))
+    parser.add_argument('--dense_sample', '--dense_clips', dest='dense_sample', action='store_true',
+                        help='--dense_sample_num clips per video, each T frames spread over the '
+                             'whole video from a shifted start (not the dense window of main.py)')
+    parser.add_argument('--dense_sample_num', default=10, type=int_at_least(1),
+                        help='clips per video of --dense_sample / --dense_clips')
     parser.add_argument('--softmax', action='store_true',
                         help="softmax of the views' averaged logits (the release's and TSM's)")
 
@@ -144,11 +148,15 @@ def build_parser():
                              "first (off by default, as in the release)")
     parser.add_argument('--no_partialbn', '--npb', dest='partialbn', action='store_false',
                         help='train every BatchNorm (the default; TSM\'s flag, accepted)')
-    parser.add_argument('--dense_sample', action='store_true',
-                        help='I3D-style dense sampling (64-frame window)')
+    parser.add_argument('--dense_sample', '--dense_window', dest='dense_sample',
+                        action='store_true',
+                        help='I3D-style dense sampling: T frames at stride 64/T in a 64-frame '
+                             'window (random in training, centered in validation; not the '
+                             'clips of test.py --dense_sample)')
 
     parser.add_argument('--epochs', default=70, type=int_at_least(1))
-    parser.add_argument('-b', '--batch-size', default=32, type=int_at_least(1), help='clips per batch (all GPUs)')
+    parser.add_argument('-b', '--batch-size', '--batch_size', default=32, type=int_at_least(1),
+                        help='clips per batch (all GPUs)')
     parser.add_argument('--lr', '--learning-rate', default=0.01, type=float_in(0, low_open=True), help='base learning rate')
     parser.add_argument('--lr_type', default='MAS_lr', choices=LR_TYPES,
                         help='step_lr: x0.1 at each step; MAS_lr: x0.1, x0.1, x0.5, x0.2 at 4 '

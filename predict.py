@@ -30,7 +30,8 @@ def build_parser():
                                      description='Top-k classes of videos, files or streams.')
     parser.add_argument('input', help='video file, frame folder, folder of videos, list file; '
                                       'with --window: video file, camera index or stream URL')
-    parser.add_argument('--weights', required=True, help='checkpoint')
+    parser.add_argument('--weights', '--checkpoint', dest='weights', required=True,
+                        help='checkpoint')
     add_trust_arg(parser)
     parser.add_argument('--categories', default=None,
                         help='category file, one class name per line (default: the checkpoint\'s '

@@ -26,7 +26,7 @@ def build_parser():
                                      description='Multi-crop / multi-clip evaluation of MAS-Net.')
     add_data_args(parser)
     add_model_args(parser, defaults_from_checkpoint=True)
-    parser.add_argument('--weights', required=True,
+    parser.add_argument('--weights', '--checkpoints', dest='weights', required=True,
                         help='checkpoint(s), comma-separated for an ensemble')
     add_trust_arg(parser)
     parser.add_argument('--test_segments', default=None,
@@ -37,7 +37,8 @@ def build_parser():
     parser.add_argument('--max_num', type=int_at_least(1), default=None,
                         help='evaluate the first N videos')
     parser.add_argument('--test_list', default=None, help='list file (default: the val list)')
-    parser.add_argument('--coeff', default=None, help='ensemble weights, comma-separated')
+    parser.add_argument('--coeff', '--ensemble_weights', dest='coeff', default=None,
+                        help='ensemble weights, one per checkpoint, comma-separated')
     parser.add_argument('--csv_file', default=None,
                         help='write "video_id;predicted class" lines (a submission file)')
     parser.add_argument('--submission', default=None,
@@ -55,7 +56,8 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.dense_sample and args.twice_sample:
-        parser.error('--dense_sample and --twice_sample exclude each other (pick one clip sampling)')
+        parser.error('--dense_sample and --twice_sample exclude each other (pick one clip '
+                     'sampling; --dense_clips is --dense_sample)')
     return args
 
 

@@ -114,7 +114,8 @@ def main(argv=None):
     parser.add_argument('list_file')
     parser.add_argument('root', help='folder the paths of the list are relative to')
     parser.add_argument('--report', default=None, help='default: LIST.check')
-    parser.add_argument('--num_workers', type=int, default=os.cpu_count())
+    parser.add_argument('--num_workers', '-j', '--workers', dest='num_workers', type=int,
+                        default=os.cpu_count(), help='processes checking videos')
     parser.add_argument('--write-clean', dest='write_clean', metavar='LIST', default=None,
                         help='write the lines of list_file without the bad videos to LIST')
     args = parser.parse_args(argv)

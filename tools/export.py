@@ -33,7 +33,8 @@ from ops.utils import prepare_output  # noqa: E402
 def build_parser():
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
                                      description=__doc__.splitlines()[0])
-    parser.add_argument('--weights', required=True, help='checkpoint')
+    parser.add_argument('--weights', '--checkpoint', dest='weights', required=True,
+                        help='checkpoint')
     add_trust_arg(parser)
     parser.add_argument('--video', required=True,
                         help='video file or frame folder: the real clip of the parity check')

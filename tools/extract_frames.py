@@ -168,7 +168,8 @@ def main(argv=None):
     parser.add_argument('--dataset', default=None,
                         help="name the frames as this dataset's layout reads them (e.g. kinetics: "
                              "img_{:05d}.jpg)")
-    parser.add_argument('--num_workers', type=int, default=os.cpu_count())
+    parser.add_argument('--num_workers', '-j', '--workers', dest='num_workers', type=int,
+                        default=os.cpu_count(), help='processes extracting videos')
     parser.add_argument('--accept_truncated', action='store_true',
                         help='mark videos that decode fewer frames than claimed as done')
     parser.add_argument('--write-clean', dest='write_clean', metavar='LIST', default=None,

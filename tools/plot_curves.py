@@ -50,7 +50,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
                                      description=__doc__.splitlines()[0])
     parser.add_argument('runs', nargs='+', help='run folders (holding tensorboardX/)')
-    parser.add_argument('--labels', nargs='+', default=None)
+    parser.add_argument('--labels', '--legend', dest='labels', nargs='+', default=None,
+                        help='legend names of the runs, in order (default: the run folders)')
     parser.add_argument('--out', default=os.path.join('outputs', 'training_curves.png'),
                         help='figure to write (`make figures`: imgs/training_curves.png)')
     args = parser.parse_args(argv)
