@@ -246,7 +246,8 @@ def main(argv=None):
     parser.add_argument('--delay', type=float, default=0.3,
                         help='seconds each write pauses before its rename in the random trials')
     parser.add_argument('--seed', type=int, default=0,
-                        help='seed of the random kills (signal, time); the training runs use --seed 3')
+                        help='seed of the random kills (signal, time); the training runs '
+                             'use --seed 3')
     parser.add_argument('--work', default=os.path.join('experiments', 'fault_injection'))
     parser.add_argument('--signals_only', action='store_true',
                         help='only the SIGTERM / SIGUSR1 trials')
