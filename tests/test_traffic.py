@@ -104,8 +104,13 @@ def test_memory_traffic_tool(capsys):
 
 
 def test_gpu_check_prints_the_prediction_without_a_gpu(capsys, monkeypatch):
+    """The CPU path of scripts/gpu_check.sh."""
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    assert gpu_check.main([]) == 0
-    out = capsys.readouterr().out
-    assert 'no CUDA GPU' in out
-    assert 'predicted for H100' in out and 'MAS / plain' in out
+    assert gpu_check.main(['--predict']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == 'gpu_check: no CUDA GPU on this machine: nothing to check'
+    # fp32, AMP fp16, AMP bf16 x inference, train: nothing measured, the H100's prediction
+    assert len(lines) == 7 and all('measured n/a, predicted for H100' in line
+                                   for line in lines[1:])
+    assert gpu_check.main(['--predict', 'A100']) == 0
+    assert 'predicted for A100' in capsys.readouterr().out

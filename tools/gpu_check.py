@@ -11,8 +11,8 @@ recorded and the next step runs):
   3. main.py for one epoch on the synthetic dataset on the GPU, then test.py on its checkpoint.
 After the benchmark it prints the measured eager MAS / plain time ratios (fp32, AMP fp16, AMP
 bf16) beside those ops/traffic.py predicts for the GPU (by its name; H100 for one it does not
-know): docs/memory_traffic.md. Without CUDA it says so, prints the predictions for an H100
-and exits 0. Exits 1 when a step failed.
+know): docs/memory_traffic.md. Without CUDA it says so in one line and exits 0 (``--predict
+[A100|H100|H200]``: then prints the predictions). Exits 1 when a step failed.
 """
 import argparse
 import json
@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 from ops.cli import HelpFormatter  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
-from ops.traffic import DEFAULT_GPU, gpu_named, predict  # noqa: E402
+from ops.traffic import DEFAULT_GPU, GPUS, gpu_named, predict  # noqa: E402
 from ops.utils import atomic_write  # noqa: E402
 from tools import bench_model  # noqa: E402
 
@@ -133,10 +133,13 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=15, help='benchmark rounds')
     parser.add_argument('--skip', nargs='*', default=[], choices=['bench', 'train', 'test'],
                         help='steps to leave out')
+    parser.add_argument('--predict', nargs='?', const=DEFAULT_GPU, choices=GPUS,
+                        help='without a GPU: print the predicted ratios for this GPU')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print('gpu_check: no CUDA GPU on this machine: nothing to check; the predictions:')
-        traffic_comparison({}, DEFAULT_GPU)
+        print('gpu_check: no CUDA GPU on this machine: nothing to check')
+        if args.predict:
+            traffic_comparison({}, args.predict)
         return 0
     report = {'torch': torch.__version__, 'cuda': torch.version.cuda,
               'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
