@@ -24,7 +24,8 @@ import torch
 from ops.checkpoint import unwrap_model
 from ops.errors import UserError
 from ops.experiment import LockBusy, hold_lock
-from ops.utils import accuracy, atomic_write, class_accuracy, progress, throughput
+from ops.utils import (accuracy, atomic_write, class_accuracy, format_duration, progress,
+                       throughput)
 
 logger = logging.getLogger('masnet')
 
@@ -284,12 +285,13 @@ def evaluate_models(models, loaders, num_segments: List[int], device: torch.devi
     total = len(loaders[0].dataset)
     bar = progress(total=total, desc='test', unit='video')
     log_every = max(1, len(loaders[0]) // 10)  # without a bar: a line per tenth of the videos
-    start, seen = time.time(), 0
+    start, seen, views = time.time(), 0, 0  # views: clips through the models
     for batch, batches in enumerate(zip(*loaders), start=1):
         labels = batches[0][1]
         for k, (model, (clips, _), segments) in enumerate(zip(models, batches, num_segments)):
             n = clips.size(0)
             clips = clips.to(device).view(-1, segments * 3, *clips.shape[-2:])  # (N*V, T*3, H, W)
+            views += clips.size(0)
             scores = model(clips).float().view(n, -1, unwrap_model(model).num_class)  # (N, V, C)
             scores = scores.mean(dim=1)  # (N, C): the views' logits averaged
             if use_softmax:  # as the release and TSM: softmax of the averaged logits
@@ -301,4 +303,8 @@ def evaluate_models(models, loaders, num_segments: List[int], device: torch.devi
         if bar.disable and (batch % log_every == 0 or batch == len(loaders[0])):
             logger.info(f'test: {throughput(seen, start, total, unit="videos")}')
     bar.close()
+    elapsed = max(time.time() - start, 1e-9)
+    logger.info(f'test: evaluated {seen} videos, {views} clips (views x models) in '
+                f'{format_duration(elapsed)}: {seen / elapsed:.1f} videos/s, '
+                f'{views / elapsed:.1f} clips/s')
     return [torch.cat(o).numpy() for o in outputs], torch.cat(all_labels).numpy()

@@ -21,8 +21,9 @@ FLOORS = [
     # 3: temporal blocks, data layouts and readers, checkpoint I/O, run folders, the epoch loops
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
      'ops.checkpoint', 'ops.experiment', 'ops.engine', 'ops.export', 'ops.preemption'],
-    # 4: the registry of temporal types, the dataset, scores, the test reference
-    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference'],
+    # 4: the registry of temporal types, the dataset, scores, the test reference, the account
+    # of memory traffic
+    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference', 'ops.traffic'],
     # 5: the model; the command-line flags
     ['ops.models', 'opts', 'ops.analysis'],
     # 6: what uses a model: training, Grad-CAM, the Recognizer API (and its prediction records)

@@ -114,10 +114,16 @@ def test_logs_print_clips_per_second_and_eta(tiny_data_root, trained, capsys):
     capsys.readouterr()
     test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights',
                     os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar'), '-j', '0',
-                    '--batch_size', '4', '--save_scores', ''])
+                    '--batch_size', '4', '--test_crops', '3', '--save_scores', ''])
+    out = capsys.readouterr().out
     lines = re.findall(rf'test: (\d+)/16 videos in {DURATION}, \d+\.\d videos/s, ETA '
-                       rf'({DURATION})\n', capsys.readouterr().out)
+                       rf'({DURATION})\n', out)
     assert [int(n) for n, _ in lines] == [4, 8, 12, 16] and lines[-1][1] == '0:00:00'
+    # and a summary: 16 videos of 3 views (3 crops of one clip) each
+    summary = re.search(rf'test: evaluated 16 videos, 48 clips \(views x models\) in {DURATION}: '
+                        rf'(\d+\.\d) videos/s, (\d+\.\d) clips/s\n', out)
+    assert summary and 0 < float(summary[1]) < 10000
+    assert float(summary[2]) == pytest.approx(3 * float(summary[1]), abs=0.2)
 
 
 def test_throughput_and_eta_values(monkeypatch):

@@ -9,7 +9,10 @@ recorded and the next step runs):
   2. a few training steps of MAS-ResNet-50 with DataParallel over the visible GPUs and with
      AMP + GradScaler: the losses must be finite and the scaler's scale must have been updated;
   3. main.py for one epoch on the synthetic dataset on the GPU, then test.py on its checkpoint.
-Without CUDA it says so in one line and exits 0. Exits 1 when a step failed.
+After the benchmark it prints the measured eager MAS / plain time ratios (fp32, AMP fp16, AMP
+bf16) beside those ops/traffic.py predicts for the GPU (by its name; H100 for one it does not
+know): docs/memory_traffic.md. Without CUDA it says so in one line and exits 0 (``--predict
+[A100|H100|H200]``: then prints the predictions). Exits 1 when a step failed.
 """
 import argparse
 import json
@@ -27,6 +30,7 @@ sys.path.insert(0, ROOT)
 
 from ops.cli import HelpFormatter  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
+from ops.traffic import DEFAULT_GPU, GPUS, gpu_named, predict  # noqa: E402
 from ops.utils import atomic_write  # noqa: E402
 from tools import bench_model  # noqa: E402
 
@@ -88,6 +92,30 @@ def train_and_test(workdir):
     return result
 
 
+# benchmark variant -> the dtype of the prediction
+PREDICTED_VARIANTS = {'fp32': 'fp32', 'amp_fp16': 'fp16', 'amp_bf16': 'bf16'}
+
+
+def traffic_comparison(report, gpu_key):
+    """Measured (the benchmark's eager runs, in `report`) and predicted MAS / plain time
+    ratios on the GPU `gpu_key` of ops.traffic.GPUS, one clip of 8 x 224 px as benchmarked:
+    {variant: {mode: {'measured', 'predicted', 'roofline', 'fused'}}}; prints a line each."""
+    comparison = {}
+    for variant, dtype in PREDICTED_VARIANTS.items():
+        bench = report.get(f'bench_{variant}', {})
+        for mode, train in (('inference', False), ('train', True)):
+            p = predict(gpu_key, dtype, clips=1, segments=8, size=224, train=train)
+            measured = bench.get(mode, {}).get('masnet', {}).get('ratio')
+            comparison.setdefault(variant, {})[mode] = {
+                'measured': measured, 'predicted': p['eager_ratio'],
+                'roofline': p['eager_roofline_ratio'], 'fused': p['fused_ratio']}
+            shown = f'{measured:.2f}x' if measured is not None else 'n/a'
+            print(f'gpu_check: {variant} {mode}, MAS / plain: measured {shown}, predicted for '
+                  f'{gpu_key} {p["eager_ratio"]:.2f}x (roofline alone '
+                  f'{p["eager_roofline_ratio"]:.2f}x, fused {p["fused_ratio"]:.2f}x)', flush=True)
+    return comparison
+
+
 def run_step(report, name, function, *args, **kwargs):
     print(f'gpu_check: {name} ...', flush=True)
     try:
@@ -105,9 +133,13 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=15, help='benchmark rounds')
     parser.add_argument('--skip', nargs='*', default=[], choices=['bench', 'train', 'test'],
                         help='steps to leave out')
+    parser.add_argument('--predict', nargs='?', const=DEFAULT_GPU, choices=GPUS,
+                        help='without a GPU: print the predicted ratios for this GPU')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print('gpu_check: no CUDA GPU on this machine: nothing to check')
+        if args.predict:
+            traffic_comparison({}, args.predict)
         return 0
     report = {'torch': torch.__version__, 'cuda': torch.version.cuda,
               'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
@@ -116,6 +148,8 @@ def main(argv=None):
         for variant, options in BENCH_VARIANTS.items():
             run_step(report, f'bench_{variant}', bench_model.benchmark, 8, 224, args.repeats,
                      device, **options)
+        run_step(report, 'traffic_prediction', traffic_comparison, report,
+                 gpu_named(report['gpus'][0]))
     if 'train' not in args.skip:
         run_step(report, 'training_steps', training_steps)
     if 'test' not in args.skip:
