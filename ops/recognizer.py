@@ -88,7 +88,7 @@ class Recognizer:
             categories = read_categories(categories)
         model, names, _ = load_classifier(
             path, categories, given_by or 'categories=', required, num_segments=num_segments,
-            base_model=temporal_type, arch=arch, input_size=input_size, full_res=full_res,
+            temporal_type=temporal_type, arch=arch, input_size=input_size, full_res=full_res,
             trust=trust_checkpoint)
         return cls(model, names, device, **views)
 

@@ -51,7 +51,7 @@ def explain(args):
     cfg = get_dataset_config(args.dataset, args.dataset_path) if args.dataset else None
     model, names, checkpoint = load_classifier(
         args.weights, cfg.categories if cfg else None, f'--dataset {args.dataset}',
-        '--dataset NAME', num_segments=args.num_segments, base_model=args.type, arch=args.arch,
+        '--dataset NAME', num_segments=args.num_segments, temporal_type=args.type, arch=args.arch,
         input_size=args.input_size, trust=args.trust_checkpoint)
     model = model.to(runtime.device).eval()
     if args.target_class is not None and args.target_class >= model.num_class:

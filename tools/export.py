@@ -80,7 +80,7 @@ def main(argv=None):
         given_by = f'--dataset {args.dataset}'
     model, names, checkpoint = load_classifier(
         args.weights, categories, given_by, '--categories FILE or --dataset NAME',
-        num_segments=args.num_segments, base_model=args.type, arch=args.arch,
+        num_segments=args.num_segments, temporal_type=args.type, arch=args.arch,
         input_size=args.input_size, full_res=args.full_res, trust=args.trust_checkpoint)
     description = model_description(model, names, checkpoint.get('dataset'),
                                     checkpoint.get('flip'), checkpoint.get('mirror_map'))
