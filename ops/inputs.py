@@ -15,7 +15,8 @@ from ops.video_readers import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, count_frames
 
 logger = logging.getLogger('masnet')
 
-DEFAULT_TEMPLATE = '{:05d}.jpg'
+# frame names are guessed per folder later (frame_template); counting a folder does not need them
+COUNT_TEMPLATE = '{:05d}.jpg'
 COLOR_ORDERS = ('bgr', 'rgb')
 
 
@@ -127,7 +128,7 @@ def collect_inputs(source: str, root: Optional[str] = None,
     if os.path.isfile(source) and not is_video_file(source):
         root = root if root is not None else os.path.dirname(os.path.abspath(source))
         return root, load_checked_list(
-            source, root, None if categories is None else len(categories), DEFAULT_TEMPLATE,
+            source, root, None if categories is None else len(categories), COUNT_TEMPLATE,
             allow_unlabelled=True, probe_first=False, root_flag='--root')
     if os.path.isfile(source):
         folder, name = os.path.split(os.path.abspath(source))
