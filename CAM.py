@@ -14,9 +14,9 @@ import argparse
 import os
 
 from opts import add_data_args, add_model_args, add_trust_arg, int_at_least
-from ops.cli import HelpFormatter
-from ops.experiment import exit_on_user_error, setup_logging
-from ops.gradcam import DEMO_CHECKPOINT, explain
+from ops.cli import HelpFormatter, exit_on_user_error
+from ops.logs import setup_logging
+from ops.run_cam import DEMO_CHECKPOINT, explain
 
 
 def build_parser():

@@ -14,11 +14,10 @@ import argparse
 import glob
 import os
 
-from ops.cli import HelpFormatter
-from ops.evaluation import (DEFAULT_SCORE_DIR, ScoreFileError, check_same_videos, describe_group,
-                            describe_labels, ensemble, evaluation_group, load_scores, summarize)
-from ops.experiment import exit_on_user_error
-from ops.utils import atomic_write
+from ops.cli import HelpFormatter, exit_on_user_error
+from ops.scores import (DEFAULT_SCORE_DIR, ScoreFileError, check_same_videos, describe_group,
+                        describe_labels, ensemble, evaluation_group, load_scores, summarize)
+from ops.files import atomic_write
 
 
 class FloatList(argparse.Action):

@@ -15,10 +15,10 @@ import torch
 
 from opts import (add_speed_args, add_data_args, add_model_args, add_trust_arg, add_view_args,
                   int_at_least)
-from ops.cli import HelpFormatter
-from ops.evaluation import DEFAULT_SCORE_DIR
-from ops.experiment import exit_on_user_error, setup_logging
-from ops.inference import evaluate_checkpoints
+from ops.cli import HelpFormatter, exit_on_user_error
+from ops.scores import DEFAULT_SCORE_DIR
+from ops.logs import setup_logging
+from ops.run_test import evaluate_checkpoints
 
 
 def build_parser():

@@ -16,8 +16,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ops.evaluation import softmax
-from ops.utils import atomic_write
+from ops.files import atomic_write
+from ops.scores import softmax
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_class: int) -> np.ndarray:

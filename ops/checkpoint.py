@@ -32,7 +32,7 @@ import torch
 
 from ops.download import DownloadError, imagenet_weights
 from ops.errors import UserError
-from ops.utils import atomic_write
+from ops.files import atomic_write
 
 WRAPPER_PREFIXES = ('module.',)
 # the prefix of the state_dict keys this code writes: DataParallel's, as in the release's files

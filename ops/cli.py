@@ -1,6 +1,14 @@
-"""The --help layout of every entry point: each option shows its default."""
+"""Command-line plumbing of every entry point: the --help layout (each option shows its
+default) and input errors / Ctrl-C as one line instead of a traceback."""
 import argparse
 import copy
+import functools
+import os
+import sys
+
+from ops.errors import UserError
+from ops.files import STORAGE_ERRNOS
+from ops.logs import close_progress_bars
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -25,3 +33,32 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if '%(default)' in help_text or not self.shows_default(action):
             return help_text
         return help_text + ' (default: %(default)s)'
+
+
+def _prog():
+    return os.path.basename(sys.argv[0]) or 'masnet'
+
+
+def exit_on_user_error(main):
+    """Run `main`, turning input errors (bad checkpoint, dataset, list file, flag) and Ctrl-C
+    into one line instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (UserError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in STORAGE_ERRNOS:
+                raise
+            message = str(exc).strip()
+            if 'Original Traceback' in message:  # re-raised from a DataLoader worker
+                message = message.splitlines()[-1].split(': ', 1)[-1]
+            close_progress_bars()
+            print(f'{_prog()}: error: {message}', file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            close_progress_bars()
+            print(f'{_prog()}: interrupted', file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

@@ -42,7 +42,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ops.errors import UserError
-from ops.utils import atomic_write
+from ops.files import atomic_write
 from ops.video_readers import (VIDEO_EXTENSIONS, FolderReader, VideoReadError, open_reader,
                                resolve_backend)
 
@@ -173,7 +173,7 @@ class FrameCountCache:
     The file is ``<list file>.frames``: a header line, then ``<count> <size> <mtime_ns> <path>``
     per video (the path last: it may hold spaces). A count is used only while its video file /
     frame folder keeps the size and mtime it was counted with. The file is replaced atomically
-    (ops.utils.atomic_write); a list in a read-only folder keeps it in cache_folder() instead,
+    (ops.files.atomic_write); a list in a read-only folder keeps it in cache_folder() instead,
     and if that fails too the counts stay in memory (one warning). A cache file that does not
     parse is ignored with a warning and rewritten.
     """
@@ -291,9 +291,10 @@ def fill_frame_counts(records: List['VideoRecord'], root_path: str, list_file: s
         cache.save()
 
 
-def load_checked_list(list_file: str, root_path: str, num_class: int, image_tmpl: str,
-                      missing: str = 'error', video_backend: str = 'auto',
-                      allow_unlabelled: bool = False) -> List['VideoRecord']:
+def load_checked_list(list_file: str, root_path: str, num_class: Optional[int],
+                      image_tmpl: str, missing: str = 'error', video_backend: str = 'auto',
+                      allow_unlabelled: bool = False, probe_first: bool = True,
+                      root_flag: str = '--dataset_path') -> List['VideoRecord']:
     """The VideoRecords of `list_file`, checked before any epoch (see the module docstring),
     with the frame counts of its ``-`` entries filled in (fill_frame_counts).
 
@@ -302,21 +303,28 @@ def load_checked_list(list_file: str, root_path: str, num_class: int, image_tmpl
         as unreadable ones are; an error only if no video is present).
     allow_unlabelled: accept the unknown label -1 (evaluation that only writes predictions);
         training never does.
+    num_class None: no label check (a list read before the model's classes are known).
+    probe_first: decode one of the first PROBE_VIDEOS videos (off where the frame template
+        is only guessed later, as the Recognizer does).
+    root_flag: the flag that sets `root_path`, for the message on missing videos.
     Raises DataError naming the file and line of the first problem.
     """
     records = parse_list_file(list_file)
-    check_labels(records, list_file, num_class, allow_unlabelled)
+    if num_class is not None:
+        check_labels(records, list_file, num_class, allow_unlabelled)
     absent = missing_videos(records, root_path)
     if absent:
         first = absent[0]
         where = (f"{list_file}:{first.line_no}: '{os.path.join(root_path, first.path)}' does not "
                  f"exist ({len(absent)} of {len(records)} videos of the list are missing")
         if missing == 'error' or len(absent) == len(records):
-            raise DataError(f'{where}; check --dataset_path or remove them from the list)')
+            raise DataError(f'{where}; check {root_flag} or remove them from the list)')
         logger.warning(f'{where}; they are replaced by other videos in training)')
     absent_ids = {id(r) for r in absent}
     present = [r for r in records if id(r) not in absent_ids]
     fill_frame_counts(present, root_path, list_file, image_tmpl, video_backend)
+    if not probe_first:
+        return records
     probe = TSNDataSet(root_path, None, 1, image_tmpl, None, random_shift=False,
                        video_list=present[:PROBE_VIDEOS], video_backend=video_backend)
     problems = []
@@ -393,6 +401,14 @@ def sample_dense_train_indices(num_frames: int, num_segments: int, rng=np.random
     return np.array([(i * stride + start) % num_frames for i in range(num_segments)]) + 1
 
 
+def clips_per_video(twice_sample: bool, dense_sample: bool, dense_sample_num: int) -> int:
+    """Clips a test view samples of each video: 2 with twice sampling, `dense_sample_num` with
+    dense sampling (twice wins when both are set), else 1."""
+    if twice_sample:
+        return 2
+    return dense_sample_num if dense_sample else 1
+
+
 class TSNDataSet(Dataset):
     """Clips of T frames sampled TSN-style from the videos of a list file.
 
@@ -439,11 +455,9 @@ class TSNDataSet(Dataset):
 
     @property
     def num_clips(self) -> int:
-        if self.test_mode and self.twice_sample:
-            return 2
-        if self.test_mode and self.dense_sample:
-            return self.dense_sample_num
-        return 1
+        if not self.test_mode:
+            return 1
+        return clips_per_video(self.twice_sample, self.dense_sample, self.dense_sample_num)
 
     def sample_indices(self, num_frames: int) -> np.ndarray:
         """1-based frame indices of this dataset's mode for a video of `num_frames` frames."""

@@ -26,7 +26,8 @@ import torch
 
 from archs import IMAGENET_WEIGHT_FILES
 from ops.errors import UserError
-from ops.utils import atomic_write, progress
+from ops.files import atomic_write
+from ops.logs import progress
 
 IMAGENET_URL = 'https://download.pytorch.org/models/'
 URL_ENV = 'MASNET_WEIGHTS_URL'

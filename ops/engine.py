@@ -5,9 +5,11 @@ from typing import Tuple
 
 import torch
 
-from ops.distributed import all_reduce_sum
 from ops.errors import UserError
-from ops.utils import AverageMeter, accuracy, progress, restore_rng_state, throughput
+from ops.logs import progress
+from ops.meters import AverageMeter, accuracy, throughput
+from ops.runtime import all_reduce_sum
+from ops.seeding import restore_rng_state
 
 logger = logging.getLogger('masnet')
 

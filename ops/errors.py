@@ -1,5 +1,5 @@
 """The one base of the errors a user can fix: bad input (files, flags, data) or a run that cannot
-go on. Entry points print them as one line (ops.experiment.exit_on_user_error); any other
+go on. Entry points print them as one line (ops.cli.exit_on_user_error); any other
 exception is a bug and keeps its traceback."""
 
 

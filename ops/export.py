@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ops.errors import UserError
-from ops.utils import atomic_write
+from ops.files import atomic_write
 
 logger = logging.getLogger('masnet')
 

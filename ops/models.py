@@ -142,7 +142,8 @@ class TemporalModel(nn.Module):
 
 
 def model_from_checkpoint(checkpoint: Dict, path: str, num_class: Optional[int] = None,
-                          num_segments: Optional[int] = None, base_model: Optional[str] = None,
+                          num_segments: Optional[int] = None,
+                          temporal_type: Optional[str] = None,
                           arch: Optional[str] = None, input_size: Optional[int] = None,
                           full_res: bool = False,
                           default_segments: int = RELEASE_TEST_SEGMENTS) -> TemporalModel:
@@ -166,7 +167,7 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: Optional[int] 
     check_finite(checkpoint, path)
     trained = trained_settings(checkpoint)
     trained_segments = trained['num_segments']
-    check_trained_settings(checkpoint, path, num_segments=num_segments, type=base_model,
+    check_trained_settings(checkpoint, path, num_segments=num_segments, type=temporal_type,
                            arch=arch)
     arch = arch or trained['arch'] or 'resnet50'
     if arch not in ARCHS:
@@ -176,7 +177,7 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: Optional[int] 
         logger.info(f"'{path}' records no segment count: using {default_segments} "
                     f"(pass --test_segments to change it)")
     model = TemporalModel(num_class, num_segments or trained_segments or default_segments,
-                          base_model or trained['type'] or 'MASNet', arch,
+                          temporal_type or trained['type'] or 'MASNet', arch,
                           partial_bn=False, pretrain='none',
                           input_size=input_size or trained['input_size'] or 224,
                           full_res=full_res)
@@ -193,7 +194,8 @@ def load_classifier(path: str, categories: Optional[Sequence[str]] = None,
     The names are the checkpoint's; `categories` (from the user, described by `given_by`) must
     equal them, and are required (`required` says how to pass them) when the checkpoint records
     none. trust: unpickle the file in full (--trust_checkpoint). settings: num_segments,
-    base_model, arch, input_size, full_res of ``model_from_checkpoint`` (None: the checkpoint's).
+    temporal_type, arch, input_size, full_res of ``model_from_checkpoint`` (None: the
+    checkpoint's).
     """
     checkpoint = read_checkpoint(path, trust=trust)
     names = checkpoint_categories(checkpoint, path, categories, given_by, required)

@@ -19,7 +19,7 @@ import threading
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
 
-from ops.distributed import all_reduce_sum
+from ops.runtime import all_reduce_sum
 
 # EX_TEMPFAIL of sysexits.h: a temporary stop, run the same command again (scripts/slurm_train.sh
 # requeues the job on it)

@@ -17,9 +17,10 @@ from typing import Iterator, Optional, Union
 import cv2
 
 from ops.dataset import DataError
-from ops.recognizer import Prediction, Recognizer
+from ops.files import atomic_path
+from ops.predictions import Prediction
+from ops.recognizer import Recognizer
 from ops.transforms import GroupScale
-from ops.utils import atomic_path
 
 logger = logging.getLogger('masnet')
 
@@ -38,7 +39,7 @@ def open_source(source: Union[str, int]) -> cv2.VideoCapture:
 
 def open_writer(file: str, fps: float, size, path: str) -> cv2.VideoWriter:
     """An opened cv2.VideoWriter of ``size`` (width, height) writing `file`, the temporary
-    file of the video `path` (ops.utils.atomic_path): mp4v for .mp4, else MJPG."""
+    file of the video `path` (ops.files.atomic_path): mp4v for .mp4, else MJPG."""
     fourcc = cv2.VideoWriter_fourcc(*('mp4v' if path.lower().endswith('.mp4') else 'MJPG'))
     writer = cv2.VideoWriter(file, fourcc, fps, size)
     if not writer.isOpened():
@@ -59,7 +60,7 @@ def write_video(path: str, frames, fps: float = 12.0) -> None:
 
 class Annotator:
     """Writes the source's frames to a video file with the latest prediction drawn on them;
-    the file appears at `path` only when closed without a failure (ops.utils.atomic_path)."""
+    the file appears at `path` only when closed without a failure (ops.files.atomic_path)."""
 
     def __init__(self, path: str, fps: float, size):
         self._file = contextlib.ExitStack()

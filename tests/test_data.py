@@ -233,6 +233,20 @@ def test_dataset_item_and_modes(tiny_data_root):
     assert y == ds.video_list[0].label
 
 
+@pytest.mark.parametrize('twice, dense, clips', [(False, False, 1), (True, False, 2),
+                                                 (False, True, 3), (True, True, 2)])
+def test_clips_per_video_is_what_test_sampling_draws(twice, dense, clips):
+    """The one clip-count formula (test.py's score names, the Recognizer, the dataset) agrees
+    with the indices test-mode sampling draws: clips x T of them."""
+    assert D.clips_per_video(twice, dense, 3) == clips
+    ds = D.TSNDataSet(None, None, 4, test_mode=True, twice_sample=twice, dense_sample=dense,
+                      dense_sample_num=3, video_list=[])
+    assert ds.num_clips == clips and len(ds.sample_indices(100)) == 4 * clips
+    train = D.TSNDataSet(None, None, 4, test_mode=False, twice_sample=twice, dense_sample=dense,
+                         dense_sample_num=3, video_list=[])
+    assert train.num_clips == 1
+
+
 def write_video(path, frames, fps=10):
     h, w = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps, (w, h))

@@ -148,8 +148,8 @@ def test_one_ranks_error_is_one_line_from_rank_0(tmp_path):
     script.write_text(f'''import sys
 sys.path.insert(0, {ROOT!r})
 from ops.dataset import DataError
-from ops.distributed import all_reduce_sum, one_line_failures, setup_runtime
-from ops.experiment import exit_on_user_error
+from ops.runtime import all_reduce_sum, one_line_failures, setup_runtime
+from ops.cli import exit_on_user_error
 
 
 @exit_on_user_error

@@ -13,7 +13,7 @@ from archs import IMAGENET_WEIGHT_FILES
 from ops import download
 from ops.checkpoint import CheckpointError
 from ops.models import TemporalModel
-from ops.training import build_model
+from ops.run_train import build_model
 from opts import parse_args
 from tests.conftest import free_port
 

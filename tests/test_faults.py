@@ -14,12 +14,12 @@ import torch
 
 import average_scores
 import test as test_main
-from ops import utils
+from ops import files
 from ops.checkpoint import read_checkpoint, save_checkpoint
 from ops.dataset import DataError, TSNDataSet, VideoRecord, load_checked_list, parse_list_file
-from ops.evaluation import ScoreFileError, check_score_file_free, save_scores
-from ops.experiment import RunLockedError, lock_run_folder
-from ops.training import best_on_disk
+from ops.scores import ScoreFileError, check_score_file_free, save_scores
+from ops.run_folder import RunLockedError, lock_run_folder
+from ops.run_train import best_on_disk
 from tests.conftest import ROOT
 from tools import fault_injection as F
 
@@ -39,7 +39,7 @@ def test_reported_best_is_what_test_py_gives_on_the_best_checkpoint(tiny_data_ro
     assert ref[F.BEST]['prec1'] == ref['reported']
     for name in (F.LATEST, F.BEST):  # readable like the logs (0644 under the usual umask)
         mode = os.stat(os.path.join(F.run_dir(out), 'checkpoint', name)).st_mode
-        assert stat.S_IMODE(mode) == utils.file_mode()
+        assert stat.S_IMODE(mode) == files.file_mode()
 
 
 @pytest.mark.parametrize('name,how', [
@@ -119,7 +119,7 @@ def test_resumed_epochs_draw_the_same_items_with_any_number_of_workers():
 
 def test_files_get_the_umask_permissions(tmp_path):
     path = tmp_path / 'f.bin'
-    with utils.atomic_write(str(path)) as f:
+    with files.atomic_write(str(path)) as f:
         f.write(b'x')
     plain = tmp_path / 'plain'
     plain.write_bytes(b'x')
@@ -133,7 +133,7 @@ def test_disk_full_is_one_error_naming_the_file(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(os, 'fsync', full)
-    with pytest.raises(utils.FileWriteError, match=r"cannot write '.*ckpt.pth.tar': No space left"):
+    with pytest.raises(files.FileWriteError, match=r"cannot write '.*ckpt.pth.tar': No space left"):
         save_checkpoint({'epoch': 2, 'state_dict': {'w': torch.zeros(2)}}, str(path))
     monkeypatch.undo()
     assert read_checkpoint(str(path))['epoch'] == 1 and os.listdir(tmp_path) == ['ckpt.pth.tar']
@@ -142,7 +142,7 @@ def test_disk_full_is_one_error_naming_the_file(tmp_path, monkeypatch):
 def test_stale_temp_files_are_removed(tmp_path):
     (tmp_path / '.tmp_abcckpt.pth.tar').write_bytes(b'partial')
     (tmp_path / 'ckpt.pth.tar').write_bytes(b'keep')
-    assert utils.remove_stale_temp_files(str(tmp_path)) == ['.tmp_abcckpt.pth.tar']
+    assert files.remove_stale_temp_files(str(tmp_path)) == ['.tmp_abcckpt.pth.tar']
     assert os.listdir(tmp_path) == ['ckpt.pth.tar']
 
 
@@ -154,7 +154,7 @@ def test_run_lock_refuses_a_second_run_but_not_a_stale_lock(tmp_path):
     lock_run_folder(str(tmp_path)).close()
     # a lock held by another (live) process
     proc = subprocess.Popen([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[1]);'
-                             'from ops.experiment import lock_run_folder as l; h = l(sys.argv[2]);'
+                             'from ops.run_folder import lock_run_folder as l; h = l(sys.argv[2]);'
                              'print("locked", flush=True); sys.stdin.read()', ROOT, str(tmp_path)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == 'locked'

@@ -1,7 +1,8 @@
 """The house's floors: every import between the project's modules points down.
 
 A module may import only from floors below its own (the README's layout section draws them).
-A new module must be given a floor here; an import that points up or sideways fails.
+A new module must be given a floor here; an import that points up or sideways fails, and so
+does a floor naming a module that no longer exists. A constant is defined in one module only.
 """
 import ast
 import glob
@@ -12,26 +13,26 @@ from tests.conftest import ROOT
 FLOORS = [
     # 0: the ground: errors and the plain ResNet
     ['ops.errors', 'archs.resnet'],
-    # 1: leaves: utilities, schedules, devices, transforms, the synthetic generator
-    ['archs', 'ops.utils', 'ops.optim', 'ops.lr_schedule', 'ops.distributed', 'ops.synthetic',
-     'ops.mas_fused',
-     'ops.transforms', 'ops.cli'],
-    # 2: downloads of ImageNet weights (atomic writes, progress bars below; checkpoint I/O above)
-    ['ops.download'],
-    # 3: temporal blocks, data layouts and readers, checkpoint I/O, run folders, the epoch loops
+    # 1: building blocks with one job each: atomic files, meters, seeds, logs, where the model
+    # runs, schedules, transforms, the fused MAS arithmetic, the synthetic generator
+    ['archs', 'ops.files', 'ops.meters', 'ops.seeding', 'ops.logs', 'ops.runtime', 'ops.optim',
+     'ops.lr_schedule', 'ops.transforms', 'ops.mas_fused', 'ops.synthetic'],
+    # 2: command-line plumbing, run folders and their lock, ImageNet downloads, Grad-CAM
+    ['ops.cli', 'ops.run_folder', 'ops.download', 'ops.gradcam'],
+    # 3: temporal blocks, data layouts and readers, checkpoint I/O, the epoch loops, score files
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
-     'ops.checkpoint', 'ops.experiment', 'ops.engine', 'ops.export', 'ops.preemption'],
-    # 4: the registry of temporal types, the dataset, scores, the test reference, the account
-    # of memory traffic
-    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference', 'ops.traffic'],
-    # 5: the model; the command-line flags
-    ['ops.models', 'opts', 'ops.analysis'],
-    # 6: what uses a model: training, Grad-CAM, the Recognizer API (and its prediction records)
-    ['ops.training', 'ops.gradcam', 'ops.recognizer'],
-    # 7-8: test.py's evaluation (writes submissions through the API's records) and streams,
-    # then the prediction run
-    ['ops.inference', 'ops.stream'],
-    ['ops.predict'],
+     'ops.checkpoint', 'ops.engine', 'ops.export', 'ops.preemption', 'ops.scores'],
+    # 4: the registry of temporal types, the dataset, multi-view evaluation, error analysis,
+    # the test reference
+    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.analysis', 'ops.reference',
+      'ops.traffic'],
+    # 5: the model; the command-line flags; the API's inputs and prediction records
+    ['ops.models', 'opts', 'ops.inputs', 'ops.predictions'],
+    # 6: what uses a model: the Recognizer API and the runs behind main.py, test.py and CAM.py
+    ['ops.recognizer', 'ops.run_train', 'ops.run_test', 'ops.run_cam'],
+    # 7-8: sliding windows over a Recognizer, then the prediction run behind predict.py
+    ['ops.stream'],
+    ['ops.run_predict'],
 ]
 
 
@@ -76,3 +77,49 @@ def test_backbones_know_nothing_of_temporal_modules():
     for name, path in module_files():
         if name.startswith('archs'):
             assert not {d for d in project_imports(path) if not d.startswith('archs')}, name
+
+
+def test_every_floor_names_a_module():
+    """A renamed or removed module leaves no stale floor behind."""
+    modules = {name for name, _ in module_files()}
+    stale = [m for floor in FLOORS for m in floor if m not in modules]
+    assert not stale, stale
+
+
+def top_level_constants(path):
+    """UPPER_CASE names assigned at the top level of the file at `path`."""
+    names = set()
+    for node in ast.parse(open(path).read()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        for target in targets:
+            elements = target.elts if isinstance(target, ast.Tuple) else [target]
+            names.update(e.id for e in elements if isinstance(e, ast.Name) and e.id.isupper())
+    return names
+
+
+def test_each_constant_is_defined_once():
+    """A constant (IMAGE_EXTENSIONS, say) lives in one module; the others import it."""
+    where = {}
+    for name, path in module_files():
+        for constant in top_level_constants(path):
+            where.setdefault(constant, []).append(name)
+    twice = {c: modules for c, modules in where.items() if len(modules) > 1}
+    assert not twice, twice
+
+
+def drawn_floors():
+    """The floors drawn in docs/layout.md's 'Import floors' block: {module: floor}."""
+    text = open(os.path.join(ROOT, 'docs', 'layout.md')).read()
+    block = text.split('## Import floors', 1)[1].split('```')[1]
+    drawn, level = {}, None
+    for line in block.strip('\n').splitlines():
+        words = line.split()
+        if words and words[0].isdigit():
+            level, words = int(words[0]), words[1:]
+        drawn.update((word.replace('/', '.'), level) for word in words)
+    return drawn
+
+
+def test_the_drawn_floors_are_the_tested_ones():
+    tested = {module: level for level, modules in enumerate(FLOORS) for module in modules}
+    assert drawn_floors() == tested

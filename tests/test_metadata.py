@@ -196,7 +196,7 @@ def test_resume_refuses_another_recipe_unless_told(trained, capsys):
 
 
 def test_checkpoint_without_recorded_flags_resumes(trained, tmp_path):
-    from ops.training import find_resume
+    from ops.run_train import find_resume
     from opts import parse_args
     weights, dataset, _, _ = trained
     bare = str(tmp_path / 'bare.pth.tar')

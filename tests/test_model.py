@@ -12,7 +12,7 @@ from ops.checkpoint import CheckpointError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
 from ops import reference as ref
 from ops.models import TemporalModel
-from ops.distributed import to_channels_last
+from ops.runtime import to_channels_last
 from tests.conftest import randomize_bn
 
 

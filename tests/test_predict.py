@@ -11,9 +11,10 @@ import torch
 import predict as predict_entry
 import test as test_entry
 from ops.dataset import DataError, TSNDataSet, parse_list_file
-from ops.evaluation import load_scores
+from ops.scores import load_scores
 from ops.models import TemporalModel
-from ops.recognizer import Recognizer, collect_inputs, frame_template
+from ops.inputs import collect_inputs, frame_template
+from ops.recognizer import Recognizer
 from ops.stream import sliding_window, write_video
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from ops.transforms import build_transform
@@ -208,6 +209,25 @@ def test_input_errors_and_frame_templates(tmp_path):
         parse_list_file(str(bad))
     with pytest.raises(Exception, match='neither a video file'):
         collect_inputs(str(tmp_path / 'nothing'))
+
+
+def test_list_inputs_are_checked_as_test_lists_are(tmp_path):
+    """A list given to predict.py is read by the dataset's loader: labels against the model's
+    classes (when known), absent videos named with the flag that sets their folder."""
+    (tmp_path / 'clip').mkdir()
+    for i in (1, 2, 3):
+        cv2.imwrite(str(tmp_path / 'clip' / f'img_{i:05d}.jpg'), np.zeros((8, 8, 3), np.uint8))
+    listed = tmp_path / 'list.txt'
+    listed.write_text('clip - 1\n')
+    root, records = collect_inputs(str(listed), categories=['a', 'b'])
+    assert root == str(tmp_path) and [(r.path, r.num_frames, r.label) for r in records] == \
+        [('clip', 3, 1)]
+    with pytest.raises(Exception, match=r"list.txt:1: label 1 of 'clip' is not in \[0, 1\)"):
+        collect_inputs(str(listed), categories=['a'])
+    assert collect_inputs(str(listed))[1][0].label == 1  # no classes known: no check
+    listed.write_text('clip - 1\nabsent 4 0\n')
+    with pytest.raises(Exception, match=r"list.txt:2: '.*absent' does not exist .*check --root"):
+        collect_inputs(str(listed), categories=['a', 'b'])
 
 
 # ---- sliding windows ------------------------------------------------------------------------

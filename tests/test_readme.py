@@ -32,7 +32,7 @@ import CAM
 import opts
 import test as test_entry
 from archs.resnet import IMAGENET_WEIGHT_FILES, PLAIN_BLOCKS, build_resnet
-from ops.evaluation import load_scores
+from ops.scores import load_scores
 from ops.synthetic import SYNTHETIC_CLASSES, ensure_synthetic
 from tests.conftest import ROOT
 

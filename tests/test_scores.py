@@ -14,7 +14,7 @@ import test as test_main
 from ops.checkpoint import save_checkpoint
 from ops.dataset import parse_list_file
 from ops.dataset_config import get_dataset_config
-from ops.evaluation import lock_score_file, load_scores, save_scores
+from ops.scores import load_scores, lock_score_file, save_scores
 from ops.models import TemporalModel
 from tests.conftest import ROOT, free_port
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ops.evaluation import save_scores
+from ops.scores import save_scores
 from tests.conftest import ROOT
 from tools import ablation_table, extract_frames, flops, gen_label
 

@@ -15,12 +15,12 @@ import average_scores
 import main as train_main
 import test as test_main
 from ops.checkpoint import read_checkpoint, save_checkpoint
-from ops.distributed import to_channels_last
-from ops.evaluation import load_scores, save_scores, summarize
-from ops.experiment import read_scalars
+from ops.runtime import to_channels_last
+from ops.scores import load_scores, save_scores, summarize
+from ops.logs import read_scalars
 from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.models import TemporalModel
-from ops.utils import format_duration, throughput
+from ops.meters import format_duration, throughput
 from tests.conftest import ROOT
 
 
@@ -249,7 +249,7 @@ def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
 
 def test_diverged_training_stops_before_the_update():
     """A NaN loss stops the run with a one-line reason, before it corrupts the weights."""
-    from ops.distributed import setup_runtime
+    from ops.runtime import setup_runtime
     from ops.engine import TrainingDiverged, train_one_epoch
 
     torch.manual_seed(0)
@@ -330,7 +330,7 @@ def test_test_py_compiled_gives_the_eager_scores(tiny_data_root, tmp_path, monke
 
 def test_test_py_channels_last_gives_the_same_scores(tiny_data_root, tmp_path, monkeypatch):
     """--channels_last: NHWC convolutions and MAS blocks, scores within float32 rounding."""
-    from ops import inference
+    from ops import run_test
     layouts = []
 
     def convert(model, enabled=True):
@@ -338,7 +338,7 @@ def test_test_py_channels_last_gives_the_same_scores(tiny_data_root, tmp_path, m
         layouts.append(model.base_model.conv1.weight.is_contiguous(
             memory_format=torch.channels_last))
         return converted
-    monkeypatch.setattr(inference, 'to_channels_last', convert)
+    monkeypatch.setattr(run_test, 'to_channels_last', convert)
     nchw, nhwc = scores_without_and_with('--channels_last', tiny_data_root, tmp_path)
     assert layouts == [False, True]
     np.testing.assert_allclose(nhwc, nchw, rtol=1e-5, atol=1e-5)

@@ -148,7 +148,7 @@ def test_both_list_formats_and_folders_without_count(video_tree):
 
 @pytest.mark.parametrize('backend', BACKENDS)
 def test_memory_is_bounded_by_the_sampled_frames(tmp_path, backend):
-    from ops.gradcam import find_video
+    from ops.run_cam import find_video
     path = tmp_path / 'long.mp4'
     write_mp4(path, 150, 320, 240)
     root, record = find_video(str(path), None)  # as CAM.py reads a video file: count unknown
@@ -279,7 +279,7 @@ def test_kinetics_400_label_map_numbers_a_subset(tmp_path, capsys):
 def test_test_py_under_torchrun_gives_the_numbers_and_scores_of_one_process(tiny_data_root,
                                                                            tmp_path):
     from ops.checkpoint import save_checkpoint
-    from ops.evaluation import load_scores
+    from ops.scores import load_scores
     from ops.models import TemporalModel
     from tests.conftest import randomize_bn
 

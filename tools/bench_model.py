@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 
 from archs.resnet import PLAIN_BLOCKS, build_resnet  # noqa: E402
 from ops.cli import HelpFormatter  # noqa: E402
-from ops.distributed import to_channels_last  # noqa: E402
+from ops.runtime import to_channels_last  # noqa: E402
 from ops.reference import ReleaseStyleModel  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
 

@@ -22,12 +22,13 @@ import torch  # noqa: E402
 from opts import add_model_args, add_trust_arg, int_at_least  # noqa: E402
 from ops.checkpoint import model_description  # noqa: E402
 from ops.dataset_config import DATASETS, get_dataset_config, read_categories  # noqa: E402
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.experiment import exit_on_user_error, setup_logging  # noqa: E402
+from ops.cli import HelpFormatter, exit_on_user_error  # noqa: E402
+from ops.logs import setup_logging  # noqa: E402
 from ops.export import FORMATS, ParityError, export_and_check, export_metadata  # noqa: E402
 from ops.models import load_classifier  # noqa: E402
-from ops.recognizer import Recognizer, collect_inputs  # noqa: E402
-from ops.utils import prepare_output  # noqa: E402
+from ops.inputs import collect_inputs  # noqa: E402
+from ops.recognizer import Recognizer  # noqa: E402
+from ops.files import prepare_output  # noqa: E402
 
 
 def build_parser():
@@ -80,7 +81,7 @@ def main(argv=None):
         given_by = f'--dataset {args.dataset}'
     model, names, checkpoint = load_classifier(
         args.weights, categories, given_by, '--categories FILE or --dataset NAME',
-        num_segments=args.num_segments, base_model=args.type, arch=args.arch,
+        num_segments=args.num_segments, temporal_type=args.type, arch=args.arch,
         input_size=args.input_size, full_res=args.full_res, trust=args.trust_checkpoint)
     description = model_description(model, names, checkpoint.get('dataset'),
                                     checkpoint.get('flip'), checkpoint.get('mirror_map'))

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ops.cli import HelpFormatter  # noqa: E402
 from ops.dataset_config import DatasetError, image_template  # noqa: E402
-from ops.utils import atomic_write  # noqa: E402
+from ops.files import atomic_write  # noqa: E402
 from ops.video_readers import VIDEO_EXTENSIONS  # noqa: E402
 
 DONE_MARKER = '.done'

@@ -9,7 +9,7 @@ and checks that the run completes, its final weights and its best checkpoint equ
 uninterrupted run's bit for bit, it reports the uninterrupted run's best top-1, and no
 temporary file is left. test.py on the uninterrupted run's best checkpoint must give that
 top-1 too. Targeted trials kill inside each write window through the MASNET_FAULT hook of
-ops.utils.atomic_write; random trials kill at a random time, with MASNET_WRITE_DELAY widening
+ops.files.atomic_write; random trials kill at a random time, with MASNET_WRITE_DELAY widening
 the write windows, and the window a kill hit is read back from the files it left. Signal
 trials send SIGTERM or SIGUSR1 when the run logs a given line (an iteration's progress line,
 or the epoch's train line, i.e. during validation); the run must stop with exit status 75 and
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from ops.cli import HelpFormatter  # noqa: E402
 from ops.checkpoint import read_checkpoint  # noqa: E402
-from ops.utils import DELAY_ENV, FAULT_ENV, TMP_PREFIX  # noqa: E402
+from ops.files import DELAY_ENV, FAULT_ENV, TMP_PREFIX  # noqa: E402
 
 LATEST, BEST = 'ckpt.pth.tar', 'ckpt.best.pth.tar'
 TINY = dict(train_per_class=3, val_per_class=2, width=64, height=48, min_frames=6, max_frames=12)

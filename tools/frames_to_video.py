@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 
 from ops.cli import HelpFormatter  # noqa: E402
-from ops.recognizer import IMAGE_EXTENSIONS  # noqa: E402
+from ops.video_readers import IMAGE_EXTENSIONS  # noqa: E402
 from ops.stream import write_video  # noqa: E402
 
 

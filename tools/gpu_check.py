@@ -30,8 +30,8 @@ sys.path.insert(0, ROOT)
 
 from ops.cli import HelpFormatter  # noqa: E402
 from ops.models import TemporalModel  # noqa: E402
+from ops.files import atomic_write  # noqa: E402
 from ops.traffic import DEFAULT_GPU, GPUS, gpu_named, predict  # noqa: E402
-from ops.utils import atomic_write  # noqa: E402
 from tools import bench_model  # noqa: E402
 
 BENCH_VARIANTS = {'fp32': {}, 'amp_fp16': {'amp': 'fp16'}, 'amp_bf16': {'amp': 'bf16'},

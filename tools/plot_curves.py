@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ops.cli import HelpFormatter  # noqa: E402
-from ops.experiment import read_scalars  # noqa: E402
+from ops.logs import read_scalars  # noqa: E402
 
 PANELS = (('loss', ('loss/train', 'loss/test')), ('top-1 (%)', ('acc/train_top1', 'acc/test_top1')),
           ('learning rate', ('lr',)))

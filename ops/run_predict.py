@@ -6,11 +6,12 @@ from typing import List
 import torch
 
 from ops.dataset_config import get_dataset_config, read_categories
-from ops.distributed import compile_model, to_channels_last
-from ops.recognizer import (Prediction, Recognizer, collect_inputs, write_csv, write_json,
-                            write_submission)
+from ops.files import prepare_output
+from ops.inputs import collect_inputs
+from ops.predictions import Prediction, write_csv, write_json, write_submission
+from ops.recognizer import Recognizer
+from ops.runtime import compile_model, to_channels_last
 from ops.stream import sliding_window
-from ops.utils import prepare_output
 
 logger = logging.getLogger('masnet')
 

@@ -20,17 +20,20 @@ from ops.checkpoint import (CheckpointError, check_finite, check_trained_setting
                             read_checkpoint, save_checkpoint, training_checkpoint)
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.distributed import (ShardSampler, all_reduce_sum, barrier, cleanup, compile_model,
-                             one_line_failures, setup_runtime, to_channels_last, wrap_model)
 from ops.download import imagenet_weights
 from ops.engine import TrainingDiverged, train_one_epoch, validate
-from ops.experiment import (RunLockedError, default_store_name, lock_run_folder, run_folder,
-                            save_args, setup_logging)
+from ops.files import remove_stale_temp_files
+from ops.logs import setup_logging
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
+from ops.meters import format_duration
 from ops.models import TemporalModel
 from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
+from ops.run_folder import (RunLockedError, default_store_name, lock_run_folder, run_folder,
+                            save_args)
+from ops.runtime import (ShardSampler, all_reduce_sum, barrier, cleanup, compile_model,
+                         one_line_failures, setup_runtime, to_channels_last, wrap_model)
+from ops.seeding import rng_state, set_seed
 from ops.transforms import build_transform
-from ops.utils import format_duration, remove_stale_temp_files, rng_state, set_seed
 
 logger = logging.getLogger('masnet')
 
@@ -267,8 +270,10 @@ def _train(args, runtime):
 
     locks = lock_run(args, runtime)
     try:
-        return _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoint,
-                           log_dir, ckpt_dir, latest, best_path, model=model, tune=tune)
+        return _run_locked(args, runtime, cfg=cfg, model=model, train_records=train_records,
+                           val_records=val_records, resume=resume, checkpoint=checkpoint,
+                           tune=tune, log_dir=log_dir, ckpt_dir=ckpt_dir, latest=latest,
+                           best_path=best_path)
     finally:
         for handle in locks:
             handle.close()
@@ -281,8 +286,17 @@ def read_tune_from(args):
     return tune
 
 
-def _run_locked(args, runtime, cfg, train_records, val_records, resume, checkpoint, log_dir,
-                ckpt_dir, latest, best_path, *, model, tune):
+def _run_locked(args, runtime, *, cfg, model, train_records, val_records, resume, checkpoint,
+                tune, log_dir, ckpt_dir, latest, best_path):
+    """The run once its folders are locked: log file, optimiser, resume / fine-tune, then
+    --evaluate's validation or the epochs; returns the best val top-1.
+
+    cfg: the dataset; model: the TemporalModel before any checkpoint is loaded;
+    train_records / val_records: the checked lists (train_records None with --evaluate);
+    resume / checkpoint: the path and content of the checkpoint to resume (None, None: a new
+    run); tune: the --tune_from checkpoint (None: none or resuming); log_dir / ckpt_dir: the run
+    folder's log and checkpoint folders; latest / best_path: the two checkpoint files.
+    """
     setup_logging(os.path.join(log_dir, 'log.txt'), runtime.is_main)
     if runtime.is_main:
         stale = remove_stale_temp_files(ckpt_dir) + remove_stale_temp_files(log_dir)

@@ -1,4 +1,6 @@
-"""Devices and processes: CPU, one GPU, DataParallel (--gpus) or torchrun (DDP).
+"""Where and how the model runs: devices and processes (CPU, one GPU, DataParallel (--gpus) or
+torchrun (DDP)), the model moved and wrapped for them, --compile and --channels_last, the
+collectives and the sharded sampler of a torchrun run.
 
 Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) every process owns
 one device (GPU ``LOCAL_RANK`` with nccl, or the CPU with gloo); otherwise one process uses

@@ -12,20 +12,20 @@ from torch.utils.data import DataLoader, Subset
 
 from ops.analysis import write_error_analysis
 from ops.checkpoint import checkpoint_categories, read_checkpoint
-from ops.dataset import TSNDataSet, load_checked_list
+from ops.dataset import TSNDataSet, clips_per_video, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.distributed import (ShardSampler, all_reduce_sum, cleanup, compile_model,
-                             gather_shards, one_line_failures, setup_runtime, to_channels_last,
-                             wrap_model)
 from ops.errors import FlagError
-from ops.evaluation import (ScoreFileError, check_finite_scores, check_score_file_free,
-                            check_view_memory, describe_labels, ensemble, evaluate_models,
-                            lock_score_file, save_scores, score_filename, softmax, summarize)
-from ops.experiment import dataset_tag, setup_logging
+from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models
+from ops.files import atomic_write, prepare_output
+from ops.logs import setup_logging
 from ops.models import model_from_checkpoint
-from ops.recognizer import ranked_prediction, write_submission
+from ops.predictions import ranked_prediction, write_submission
+from ops.run_folder import dataset_tag
+from ops.runtime import (ShardSampler, all_reduce_sum, cleanup, compile_model, gather_shards,
+                         one_line_failures, setup_runtime, to_channels_last, wrap_model)
+from ops.scores import (ScoreFileError, check_score_file_free, describe_labels, ensemble,
+                        lock_score_file, save_scores, score_filename, softmax, summarize)
 from ops.transforms import build_transform
-from ops.utils import atomic_write, prepare_output
 
 logger = logging.getLogger('masnet')
 
@@ -66,7 +66,7 @@ def evaluate_checkpoints(args):
     Under torchrun the videos are split over the processes (ShardSampler) and their scores
     gathered back in list order, so the numbers and files are those of one process; the first
     process logs and writes them; a process's input error is one line, printed by the first
-    (ops.distributed.one_line_failures).
+    (ops.runtime.one_line_failures).
     Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one)
     over the labelled videos; None for an unlabelled list (label -1: predictions only).
     """
@@ -87,7 +87,7 @@ def _evaluate(args, runtime):
     weights = [w for w in args.weights.split(',') if w]
     segments = split_per_model(args.test_segments, int, len(weights), '--test_segments')
     coeffs = split_per_model(args.coeff, float, len(weights), '--coeff') if args.coeff else None
-    num_clips = 2 if args.twice_sample else args.dense_sample_num if args.dense_sample else 1
+    num_clips = clips_per_video(args.twice_sample, args.dense_sample, args.dense_sample_num)
     list_file = args.test_list or cfg.val_list
     records = load_checked_list(list_file, cfg.root_path, cfg.num_class, cfg.image_tmpl,
                                 video_backend=args.video_backend, allow_unlabelled=True)
