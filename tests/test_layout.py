@@ -108,18 +108,20 @@ def test_each_constant_is_defined_once():
 
 
 def drawn_floors():
-    """The floors drawn in docs/layout.md's 'Import floors' block: {module: floor}."""
+    """The floors drawn in docs/layout.md's 'Import floors' block: [(module, floor)]."""
     text = open(os.path.join(ROOT, 'docs', 'layout.md')).read()
     block = text.split('## Import floors', 1)[1].split('```')[1]
-    drawn, level = {}, None
+    drawn, level = [], None
     for line in block.strip('\n').splitlines():
         words = line.split()
         if words and words[0].isdigit():
             level, words = int(words[0]), words[1:]
-        drawn.update((word.replace('/', '.'), level) for word in words)
+        drawn += [(word.replace('/', '.'), level) for word in words]
     return drawn
 
 
 def test_the_drawn_floors_are_the_tested_ones():
     tested = {module: level for level, modules in enumerate(FLOORS) for module in modules}
-    assert drawn_floors() == tested
+    drawn = drawn_floors()
+    assert len({module for module, _ in drawn}) == len(drawn), 'a module drawn twice'
+    assert dict(drawn) == tested
