@@ -100,12 +100,11 @@ def add_model_args(parser, defaults_from_checkpoint=False):
 
 def add_speed_args(parser):
     parser.add_argument('--compile', action='store_true',
-                        help='torch.compile the model (the first batches compile it: about a '
-                             'minute for a ResNet-50 on a CPU); eager where it cannot compile')
+                        help='torch.compile the model (the first batches compile it: minutes on a CPU, '
+                             'see docs/speed.md); eager where it cannot compile')
     parser.add_argument('--channels_last', action='store_true',
                         help='run the convolutions, and MAS-Net\'s blocks, in NHWC memory '
-                             '(same results; on an AVX-512 CPU, MAS-ResNet-50 ran 15%% faster '
-                             'in inference and 7%% faster in training)')
+                             '(same results; faster on AVX-512 CPUs: docs/speed.md)')
 
 
 def add_view_args(parser):

@@ -180,7 +180,7 @@ def get_dataset_config(name: str, dataset_path: Optional[str] = None) -> Dataset
     if num_class is not None and len(categories) != num_class:
         raise DatasetError(f"category file '{category_path}' lists {len(categories)} classes, "
                            f"{name} has {num_class} (for a subset of the classes, pass a .json "
-                           f"dataset file as --dataset; see the README)")
+                           f"dataset file as --dataset; see docs/datasets.md)")
     return DatasetConfig(name, len(categories), categories, os.path.join(dataset_path, root),
                          os.path.join(dataset_path, train_list), os.path.join(dataset_path, val_list),
                          tmpl, True, mirror_pairs(categories))

@@ -4,11 +4,11 @@ Frames are ``(H, W, 3)`` uint8 BGR numpy arrays, as OpenCV decodes them; the ten
 from them are RGB. Crops are numpy views and only the crop is resized. Every resize is PIL's
 bilinear filter, as in the release's PIL/torchvision pipeline: a triangle filter whose support
 grows with the downscaling factor, so downscaling anti-aliases (OpenCV's INTER_LINEAR does not,
-and is up to 120 grey levels off on 1280x720 frames). ``resize_group`` computes it with torch's
+and is far off on large frames: docs/differences.md). ``resize_group`` computes it with torch's
 SIMD uint8 anti-aliased bilinear kernel, one call per group: it matches Pillow's
 ``Image.resize(..., BILINEAR)`` within one grey level except about one value in a million, two
 levels off where its int16 weights round a near-tie the other way from Pillow's 22-bit ones
-(tests/test_transforms_resize.py). Pillow itself would be exact but 5-10x slower.
+(tests/test_transforms_resize.py). Pillow itself would be exact but slower.
 The BGR -> RGB swap, float conversion and ImageNet normalisation are one pass per channel.
 ``build_transform`` assembles the train / val / test pipelines; each is a callable
 ``(frames, label) -> (tensor, label)`` where the tensor is ``(V*F*3, H, W)`` float32 for V views
@@ -107,7 +107,7 @@ class GroupRandomHorizontalFlip:
 
     def __call__(self, frames, label):
         if random.random() < self.p:
-            frames = [cv2.flip(f, 1) for f in frames]  # a copy: mirrored views stack 3x slower
+            frames = [cv2.flip(f, 1) for f in frames]  # a copy: mirrored views stack slower
             label = self.mirror_map.get(label, label)
         return frames, label
 

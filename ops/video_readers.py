@@ -36,7 +36,7 @@ logger = logging.getLogger('masnet.data')
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
 VIDEO_BACKENDS = ('auto', 'opencv', 'pyav', 'decord')
-# 'auto' picks the first of these that is installed (see the README's video decoding numbers)
+# 'auto' picks the first of these that is installed (docs/speed.md#video-decoding)
 AUTO_ORDER = ('pyav', 'decord', 'opencv')
 _PACKAGES = {'pyav': 'av', 'decord': 'decord'}
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Synthetic ablation: TSN (no temporal modelling) vs TSM vs MAS-Net, same recipe as the demo.
 # Three seeds (SEEDS="0 1 2"); writes score/ablation/seed*/*.npz and prints the README's
-# table, mean +- std over the seeds (~40 minutes on 2 CPU cores).
+# table, mean +- std over the seeds.
 # Run again, it reuses the finished runs (main.py resumes a run folder that has a checkpoint);
 # delete experiments/synthetic/*/resnet10/num_segments_8/ablation_seed* to train afresh.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speed and memory measurements of the README (`make bench`); ratios are measured in one process.
+# Speed and memory measurements of docs/speed.md (`make bench`); ratios are measured in one process.
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 cd "$(dirname "$0")/.."

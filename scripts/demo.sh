@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (`make demo`): generate the synthetic dataset, train
 # MAS-Net (ResNet-10, 8 segments, 64 px, from scratch) on this CPU, evaluate it with 1 and
-# 3x2 views, ensemble the two score files, and draw Grad-CAM heat maps. ~5 minutes on 2 cores.
+# 3x2 views, ensemble the two score files, and draw Grad-CAM heat maps.
 # Run again, it reuses the trained model (main.py resumes the run folder's checkpoint).
 set -euo pipefail
 PYTHON=${PYTHON:-python}

@@ -1,6 +1,6 @@
 """Reliability: kills inside and between checkpoint writes, NaNs, full disks, concurrent runs,
 bad lists, flags and score files. The kill trials are two of tools/fault_injection.py's
-(its full run, with Ctrl-C and random-time kills, is reported in the README)."""
+(its full run, with Ctrl-C and random-time kills, is reported in docs/reliability.md)."""
 import errno
 import os
 import random

@@ -1,6 +1,6 @@
 """The house's floors: every import between the project's modules points down.
 
-A module may import only from floors below its own (the README's layout section draws them).
+A module may import only from floors below its own (docs/layout.md draws them).
 A new module must be given a floor here; an import that points up or sideways fails, and so
 does a floor naming a module that no longer exists. A constant is defined in one module only.
 """

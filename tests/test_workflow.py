@@ -1,4 +1,5 @@
-"""The README's workflow end to end, on generated mp4 files in class folders.
+"""The workflow of docs/datasets.md, docs/testing.md and docs/prediction.md end to end, on
+generated mp4 files in class folders.
 
 gen_label -> main.py -> test.py (labelled and unlabelled lists) -> average_scores.py ->
 predict.py (on the lists gen_label wrote, class names from the checkpoint alone) ->

@@ -2,7 +2,7 @@
 stop it with SIGTERM / SIGUSR1 (a cluster's preemption) mid-epoch, run the same command again,
 and check that nothing was lost or is wrong.
 
-    python tools/fault_injection.py --random 20          # ~6 minutes on 2 CPU cores
+    python tools/fault_injection.py --random 20          # the full run of docs/reliability.md
 
 Each trial starts the training in a fresh folder, kills it once, runs the same command again
 and checks that the run completes, its final weights and its best checkpoint equal an
