@@ -1,14 +1,11 @@
 """Shared fixtures: a tiny generated dataset and small models, so the suite runs on a CPU."""
 import os
 import socket
-import sys
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 torch.set_num_threads(2)
 
