@@ -15,7 +15,7 @@ trials send SIGTERM or SIGUSR1 when the run logs a given line (an iteration's pr
 or the epoch's train line, i.e. during validation); the run must stop with exit status 75 and
 one line naming the checkpoint, and the rerun must resume at the iteration it saved (no
 iteration done twice).
-tests/test_faults.py runs a few of these trials in `make test`.
+tests/test_fault_injection.py runs a few of these trials in `make test`.
 """
 import argparse
 import os

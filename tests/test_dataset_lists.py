@@ -15,7 +15,7 @@ from ops.dataset_config import get_dataset_config
 from ops.evaluation import load_scores
 from ops.gradcam import find_video
 from ops.recognizer import collect_inputs
-from tests.test_video import write_mp4
+from tests.test_video_readers import write_mp4
 
 CLASSES = ['jumping', 'running', 'waving']
 FRAMES = {'jumping/a.mp4': 10, 'jumping/b c.mp4': 11, 'running/d.mp4': 12, 'waving/e.mp4': 13,
