@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv, generate the synthetic dataset, train + evaluate MAS-Net on it
 #   make test   set up .venv, lint with ruff and run the test suite (what CI runs)
-# make test-fast runs the quick tier (tests not marked slow, under a minute); make lint runs ruff.
+# make test-fast runs the quick tier (not marked slow or distributed); make lint runs ruff.
 # setup installs the project editable (pip install -e .): `import ops` works from any folder.
 # PyTorch is installed first, only if the venv has none: TORCH picks the build
 # (default: the pinned wheel, a CPU build where a local one exists; GPU users
@@ -32,7 +32,7 @@ test: lint
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not distributed"
 
 demo: setup
 	PYTHON=$(PY) bash scripts/demo.sh
