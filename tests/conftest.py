@@ -50,9 +50,9 @@ def no_weight_downloads(monkeypatch):
 
 
 # tests/test_readme.py's slow tests, marked here while that file is edited elsewhere
-# (move to @pytest.mark.slow decorators there)
+# (move to @pytest.mark.slow decorators there); the flag check runs each tool: ~60 s in all
 README_SLOW = {'test_synthetic_tour_runs_as_written',
-               'test_seed_commands_run_on_a_something_v1_layout'}
+               'test_seed_commands_run_on_a_something_v1_layout', 'test_command_flags_exist'}
 
 
 def pytest_collection_modifyitems(items):
