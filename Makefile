@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv, generate the synthetic dataset, train + evaluate MAS-Net on it
-#   make test   set up .venv and run the test suite (what CI runs)
+#   make test   set up .venv, lint with ruff and run the test suite (what CI runs)
+# make test-fast runs the quick tier (not marked slow or distributed); make lint runs ruff.
+# setup installs the project editable (pip install -e .): `import ops` works from any folder.
 # PyTorch is installed first, only if the venv has none: TORCH picks the build
 # (default: the pinned wheel, a CPU build where a local one exists; GPU users
 # may pass e.g. TORCH="torch==2.5.1" or pre-install their CUDA build in .venv).
@@ -11,18 +13,26 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench figures clean
+.PHONY: setup lint test test-fast demo bench figures clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-export.txt requirements-video.txt
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-export.txt \
+		requirements-video.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not distributed"
 
 demo: setup
 	PYTHON=$(PY) bash scripts/demo.sh

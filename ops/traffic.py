@@ -23,7 +23,7 @@ bounds eager PyTorch at small batches; tools/memory_traffic.py prints the tables
 """
 import math
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Tuple
 
 from archs.resnet import ARCH_LAYERS
 from ops.errors import UserError

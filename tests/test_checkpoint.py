@@ -20,6 +20,7 @@ def release_checkpoint(model, path):
     C.save_checkpoint(state, str(path))
 
 
+@pytest.mark.slow
 def test_release_layout_round_trip(tmp_path):
     model = small_model()
     with torch.no_grad():
@@ -104,6 +105,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ['ckpt.pth.tar']
 
 
+@pytest.mark.slow
 def test_tune_from_loads_the_backbone_but_not_the_head(tmp_path):
     """--tune_from: a checkpoint of another dataset (other class count) initialises the backbone."""
     source = small_model(num_class=174, seed=1)

@@ -23,6 +23,7 @@ def randomize_tim(model, seed=0):
 
 
 @pytest.mark.parametrize('temporal_type', ['MASNet', 'TSM', 'TSN'])
+@pytest.mark.slow
 def test_onnx_and_torchscript_match_eager(temporal_type, tmp_path):
     torch.manual_seed(0)
     model = TemporalModel(10, 8, temporal_type, 'resnet10', pretrain='none', input_size=64)
@@ -45,6 +46,7 @@ def test_onnx_and_torchscript_match_eager(temporal_type, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_keeps_eager_inference_in_place(tmp_path):
     """Exporting does not switch eager inference to the out-of-place path (and vice versa)."""
     from ops import MASNet
@@ -60,6 +62,7 @@ def test_export_keeps_eager_inference_in_place(tmp_path):
     assert traced == [False, True]
 
 
+@pytest.mark.slow
 def test_export_command_on_a_checkpoint(tiny_data_root, tmp_path, capsys):
     torch.manual_seed(0)
     model = randomize_bn(TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none',

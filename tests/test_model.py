@@ -37,6 +37,7 @@ def test_bottleneck_matches_reference(T):
 
 
 @pytest.mark.parametrize('arch,T', [('resnet50', 4), ('resnet50', 8), ('resnet10', 8)])
+@pytest.mark.slow
 def test_model_matches_reference(arch, T):
     torch.manual_seed(0)
     model = TemporalModel(10, T, 'MASNet', arch, pretrain='none', input_size=64)
@@ -228,6 +229,7 @@ def test_pretrain_path_with_wrong_arch_names_shapes(tmp_path):
         TemporalModel(5, 4, 'MASNet', 'resnet50', pretrain=str(path))
 
 
+@pytest.mark.slow
 def test_mixed_precision_runs_and_stays_close():
     """--amp: the MAS modules accept autocast's mixed dtypes, forward and backward."""
     torch.manual_seed(0)
@@ -270,6 +272,7 @@ def saved_bytes(fn, *args):
     return sum(storages.values())
 
 
+@pytest.mark.slow
 def test_training_keeps_no_extra_full_size_activations():
     """In training a block's MAM -> MSM -> TIM keeps its input alive and only small tensors
     besides (the motion and the blend are recomputed in backward), and still computes the
@@ -331,6 +334,7 @@ def test_graph_recording_path_matches_reference(monkeypatch):
 
 
 @pytest.mark.parametrize('train', [False, True])
+@pytest.mark.slow
 def test_channels_last_model_computes_the_same(train):
     """A channels-last (NHWC) model runs MAS's element-wise work on NHWC views and its 1x1
     convs as NHWC matmuls; outputs and gradients equal the NCHW model's in float64."""

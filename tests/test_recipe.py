@@ -83,6 +83,7 @@ def _release_training_network(model, imagenet):
     return release
 
 
+@pytest.mark.slow
 def test_seed_training_command_trains_the_release_network(tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
     imagenet = _torchvision_style_resnet50()
@@ -118,6 +119,7 @@ def test_seed_training_command_trains_the_release_network(tmp_path, monkeypatch)
             assert torch.allclose(ours_grads[name].grad, p.grad, rtol=1e-7, atol=1e-12), name
 
 
+@pytest.mark.slow
 def test_partial_bn_is_opt_in_and_spares_untrained_norms(tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
     sd = _torchvision_style_resnet50()

@@ -66,6 +66,7 @@ def release_top1(files):
     return 100.0 * sum(hits) / len(labels)
 
 
+@pytest.mark.slow
 def test_score_file_in_the_release_layout(tiny_data_root, setup, tmp_path):
     weights, relabelled, _, labels = setup
     top1, _, _ = run_test(tiny_data_root, weights, relabelled, str(tmp_path))
@@ -108,6 +109,7 @@ def one_line_error(capsys, call):
     return err
 
 
+@pytest.mark.slow
 def test_score_file_replaced_only_by_the_same_evaluation(tiny_data_root, setup, tmp_path,
                                                          capsys):
     weights, relabelled, _, _ = setup
@@ -125,6 +127,7 @@ def test_score_file_replaced_only_by_the_same_evaluation(tiny_data_root, setup, 
     assert bool(np.load(os.path.join(out, NAME))['softmax'])
 
 
+@pytest.mark.slow
 def test_a_score_file_being_written_is_not_written_by_another_run(tiny_data_root, setup,
                                                                   tmp_path, capsys):
     weights, relabelled, _, _ = setup
@@ -162,6 +165,7 @@ def test_a_locked_score_file_stops_every_torchrun_process_in_one_line(tiny_data_
     assert not os.path.exists(os.path.join(out, NAME))
 
 
+@pytest.mark.slow
 def test_two_concurrent_test_py_runs_leave_the_file_of_the_one_that_reports(
         tiny_data_root, setup, tmp_path):
     """Started together with different settings: one writes, the other refuses in one line
@@ -221,6 +225,7 @@ def test_files_without_group_record_are_grouped_by_what_they_hold(tmp_path, caps
     np.testing.assert_array_equal(combined, 2 * scores[:, 0])
 
 
+@pytest.mark.slow
 def test_unlabelled_and_partly_labelled_lists(tiny_data_root, setup, tmp_path, capsys):
     weights, relabelled, records, labels = setup
     labelled = str(tmp_path / 'labelled')

@@ -49,6 +49,7 @@ def run_tool(script, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_extract_and_check_count_failures_exit_1_and_write_clean_lists(tmp_path):
     videos, frames = tmp_path / 'videos', tmp_path / 'frames'
     os.makedirs(videos / 'cls')
@@ -138,6 +139,7 @@ def test_gen_label_kinetics(tmp_path):
     assert (out / 'val_videofolder.txt').read_text() == 'qqq_000005_000015 4 1\n'
 
 
+@pytest.mark.slow
 def test_flops_of_the_paper_model():
     """MAS-ResNet50, 224 px, 174 classes: 26.07 M parameters, 33.55 / 66.55 GFLOPs at 8 / 16
     frames (the specification's 33.5 / 66.6, the paper's 34 / 67)."""
@@ -147,6 +149,7 @@ def test_flops_of_the_paper_model():
     assert flops.count('MASNet', 'resnet50', 16, 224, 174)[1] == pytest.approx(66.55, abs=0.01)
 
 
+@pytest.mark.slow
 def test_flops_count_tim_as_a_depthwise_temporal_conv():
     """TIM's handler adds 3 multiply-adds per output element of every TIM the model runs."""
     from ops.MASNet import TIM
@@ -161,6 +164,7 @@ def test_flops_count_tim_as_a_depthwise_temporal_conv():
     assert flops.uncounted_macs(model, clip, handlers) == added
 
 
+@pytest.mark.slow
 def test_flops_scale_with_segments_and_type():
     _, tsn = flops.count('TSN', 'resnet18', 1, 224, 1000)
     assert tsn == pytest.approx(1.82, abs=0.01)  # torchvision ResNet-18's 1.82 GMACs
@@ -186,6 +190,7 @@ def test_ablation_table_averages_seeds_and_scores_pairs(tmp_path):
     assert rows[3] == '| MASNet | 1 | ' + ' | '.join(['100.0 ± 0.0'] * 5) + ' |'
 
 
+@pytest.mark.slow
 def test_gpu_check_says_so_in_one_line_without_a_gpu(tmp_path):
     import subprocess
     import sys
@@ -209,6 +214,7 @@ def test_bench_model_ratios_are_medians_of_per_round_ratios():
     assert spread['masnet'] == pytest.approx((1.1, 3.0))
 
 
+@pytest.mark.slow
 def test_bench_model_small_run(tmp_path):
     """One tiny round of every part: eager times, peak memory (in subprocesses) and the
     profile of MAS-Net's extra operators."""

@@ -197,6 +197,7 @@ def test_nan_momentum_is_refused_before_the_best_file_is_touched(tiny_data_root,
     assert os.listdir(ckpt_dir) == ['ckpt.pth.tar']
 
 
+@pytest.mark.slow
 def test_overflowing_logits_give_one_line_and_no_result(tiny_data_root, tmp_path, capsys):
     state = tiny_state()
     state['new_fc.weight'].fill_(3e38)  # finite weights, logits beyond float32
@@ -313,6 +314,7 @@ def test_views_beyond_memory_are_refused_before_evaluating(tiny_data_root, tmp_p
     assert evaluated == []
 
 
+@pytest.mark.slow
 def test_missing_output_folders_are_made_and_a_folder_is_no_file(tiny_data_root, tmp_path,
                                                                  capsys):
     weights = save(tmp_path / 'w.pth.tar', tiny_state())

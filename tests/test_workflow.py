@@ -65,6 +65,7 @@ def workflow(tmp_path_factory):
     return root, tree, lists, categories
 
 
+@pytest.mark.slow
 def test_the_readme_workflow_hands_over_labels_and_names(workflow, tmp_path):
     root, tree, lists, categories = workflow
     # gen_label: classes from the folders, '<video> <label>' lines, '<video> -1' for the test split

@@ -9,14 +9,12 @@ type (several seeds) are averaged: mean +- sample standard deviation.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.scores import load_scores, summarize  # noqa: E402
+from ops.cli import HelpFormatter
+from ops.scores import load_scores, summarize
 
 # the synthetic classes 2k and 2k+1 are each other played backwards (ops/synthetic.py)
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7)]

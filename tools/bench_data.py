@@ -21,7 +21,6 @@ then clips/s of a DataLoader with 2 workers on the long 340x256 video.
 import argparse
 import os
 import random
-import sys
 import tempfile
 import time
 
@@ -30,13 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.dataset import TSNDataSet, VideoRecord, sample_train_indices  # noqa: E402
-from ops.synthetic import textured_scene  # noqa: E402
-from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, GroupMultiScaleCrop, build_transform  # noqa: E402
-from ops.video_readers import backend_available, decode_image_file, open_reader  # noqa: E402
+from ops.cli import HelpFormatter
+from ops.dataset import TSNDataSet, VideoRecord, sample_train_indices
+from ops.synthetic import textured_scene
+from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, GroupMultiScaleCrop, build_transform
+from ops.video_readers import backend_available, decode_image_file, open_reader
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 

@@ -11,20 +11,16 @@ medians and their ratio are printed. A benchmark, not a test.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-from archs import ARCHS  # noqa: E402
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.temporal import TEMPORAL_TYPES  # noqa: E402
-from ops.export import example_input, export_and_check  # noqa: E402
-from ops.models import TemporalModel  # noqa: E402
+from archs import ARCHS
+from ops.cli import HelpFormatter
+from ops.temporal import TEMPORAL_TYPES
+from ops.export import example_input, export_and_check
+from ops.models import TemporalModel
 
 
 def timed(fn, x):

@@ -29,14 +29,13 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from archs.resnet import PLAIN_BLOCKS, build_resnet
+from ops.cli import HelpFormatter
+from ops.models import TemporalModel
+from ops.reference import ReleaseStyleModel
+from ops.runtime import to_channels_last
 
-from archs.resnet import PLAIN_BLOCKS, build_resnet  # noqa: E402
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.runtime import to_channels_last  # noqa: E402
-from ops.reference import ReleaseStyleModel  # noqa: E402
-from ops.models import TemporalModel  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NETWORKS = ('plain', 'masnet', 'release')
 

@@ -20,12 +20,11 @@ from multiprocessing import Pool
 import cv2
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.dataset import DataError, parse_list_file  # noqa: E402
-from ops.files import atomic_write  # noqa: E402
-from ops.video_readers import count_frames  # noqa: E402
+from ops.cli import HelpFormatter
+from ops.dataset import DataError, parse_list_file
+from ops.files import atomic_write
+from ops.video_readers import count_frames
 
 OK = 'ok'
 

@@ -4,7 +4,6 @@
 """
 import argparse
 import os
-import sys
 
 import matplotlib
 
@@ -12,9 +11,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ops.cli import HelpFormatter  # noqa: E402
+from ops.cli import HelpFormatter
 
 COLOURS = {'conv': '#cfe2f3', 'mam': '#f4cccc', 'msm': '#fff2cc', 'tim': '#d9ead3',
            'data': '#eeeeee', 'op': '#ffffff', 'head': '#e6d5f0'}
@@ -22,7 +19,8 @@ COLOURS = {'conv': '#cfe2f3', 'mam': '#f4cccc', 'msm': '#fff2cc', 'tim': '#d9ead
 
 def box(ax, x, y, w, h, text, kind='conv', size=9, bold=False):
     """A rounded box centred at (x, y); returns its edge points for arrows."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle='round,pad=0.02,rounding_size=0.08',
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h,
+                                boxstyle='round,pad=0.02,rounding_size=0.08',
                                 facecolor=COLOURS[kind], edgecolor='#444444', linewidth=1))
     ax.text(x, y, text, ha='center', va='center', fontsize=size,
             fontweight='bold' if bold else 'normal')
@@ -58,7 +56,8 @@ def draw_overview(path):
     arrow(ax, s['right'], stem['left'], '(N*T, 3, 224, 224)', offset=(0, 0.5))
     prev = stem
     for i, (blocks, width) in enumerate(zip((3, 4, 6, 3), (256, 512, 1024, 2048))):
-        b = box(ax, 7.4 + i * 1.3, 4.4, 1.1, 0.9, f'layer{i + 1}\n{blocks} x MAS\n{width} ch', 'mam', 8)
+        b = box(ax, 7.4 + i * 1.3, 4.4, 1.1, 0.9, f'layer{i + 1}\n{blocks} x MAS\n{width} ch',
+                'mam', 8)
         arrow(ax, prev['right'], b['left'])
         prev = b
     gap = box(ax, 12.55, 4.4, 0.8, 0.9, 'GAP\nfc', 'head', 8)
@@ -69,7 +68,8 @@ def draw_overview(path):
     arrow(ax, cons['bottom'], out['top'])
 
     # the MAS bottleneck
-    ax.add_patch(FancyBboxPatch((0.3, 0.35), 10.6, 2.65, boxstyle='round,pad=0.02,rounding_size=0.1',
+    ax.add_patch(FancyBboxPatch((0.3, 0.35), 10.6, 2.65,
+                                boxstyle='round,pad=0.02,rounding_size=0.1',
                                 facecolor='none', edgecolor='#999999', linestyle='--'))
     ax.text(0.5, 2.75, 'MAS bottleneck (every block of layer1-4)', fontsize=10, fontweight='bold')
     x0 = box(ax, 1.0, 1.5, 1.0, 0.7, 'x\n(N*T,4C,H,W)', 'data', 7.5)
@@ -103,7 +103,8 @@ def draw_modules(path):
     a = box(ax, 1.2, 6.0, 1.6, 0.7, 'F (N*T, C, H, W)', 'data', 8)
     r = box(ax, 3.3, 6.0, 1.6, 0.7, 'conv 1x1, BN\nC -> C/64', 'conv', 8)
     arrow(ax, a['right'], r['left'])
-    acc = box(ax, 6.6, 6.0, 3.6, 0.8, 'a[t] = (b[t] + 0.5 b[t+1]) / 1.5\na[T-1] = b[T-1]', 'mam', 8.5)
+    acc = box(ax, 6.6, 6.0, 3.6, 0.8, 'a[t] = (b[t] + 0.5 b[t+1]) / 1.5\na[T-1] = b[T-1]',
+              'mam', 8.5)
     arrow(ax, r['right'], acc['left'], 'b (N, T, C/64, H, W)', offset=(0, 0.45))
     p = box(ax, 9.7, 6.0, 1.6, 0.7, 'conv 1x1\nC/64 -> C', 'conv', 8)
     arrow(ax, acc['right'], p['left'])
@@ -130,8 +131,8 @@ def draw_modules(path):
     # TIM
     ax.text(0.3, 2.3, 'TIM: Temporal Interaction Module', fontsize=11, fontweight='bold')
     ti = box(ax, 1.5, 1.3, 2.2, 0.8, 'MSM output\n(N*T, C, H, W)', 'data', 8)
-    dw = box(ax, 5.2, 1.3, 4.0, 0.9, 'depthwise temporal conv, kernel 3\nweight (C, 1, 3), zero padding',
-             'tim', 8.5)
+    dw = box(ax, 5.2, 1.3, 4.0, 0.9,
+             'depthwise temporal conv, kernel 3\nweight (C, 1, 3), zero padding', 'tim', 8.5)
     arrow(ax, ti['right'], dw['left'])
     init = box(ax, 9.9, 1.3, 3.3, 1.1, 'initialised as TSM shift:\nC/8 channels take t+1,\n'
                'C/8 take t-1, rest keep t', 'op', 8)

@@ -12,23 +12,21 @@ the checkpoint's class names, mean/std, sizes, channel order and segments as met
 or --dataset.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
 
-from opts import add_model_args, add_trust_arg, int_at_least  # noqa: E402
-from ops.checkpoint import model_description  # noqa: E402
-from ops.dataset_config import DATASETS, get_dataset_config, read_categories  # noqa: E402
-from ops.cli import HelpFormatter, exit_on_user_error  # noqa: E402
-from ops.logs import setup_logging  # noqa: E402
-from ops.export import FORMATS, ParityError, export_and_check, export_metadata  # noqa: E402
-from ops.models import load_classifier  # noqa: E402
-from ops.inputs import collect_inputs  # noqa: E402
-from ops.recognizer import Recognizer  # noqa: E402
-from ops.files import prepare_output  # noqa: E402
+from opts import add_model_args, add_trust_arg, int_at_least
+from ops.checkpoint import model_description
+from ops.dataset_config import DATASETS, get_dataset_config, read_categories
+from ops.cli import HelpFormatter, exit_on_user_error
+from ops.logs import setup_logging
+from ops.export import FORMATS, ParityError, export_and_check, export_metadata
+from ops.models import load_classifier
+from ops.inputs import collect_inputs
+from ops.recognizer import Recognizer
+from ops.files import prepare_output
 
 
 def build_parser():
@@ -46,8 +44,8 @@ def build_parser():
                         help='T (default: the checkpoint\'s, else 8)')
     parser.add_argument('--full_res', action='store_true', help='input_size*256/224 input')
     parser.add_argument('--tolerance', default=1e-4, type=float,
-                        help='largest max |exported - eager| logit difference accepted, relative to the '
-                             'largest |logit| when that is above 1 (default: %(default)g)')
+                        help='largest max |exported - eager| logit difference accepted, relative '
+                             'to the largest |logit| when that is above 1 (default: %(default)g)')
     parser.add_argument('--categories', default=None,
                         help="category file (default: the checkpoint's class names)")
     parser.add_argument('--dataset', default=None,

@@ -26,12 +26,11 @@ from multiprocessing import Pool
 import cv2
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.dataset_config import DatasetError, image_template  # noqa: E402
-from ops.files import atomic_write  # noqa: E402
-from ops.video_readers import VIDEO_EXTENSIONS  # noqa: E402
+from ops.cli import HelpFormatter
+from ops.dataset_config import DatasetError, image_template
+from ops.files import atomic_write
+from ops.video_readers import VIDEO_EXTENSIONS
 
 DONE_MARKER = '.done'
 DEFAULT_TMPL = '{:05d}.jpg'

@@ -15,7 +15,7 @@ trials send SIGTERM or SIGUSR1 when the run logs a given line (an iteration's pr
 or the epoch's train line, i.e. during validation); the run must stop with exit status 75 and
 one line naming the checkpoint, and the rerun must resume at the iteration it saved (no
 iteration done twice).
-tests/test_faults.py runs a few of these trials in `make test`.
+tests/test_fault_injection.py runs a few of these trials in `make test`.
 """
 import argparse
 import os
@@ -26,15 +26,13 @@ import subprocess
 import sys
 import time
 
+import torch
+
+from ops.cli import HelpFormatter
+from ops.checkpoint import read_checkpoint
+from ops.files import DELAY_ENV, FAULT_ENV, TMP_PREFIX
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.checkpoint import read_checkpoint  # noqa: E402
-from ops.files import DELAY_ENV, FAULT_ENV, TMP_PREFIX  # noqa: E402
 
 LATEST, BEST = 'ckpt.pth.tar', 'ckpt.best.pth.tar'
 TINY = dict(train_per_class=3, val_per_class=2, width=64, height=48, min_frames=6, max_frames=12)

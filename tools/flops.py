@@ -9,17 +9,13 @@ the paper counts as a layer (TIM: a depthwise temporal conv run as adds) is adde
 module's handler in ops/temporal.py.
 """
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from archs import ARCHS  # noqa: E402
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.models import TemporalModel  # noqa: E402
-from ops.temporal import TEMPORAL_TYPES, temporal_module  # noqa: E402
+from archs import ARCHS
+from ops.cli import HelpFormatter
+from ops.models import TemporalModel
+from ops.temporal import TEMPORAL_TYPES, temporal_module
 
 
 def uncounted_macs(model, clip, handlers):

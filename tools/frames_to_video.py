@@ -9,13 +9,12 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cv2
 
-import cv2  # noqa: E402
 
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.video_readers import IMAGE_EXTENSIONS  # noqa: E402
-from ops.stream import write_video  # noqa: E402
+from ops.cli import HelpFormatter
+from ops.video_readers import IMAGE_EXTENSIONS
+from ops.stream import write_video
 
 
 def read_frames(folder):

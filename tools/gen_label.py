@@ -29,12 +29,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.video_readers import count_frames  # noqa: E402
-from ops.dataset_config import read_categories  # noqa: E402
-from ops.video_readers import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS  # noqa: E402
+from ops.cli import HelpFormatter
+from ops.video_readers import count_frames
+from ops.dataset_config import read_categories
+from ops.video_readers import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 K400_LABEL_MAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'label_maps',
                               'label_map_k400.txt')
@@ -76,7 +74,8 @@ def sthv1(annotations):
         rows = [line.split(';', 1) for line in read(f'something-something-v1-{name}.csv')]
         splits[split] = [(video_id, index[label]) for video_id, label in rows]
     if os.path.isfile(os.path.join(annotations, 'something-something-v1-test.csv')):
-        splits['test.txt'] = [(video_id, None) for video_id in read('something-something-v1-test.csv')]
+        test_ids = read('something-something-v1-test.csv')
+        splits['test.txt'] = [(video_id, None) for video_id in test_ids]
     return categories, splits
 
 
@@ -89,8 +88,9 @@ def sthv2(annotations):
     for split, name in (('train.txt', 'train.json'), ('valid.txt', 'validation.json')):
         with open(os.path.join(annotations, name)) as f:
             items = json.load(f)
-        splits[split] = [(item['id'], label_index[item['template'].replace('[', '').replace(']', '')])
-                         for item in items]
+        splits[split] = [
+            (item['id'], label_index[item['template'].replace('[', '').replace(']', '')])
+            for item in items]
     if os.path.isfile(os.path.join(annotations, 'test.json')):  # ids only
         with open(os.path.join(annotations, 'test.json')) as f:
             splits['test.txt'] = [(item['id'], None) for item in json.load(f)]
@@ -102,7 +102,8 @@ def kinetics(annotations):
     test.csv (no labels), when present, gives test_videofolder.txt with label -1."""
     rows = {}
     for split, name in (('train_videofolder.txt', 'train.csv'),
-                        ('val_videofolder.txt', 'validate.csv'), ('test_videofolder.txt', 'test.csv')):
+                        ('val_videofolder.txt', 'validate.csv'),
+                        ('test_videofolder.txt', 'test.csv')):
         path = os.path.join(annotations, name)
         if name != 'test.csv' or os.path.isfile(path):
             with open(path) as f:
@@ -218,7 +219,8 @@ def main(argv=None):
     write_categories(args.out, categories)
     for split, samples in splits.items():
         written, skipped = write_split(os.path.join(args.out, split), samples, args.frames)
-        print(f'{split}: {written} videos' + (f', {skipped} without frames skipped' if skipped else ''))
+        skipped_note = f', {skipped} without frames skipped' if skipped else ''
+        print(f'{split}: {written} videos{skipped_note}')
     print(f'category.txt: {len(categories)} classes')
     if args.format == 'kinetics' and len(categories) != 400:
         print(f'note: --dataset kinetics needs the 400 classes: pass --label_map '

@@ -25,14 +25,13 @@ import traceback
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from ops.cli import HelpFormatter
+from ops.models import TemporalModel
+from ops.files import atomic_write
+from ops.traffic import DEFAULT_GPU, GPUS, gpu_named, predict
+from tools import bench_model
 
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.models import TemporalModel  # noqa: E402
-from ops.files import atomic_write  # noqa: E402
-from ops.traffic import DEFAULT_GPU, GPUS, gpu_named, predict  # noqa: E402
-from tools import bench_model  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BENCH_VARIANTS = {'fp32': {}, 'amp_fp16': {'amp': 'fp16'}, 'amp_bf16': {'amp': 'bf16'},
                   'channels_last': {'channels_last': True}, 'compiled': {'compile': True}}

@@ -5,17 +5,15 @@
 """
 import argparse
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.logs import read_scalars  # noqa: E402
+from ops.cli import HelpFormatter
+from ops.logs import read_scalars
 
 PANELS = (('loss', ('loss/train', 'loss/test')), ('top-1 (%)', ('acc/train_top1', 'acc/test_top1')),
           ('learning rate', ('lr',)))
@@ -26,7 +24,8 @@ def plot(run_dirs, out, labels=None):
     for k, run in enumerate(run_dirs):
         scalars = read_scalars(os.path.join(run, 'tensorboardX'))
         if not scalars:
-            raise SystemExit(f"plot_curves.py: error: no TensorBoard events in '{run}/tensorboardX'")
+            raise SystemExit("plot_curves.py: error: no TensorBoard events in "
+                             f"'{run}/tensorboardX'")
         name = labels[k] if labels else os.path.basename(os.path.normpath(run))
         for ax, (title, tags) in zip(axes, PANELS):
             for tag in tags:

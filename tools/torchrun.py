@@ -6,14 +6,9 @@
 Takes torchrun's flags. Exit status 75 when stopped by SIGTERM or SIGUSR1 (the training saved
 a checkpoint: run the same command again), 0 on success, 1 when a worker failed.
 """
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from ops.preemption import torchrun  # noqa: E402
+from ops.preemption import torchrun
 
 if __name__ == '__main__':
     sys.exit(torchrun(sys.argv[1:]))

@@ -64,6 +64,7 @@ def moving_square_clip(T=4, size=128, side=24):
     return ((clip - mean) / std).reshape(1, -1, size, size), boxes, side
 
 
+@pytest.mark.slow
 def test_grad_cam_follows_the_moving_object():
     model = red_detector()
     clip, boxes, side = moving_square_clip()
@@ -91,6 +92,7 @@ def test_overlay_blends_heat_over_frame():
     assert out[3, 3, 2] > out[0, 0, 2]  # cold = blue
 
 
+@pytest.mark.slow
 def test_cam_cli_on_video_id_and_folder(tiny_data_root, tmp_path):
     torch.manual_seed(0)
     model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)

@@ -15,7 +15,7 @@ from ops.dataset_config import get_dataset_config
 from ops.scores import load_scores
 from ops.run_cam import find_video
 from ops.inputs import collect_inputs
-from tests.test_video import write_mp4
+from tests.test_video_readers import write_mp4
 
 CLASSES = ['jumping', 'running', 'waving']
 FRAMES = {'jumping/a.mp4': 10, 'jumping/b c.mp4': 11, 'running/d.mp4': 12, 'waving/e.mp4': 13,
@@ -118,6 +118,7 @@ def trained(video_dataset, tmp_path_factory):
     return weights, counted(log, root)
 
 
+@pytest.mark.slow
 def test_counts_are_made_once_up_front_and_cached(video_dataset, trained, count_log, tmp_path):
     root = video_dataset
     _, training_counts = trained
@@ -195,6 +196,7 @@ def test_corrupt_read_only_and_other_rank_caches(video_dataset, count_log, tmp_p
     assert caplog.text.count('kept in memory only') == 1
 
 
+@pytest.mark.slow
 def test_every_tool_reads_the_same_labels(video_dataset, trained, tmp_path, capsys):
     root = video_dataset
     weights, _ = trained
@@ -234,6 +236,7 @@ def test_every_tool_reads_the_same_labels(video_dataset, trained, tmp_path, caps
     assert "bad.txt:2: label 3 of 'waving/h.mp4' is not in [0, 3)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_finds_videos_in_class_folders(video_dataset, trained, tmp_path):
     root = video_dataset
     weights, _ = trained

@@ -91,6 +91,7 @@ def run_predict(data_root, weights, source, *extra):
                                *extra])
 
 
+@pytest.mark.slow
 def test_prediction_equals_test_py_on_files_folders_and_lists(tiny_data_root, fitted, tmp_path):
     weights, tmp, records = fitted
     frames_root = os.path.join(tiny_data_root, 'synthetic', 'frames')
@@ -129,6 +130,7 @@ def test_prediction_equals_test_py_on_files_folders_and_lists(tiny_data_root, fi
     assert float(rows[0]['probability1']) == pytest.approx(listed[0].probabilities[0], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_python_api_on_path_and_frames(tiny_data_root, fitted):
     weights, tmp, records = fitted
     recognizer = Recognizer.from_checkpoint(
@@ -144,6 +146,7 @@ def test_python_api_on_path_and_frames(tiny_data_root, fitted):
     assert recognizer.sample_indices(8).tolist() == [2, 4, 6, 8, 1, 3, 5, 7]  # two clips
 
 
+@pytest.mark.slow
 def test_python_api_takes_lists_arrays_tensors_in_either_color_order(tiny_data_root, fitted):
     weights, _, records = fitted
     recognizer = Recognizer.from_checkpoint(
@@ -170,6 +173,7 @@ def test_python_api_takes_lists_arrays_tensors_in_either_color_order(tiny_data_r
         recognizer.predict(bgr, color_order='RGB ')
 
 
+@pytest.mark.slow
 def test_submission_and_gen_label_test_list(tiny_data_root, fitted, tmp_path):
     weights, _, records = fitted
     frames_root = os.path.join(tiny_data_root, 'synthetic', 'frames')
@@ -232,6 +236,7 @@ def test_list_inputs_are_checked_as_test_lists_are(tmp_path):
 
 # ---- sliding windows ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sliding_window_switches_class_at_the_boundary(tmp_path):
     """Two clips of different classes back to back: windows inside the first clip give its
     class, windows inside the second its class, with one switch at a window over the seam."""
@@ -291,6 +296,7 @@ def test_sliding_window_switches_class_at_the_boundary(tmp_path):
     assert [(p.extra['start_frame'], p.extra['end_frame']) for p in short] == [(1, len(decoded))]
 
 
+@pytest.mark.slow
 def test_annotated_video_appears_only_when_complete(tmp_path, monkeypatch):
     """--annotate's video is written beside its path and renamed at the end: a failure
     mid-stream leaves no file (nor a temporary one), the old file stays."""
@@ -318,6 +324,7 @@ def test_annotated_video_appears_only_when_complete(tmp_path, monkeypatch):
 
 # ---- torch.hub ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_hubconf_builds_the_model_from_a_local_weight_file(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = randomize_bn(TemporalModel(5, 4, 'MASNet', 'resnet50', pretrain='none')).eval()
@@ -336,6 +343,7 @@ def test_hubconf_builds_the_model_from_a_local_weight_file(tmp_path, monkeypatch
 
 # ---- error analysis in test.py --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_test_py_writes_confusion_matrix_and_top5(tiny_data_root, fitted, tmp_path):
     weights, _, records = fitted
     # relabel every third video, so that the matrix has off-diagonal entries

@@ -166,6 +166,7 @@ def test_multiscale_crop_uses_fixed_offsets_and_sizes():
     assert out.shape == (6, 64, 64)
 
 
+@pytest.mark.slow
 def test_flip_swaps_only_mirror_classes():
     frames = coordinate_frames(count=3)
     mirror = mirror_pairs(SYNTHETIC_CLASSES)

@@ -64,6 +64,7 @@ def stderr_line(capsys):
 
 # ---- what a checkpoint records ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_checkpoint_describes_itself(trained):
     weights = trained[0]
     raw = torch.load(weights, map_location='cpu', weights_only=True)
@@ -79,6 +80,7 @@ def test_checkpoint_describes_itself(trained):
     assert raw['code_version'].startswith('git ') or raw['code_version'] == CODE_VERSION
 
 
+@pytest.mark.slow
 def test_release_test_py_loads_the_checkpoint(trained):
     """The release's test.py: a DataParallel-wrapped TemporalModel, torch.load, strict
     load_state_dict of checkpoint['state_dict'] (a reference written from its behaviour)."""
@@ -95,6 +97,7 @@ def test_release_test_py_loads_the_checkpoint(trained):
 
 # ---- class names from the checkpoint alone ---------------------------------------------------
 
+@pytest.mark.slow
 def test_predict_recognizer_hub_cam_export_use_the_checkpoint_names(trained, tmp_path, capsys):
     weights, _, _, folder = trained
     (prediction,) = predict_entry.main([folder, '--weights', weights, '-j', '0'])
@@ -122,6 +125,7 @@ def test_predict_recognizer_hub_cam_export_use_the_checkpoint_names(trained, tmp
         assert (meta['crop_size'], meta['scale_size']) == (SIZE, 73)
 
 
+@pytest.mark.slow
 def test_names_that_disagree_with_the_checkpoint_are_one_line(trained, tiny_data_root, tmp_path,
                                                               capsys):
     weights, _, _, folder = trained
@@ -141,6 +145,7 @@ def test_names_that_disagree_with_the_checkpoint_are_one_line(trained, tiny_data
     assert set(prediction.names) <= set(NAMES)
 
 
+@pytest.mark.slow
 def test_legacy_checkpoint_needs_the_flag_that_names_classes(trained, tiny_data_root, tmp_path,
                                                              capsys):
     weights, _, _, folder = trained
@@ -169,6 +174,7 @@ def test_legacy_checkpoint_needs_the_flag_that_names_classes(trained, tiny_data_
 
 # ---- resume knows its recipe -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_refuses_another_recipe_unless_told(trained, capsys):
     _, dataset, out, _ = trained
     latest = os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar')
@@ -195,6 +201,7 @@ def test_resume_refuses_another_recipe_unless_told(trained, capsys):
     assert resumed['epoch'] == 2 and resumed['args']['lr'] == 0.02  # the new recipe recorded
 
 
+@pytest.mark.slow
 def test_checkpoint_without_recorded_flags_resumes(trained, tmp_path):
     from ops.run_train import find_resume
     from opts import parse_args
@@ -219,6 +226,7 @@ def test_resize_reference_matches_the_pipeline():
         assert np.abs(ours - pipeline.astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_onnx_with_reference_preprocessing_equals_predict(trained, tmp_path):
     import onnx
     import onnxruntime

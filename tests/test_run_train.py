@@ -73,6 +73,7 @@ def trained(tiny_data_root, tmp_path_factory):
     return out, best
 
 
+@pytest.mark.slow
 def test_training_writes_logs_events_and_checkpoints(trained):
     out, best = trained
     folder = run_dir(out)
@@ -95,6 +96,7 @@ def test_training_writes_logs_events_and_checkpoints(trained):
 DURATION = r'\d+:\d\d:\d\d'
 
 
+@pytest.mark.slow
 def test_logs_print_clips_per_second_and_eta(tiny_data_root, trained, capsys):
     out, _ = trained
     log = open(os.path.join(run_dir(out), 'log', 'log.txt')).read()
@@ -136,6 +138,7 @@ def test_throughput_and_eta_values(monkeypatch):
     assert format_duration(3 * 3600 + 62.4) == '3:01:02'
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tiny_data_root, trained, tmp_path):
     out, _ = trained
     full = read_checkpoint(os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar'))
@@ -163,6 +166,7 @@ def test_resume_matches_uninterrupted_run(tiny_data_root, trained, tmp_path):
     assert not os.path.exists(os.path.join(run_dir(str(tmp_path / 'other')), 'checkpoint', 'ckpt.pth.tar'))
 
 
+@pytest.mark.slow
 def test_test_py_views_scores_and_average(tiny_data_root, trained, tmp_path):
     out, _ = trained
     weights = os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar')
@@ -191,6 +195,7 @@ def test_test_py_views_scores_and_average(tiny_data_root, trained, tmp_path):
     np.testing.assert_allclose(combined_default, a['scores'] + b['scores'], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_release_checkpoint_evaluates(tiny_data_root, tmp_path):
     torch.manual_seed(0)
     model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
@@ -222,6 +227,7 @@ def run_cli(*args):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
     out, _ = trained
     weights = os.path.join(run_dir(out), 'checkpoint', 'ckpt.pth.tar')
@@ -247,6 +253,7 @@ def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
     assert res.returncode == 2 and 'disagree in labels' in res.stderr
 
 
+@pytest.mark.slow
 def test_diverged_training_stops_before_the_update():
     """A NaN loss stops the run with a one-line reason, before it corrupts the weights."""
     from ops.runtime import setup_runtime
@@ -265,6 +272,7 @@ def test_diverged_training_stops_before_the_update():
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tiny_data_root, tmp_path):
     """SIGINT mid-run: one line, exit 130, the last complete epoch's checkpoint loads; re-running
     the same command continues from it."""
@@ -316,6 +324,7 @@ def scores_without_and_with(flag, data_root, tmp_path):
     return without, with_flag
 
 
+@pytest.mark.slow
 def test_test_py_compiled_gives_the_eager_scores(tiny_data_root, tmp_path, monkeypatch):
     """--compile: torch.compile'd evaluation, scores within 1e-4 of eager (float32)."""
     import torch._dynamo
@@ -328,6 +337,7 @@ def test_test_py_compiled_gives_the_eager_scores(tiny_data_root, tmp_path, monke
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_test_py_channels_last_gives_the_same_scores(tiny_data_root, tmp_path, monkeypatch):
     """--channels_last: NHWC convolutions and MAS blocks, scores within float32 rounding."""
     from ops import run_test

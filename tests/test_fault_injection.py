@@ -30,6 +30,7 @@ def reference(tiny_data_root, tmp_path_factory):
     return out, F.reference_run(tiny_data_root, out, epochs=2)
 
 
+@pytest.mark.slow
 def test_reported_best_is_what_test_py_gives_on_the_best_checkpoint(tiny_data_root, reference):
     out, ref = reference
     top1, _, _ = test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root,
@@ -46,6 +47,7 @@ def test_reported_best_is_what_test_py_gives_on_the_best_checkpoint(tiny_data_ro
     ('kill -9 inside the 1st best write', dict(fault=f'{F.BEST}:1:written:kill')),
     ('kill -9 between the best and the latest write', dict(fault=f'{F.LATEST}:1:open:kill')),
 ])
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data_root, reference, tmp_path,
                                                         name, how):
     out = str(tmp_path / 'run')
@@ -58,6 +60,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data_root, referenc
     assert F.check_recovered(command, out, reference[1]) == []
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resumes_to_the_uninterrupted_result(tiny_data_root,
                                                                          reference, tmp_path):
     out = str(tmp_path / 'run')
@@ -76,6 +79,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_uninterrupted_result(tiny_da
     assert F.check_recovered(command, out, reference[1], saved_at) == []
 
 
+@pytest.mark.slow
 def test_save_every_iters_resumes_a_kill_9_mid_epoch(tiny_data_root, reference, tmp_path):
     out = str(tmp_path / 'run')
     command = F.train_command(tiny_data_root, out, 2, '--save_every_iters', '2', '-p', '1')
@@ -146,6 +150,7 @@ def test_stale_temp_files_are_removed(tmp_path):
     assert os.listdir(tmp_path) == ['ckpt.pth.tar']
 
 
+@pytest.mark.slow
 def test_run_lock_refuses_a_second_run_but_not_a_stale_lock(tmp_path):
     held = lock_run_folder(str(tmp_path))
     with pytest.raises(RunLockedError, match=f'pid {os.getpid()}'):
@@ -208,6 +213,7 @@ def one_line_error(res, *words):
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_nan_weights_are_never_saved(tiny_data_root, tmp_path, capsys):
     out = str(tmp_path / 'exp')
     res = train_cli(tiny_data_root, out, capsys, '--lr', '1e6', '--epochs', '2')
