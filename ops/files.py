@@ -15,7 +15,7 @@ TMP_PREFIX = '.tmp_'
 # errors of the file system rather than of the program: reported as one line naming the path
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
                   errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
-# fault injection for tests/test_faults.py and tools/fault_injection.py:
+# fault injection for tests/test_fault_injection.py and tools/fault_injection.py:
 # MASNET_FAULT=<file name>:<n>:<point>:<signal> sends SIGKILL/SIGINT to this process during its
 # n-th atomic write of a file of that name, at point 'open' (nothing written yet) or 'written'
 # (data written, before the rename); MASNET_WRITE_DELAY=<seconds> sleeps at 'written'

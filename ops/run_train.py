@@ -1,6 +1,6 @@
 """The training run behind main.py: data, model, optimiser, resume, epochs, checkpoints, logs.
 
-What a run reports always matches its files, whatever kills it (tests/test_faults.py):
+What a run reports always matches its files, whatever kills it (tests/test_fault_injection.py):
 the best checkpoint is written before the latest one, so the latest never records a best
 that is not on disk; the reported best top-1 is the one the best file holds (checked and
 repaired on resume); weights or a validation loss that are not finite stop the run before

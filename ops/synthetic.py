@@ -144,7 +144,7 @@ def textured_scene(width: int, height: int, seed: int = 0) -> np.ndarray:
 
     Smooth colour gradients, flat discs and rectangles with hard edges, a fine stripe texture
     (period ~19 px) in the lower half and pixel noise: what tells resize filters apart (the
-    input of the resize checks in tests/test_transforms_resize.py and tools/bench_data.py).
+    input of the resize checks in tests/test_transforms.py and tools/bench_data.py).
     Deterministic in the seed.
     """
     rng = np.random.RandomState(seed)

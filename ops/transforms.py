@@ -8,7 +8,7 @@ and is far off on large frames: docs/differences.md). ``resize_group`` computes 
 SIMD uint8 anti-aliased bilinear kernel, one call per group: it matches Pillow's
 ``Image.resize(..., BILINEAR)`` within one grey level except about one value in a million, two
 levels off where its int16 weights round a near-tie the other way from Pillow's 22-bit ones
-(tests/test_transforms_resize.py). Pillow itself would be exact but slower.
+(tests/test_transforms.py). Pillow itself would be exact but slower.
 The BGR -> RGB swap, float conversion and ImageNet normalisation are one pass per channel.
 ``build_transform`` assembles the train / val / test pipelines; each is a callable
 ``(frames, label) -> (tensor, label)`` where the tensor is ``(V*F*3, H, W)`` float32 for V views

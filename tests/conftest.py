@@ -48,14 +48,3 @@ def no_weight_downloads(monkeypatch):
     monkeypatch.setenv('MASNET_OFFLINE', '1')
     monkeypatch.setenv('MASNET_WEIGHTS_URL', 'http://127.0.0.1:9/')
 
-
-# tests/test_readme.py's slow tests, marked here while that file is edited elsewhere
-# (move to @pytest.mark.slow decorators there); the flag check runs each tool: ~60 s in all
-README_SLOW = {'test_synthetic_tour_runs_as_written',
-               'test_seed_commands_run_on_a_something_v1_layout', 'test_command_flags_exist'}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.module.__name__ == 'tests.test_readme' and item.originalname in README_SLOW:
-            item.add_marker(pytest.mark.slow)

@@ -186,6 +186,7 @@ def check_shell_script(args, command):
         opts.build_parser().parse_args(rest[skip:])
 
 
+@pytest.mark.slow  # each tool's --help: about 60 s in all
 @pytest.mark.parametrize('page,section,command', all_commands())
 def test_command_flags_exist(page, section, command):
     argv = shlex.split(command, comments=True)
@@ -281,6 +282,7 @@ def make_checkout(folder):
         subprocess.run(git + command, cwd=folder, check=True, capture_output=True)
 
 
+@pytest.mark.slow
 def test_synthetic_tour_runs_as_written(tmp_path):
     make_checkout(tmp_path)
     repo_status = git_status(ROOT)
@@ -329,6 +331,7 @@ def make_imagenet_cache(torch_home):
     torch.save(weights, folder / IMAGENET_WEIGHT_FILES['resnet50'])
 
 
+@pytest.mark.slow
 def test_seed_commands_run_on_a_something_v1_layout(tmp_path):
     datasets, cwd = tmp_path / 'datasets', tmp_path / 'home' / 'repo'
     datasets.mkdir()
