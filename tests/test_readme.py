@@ -186,7 +186,6 @@ def check_shell_script(args, command):
         opts.build_parser().parse_args(rest[skip:])
 
 
-@pytest.mark.slow  # each tool's --help: about 60 s in all
 @pytest.mark.parametrize('page,section,command', all_commands())
 def test_command_flags_exist(page, section, command):
     argv = shlex.split(command, comments=True)
