@@ -7,17 +7,26 @@ arithmetic they share:
 - ``temporal_conv``: TIM's depthwise temporal conv (kernel 3, zero padding) as three
   channel-scaled adds of neighbouring frames, optionally into a given buffer;
 - ``SelectInteract``: for training, MSM's blend of motion and appearance followed by TIM, as one
-  autograd function that saves only its small inputs. Autograd through the plain ops keeps two
-  extra full-size activations per block alive until backward (the projected motion, saved by
-  the blend, and the blend, saved by TIM); here backward recomputes the motion from the reduced
-  C/64-channel features (one thin matmul) and the blend from it. For MAS-ResNet-50 (8 x 224 x
-  224) that cuts the training-step memory the modules add from 193 to 83 MiB, at no cost in
-  time (the recomputation is paid for by fewer autograd nodes).
+  autograd function that saves only its small inputs (the block's ``'eager'`` form). Autograd
+  through the plain ops keeps two extra full-size activations per block alive until backward
+  (the projected motion, saved by the blend, and the blend, saved by TIM); here backward
+  recomputes the motion from the reduced C/64-channel features (one thin matmul) and the blend
+  from it. For MAS-ResNet-50 (8 x 224 x 224) that cuts the training-step memory the modules add
+  from 193 to 83 MiB, at no cost in time (the recomputation is paid for by fewer autograd nodes).
+- ``select_interact_math`` / ``compiled_select_and_interact``: the same chain written as plain
+  element-wise ops for a compiler, and that function compiled on its own (the block's
+  ``'compiled'`` form): torch.compile generates one C++/OpenMP loop (CPU) or Triton kernel
+  (CUDA) for the forward and a few for the backward, instead of a dozen passes over the
+  activation. It compiles at its first call (tens of seconds; cached on disk by Inductor)
+  and falls back to ``select_and_interact``, with one warning, where compiling fails.
 
 Full-size tensors are 5-D views (``frames``) of the ``(N*T, C, H, W)`` activations, in their
 memory order: ``(N, T, C, H, W)`` for NCHW, ``(N, T, H, W, C)`` for channels-last models.
 """
+import warnings
+
 import torch
+import torch.nn.functional as F
 
 
 def is_channels_last(x):
@@ -132,7 +141,8 @@ class SelectInteract(torch.autograd.Function):
     def forward(ctx, appearance, reduced, projection, w, taps, channels_last=False):
         cl = ctx.channels_last = channels_last
         ctx.input_dtypes = [t.dtype for t in (reduced, projection, w, taps)]
-        reduced, projection, w, taps = (t.to(appearance.dtype) for t in (reduced, projection, w, taps))
+        small = (reduced, projection, w, taps)
+        reduced, projection, w, taps = (t.to(appearance.dtype) for t in small)
         num_segments = appearance.shape[0] // w.shape[0]
         a = frames(appearance, num_segments, cl)
         motion = frames(pointwise_conv(reduced, projection, cl), num_segments, cl)
@@ -177,3 +187,48 @@ class SelectInteract(torch.autograd.Function):
 def select_and_interact(appearance, reduced, projection, w, taps, channels_last=False):
     """See ``SelectInteract``; the autograd entry point used by MAS blocks in training."""
     return SelectInteract.apply(appearance, reduced, projection, w, taps, channels_last)
+
+
+def select_interact_math(appearance, reduced, projection, w, taps):
+    """``SelectInteract``'s function as out-of-place element-wise ops, for torch.compile.
+
+    Same arguments (4-D tensors, in any memory format); the compiler fuses the projection (a
+    sum over MAM's C/64 channels, not a matmul, so that it stays inside the fused loop), the
+    blend and TIM's three taps into one pass, and derives the backward.
+    """
+    nt, c, h, width = appearance.shape
+    n, r = w.shape[0], reduced.shape[1]
+    num_segments = nt // n
+    motion = (reduced.unsqueeze(1) * projection.view(1, c, r, 1, 1)).sum(2)  # (N*T, C, H, W)
+    w = w.unsqueeze(1).expand(n, num_segments, c, h, width).reshape(nt, c, h, width)
+    selected = appearance + w * (motion - appearance)  # lerp(appearance, motion, w)
+    clips = selected.view(n, num_segments, c, h, width)  # (N, T, C, H, W)
+    no_pad = (0, 0, 0, 0, 0, 0)  # W, H, C
+    previous = F.pad(clips[:, :-1], no_pad + (1, 0)).view(nt, c, h, width)  # frame t-1 at t
+    following = F.pad(clips[:, 1:], no_pad + (0, 1)).view(nt, c, h, width)  # frame t+1 at t
+    k_prev, k_same, k_next = temporal_taps(taps)  # (C, 1, 1) each
+    return (previous * k_prev + selected * k_same + following * k_next).to(appearance.dtype)
+
+
+class _Compiled:
+    """The compiled ``select_interact_math``, made at first use; None once compiling failed."""
+    function = None
+    failed = False
+
+
+def compiled_select_and_interact(appearance, reduced, projection, w, taps, channels_last=False):
+    """``select_and_interact`` through the compiled ``select_interact_math``: eager callers get
+    one fused kernel. Where torch.compile cannot work (no C++ compiler, no Triton, an
+    unsupported platform) it warns once and runs ``select_and_interact`` from then on."""
+    if not _Compiled.failed:
+        if _Compiled.function is None:
+            _Compiled.function = torch.compile(select_interact_math, dynamic=None)
+        try:
+            return _Compiled.function(appearance, reduced, projection, w, taps)
+        except Exception as error:  # any compiler failure; a real error recurs in eager below
+            _Compiled.failed = True
+            reason = (str(error).splitlines() or [''])[0]
+            warnings.warn(f"MAS block form 'compiled': torch.compile failed "
+                          f"({type(error).__name__}: {reason}); running the eager form instead",
+                          RuntimeWarning)
+    return select_and_interact(appearance, reduced, projection, w, taps, channels_last)
