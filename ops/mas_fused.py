@@ -210,6 +210,10 @@ def select_interact_math(appearance, reduced, projection, w, taps):
     return (previous * k_prev + selected * k_same + following * k_next).to(appearance.dtype)
 
 
+# graphs of the compiled core per process: grad mode x memory format x dtype x a few size guards
+RECOMPILE_LIMIT = 32
+
+
 class _Compiled:
     """The compiled ``select_interact_math``, made at first use; None once compiling failed."""
     function = None
@@ -222,9 +226,13 @@ def compiled_select_and_interact(appearance, reduced, projection, w, taps, chann
     unsupported platform) it warns once and runs ``select_and_interact`` from then on."""
     if not _Compiled.failed:
         if _Compiled.function is None:
-            _Compiled.function = torch.compile(select_interact_math, dynamic=None)
+            # dynamic shapes: one graph serves every block of a network (static shapes made 14
+            # graphs for MAS-ResNet-50's 7 block shapes, past dynamo's limit of 8, beyond which
+            # it runs the uncompiled function: far slower than the eager form)
+            _Compiled.function = torch.compile(select_interact_math, dynamic=True)
         try:
-            return _Compiled.function(appearance, reduced, projection, w, taps)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return _Compiled.function(appearance, reduced, projection, w, taps)
         except Exception as error:  # any compiler failure; a real error recurs in eager below
             _Compiled.failed = True
             reason = (str(error).splitlines() or [''])[0]
