@@ -100,23 +100,35 @@ def test_form_switch_defaults(monkeypatch):
         MASNet.set_form('fused')
 
 
-def test_select_interact_math_gradcheck():
-    """The compiler's formulation (run eagerly here) against numerical gradients and against
-    the hand-written autograd function."""
+def plain_call(math, *args):
+    return math(*args)
+
+
+def test_compiler_formulation_gradcheck():
+    """The functions the compiler gets (run uncompiled here), forward and hand-written backward:
+    numerical gradients, and the eager form's outputs and gradients."""
     g = torch.Generator().manual_seed(0)
     N, C, r, H, W = 2, 8, 2, 3, 3
     shapes = [(N * T, C, H, W), (N * T, r, H, W), (C, r, 1, 1), (N, C, H, W), (C, 1, 3)]
     inputs = [torch.randn(s, generator=g, dtype=torch.float64).requires_grad_() for s in shapes]
     inputs[3].data.uniform_(0, 1, generator=g)
+
+    def fused(*args):
+        return mas_fused.FusedSelectInteract.apply(*args, plain_call)
+    assert torch.autograd.gradcheck(fused, inputs)
     assert torch.autograd.gradcheck(mas_fused.select_interact_math, inputs)
-    torch.testing.assert_close(mas_fused.select_interact_math(*inputs),
-                               mas_fused.select_and_interact(*inputs), rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(shapes[0], generator=g, dtype=torch.float64)
+    got, want = fused(*inputs), mas_fused.select_and_interact(*inputs)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad((got * upstream).sum(), inputs),
+                    torch.autograd.grad((want * upstream).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.fixture
 def fresh_compiled(monkeypatch):
     """The compiled function is made anew in the test (and forgotten after it)."""
-    monkeypatch.setattr(mas_fused._Compiled, 'function', None)
+    monkeypatch.setattr(mas_fused._Compiled, 'functions', {})
     monkeypatch.setattr(mas_fused._Compiled, 'failed', False)
 
 
