@@ -289,6 +289,9 @@ def main(argv=None):
     parser.add_argument('--amp', default='none', choices=AMP_DTYPES,
                         help='autocast dtype (fp16: GPUs; bf16: GPUs and CPUs)')
     parser.add_argument('--channels_last', action='store_true', help='NHWC memory format')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads (default: torch\'s); 1 steadies ratios on a '
+                             'loaded machine, where OpenMP regions wait on descheduled threads')
     parser.add_argument('--no_memory', action='store_true', help='skip the peak-memory runs')
     parser.add_argument('--profile', action='store_true',
                         help='also print the operators behind MAS-Net\'s extra time (eager)')
@@ -296,6 +299,8 @@ def main(argv=None):
     parser.add_argument('--memory_of', choices=NETWORKS + ('regional',), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.memory_of:
         print(json.dumps(peak_memory(args.memory_of, args.num_segments, args.size, device)))
