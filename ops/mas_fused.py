@@ -7,17 +7,26 @@ arithmetic they share:
 - ``temporal_conv``: TIM's depthwise temporal conv (kernel 3, zero padding) as three
   channel-scaled adds of neighbouring frames, optionally into a given buffer;
 - ``SelectInteract``: for training, MSM's blend of motion and appearance followed by TIM, as one
-  autograd function that saves only its small inputs. Autograd through the plain ops keeps two
-  extra full-size activations per block alive until backward (the projected motion, saved by
-  the blend, and the blend, saved by TIM); here backward recomputes the motion from the reduced
-  C/64-channel features (one thin matmul) and the blend from it. For MAS-ResNet-50 (8 x 224 x
-  224) that cuts the training-step memory the modules add from 193 to 83 MiB, at no cost in
-  time (the recomputation is paid for by fewer autograd nodes).
+  autograd function that saves only its small inputs (the block's ``'eager'`` form). Autograd
+  through the plain ops keeps two extra full-size activations per block alive until backward
+  (the projected motion, saved by the blend, and the blend, saved by TIM); here backward
+  recomputes the motion from the reduced C/64-channel features (one thin matmul) and the blend
+  from it. For MAS-ResNet-50 (8 x 224 x 224) that cuts the training-step memory the modules add
+  from 193 to 83 MiB, at no cost in time (the recomputation is paid for by fewer autograd nodes).
+- ``select_interact_math`` / ``compiled_select_and_interact``: the same chain written as plain
+  element-wise ops for a compiler, and that function compiled on its own (the block's
+  ``'compiled'`` form): torch.compile generates one C++/OpenMP loop (CPU) or Triton kernel
+  (CUDA) for the forward and a few for the backward, instead of a dozen passes over the
+  activation. It compiles at its first call (tens of seconds; cached on disk by Inductor)
+  and falls back to ``select_and_interact``, with one warning, where compiling fails.
 
 Full-size tensors are 5-D views (``frames``) of the ``(N*T, C, H, W)`` activations, in their
 memory order: ``(N, T, C, H, W)`` for NCHW, ``(N, T, H, W, C)`` for channels-last models.
 """
+import warnings
+
 import torch
+import torch.nn.functional as F
 
 
 def is_channels_last(x):
@@ -132,7 +141,8 @@ class SelectInteract(torch.autograd.Function):
     def forward(ctx, appearance, reduced, projection, w, taps, channels_last=False):
         cl = ctx.channels_last = channels_last
         ctx.input_dtypes = [t.dtype for t in (reduced, projection, w, taps)]
-        reduced, projection, w, taps = (t.to(appearance.dtype) for t in (reduced, projection, w, taps))
+        small = (reduced, projection, w, taps)
+        reduced, projection, w, taps = (t.to(appearance.dtype) for t in small)
         num_segments = appearance.shape[0] // w.shape[0]
         a = frames(appearance, num_segments, cl)
         motion = frames(pointwise_conv(reduced, projection, cl), num_segments, cl)
@@ -177,3 +187,122 @@ class SelectInteract(torch.autograd.Function):
 def select_and_interact(appearance, reduced, projection, w, taps, channels_last=False):
     """See ``SelectInteract``; the autograd entry point used by MAS blocks in training."""
     return SelectInteract.apply(appearance, reduced, projection, w, taps, channels_last)
+
+
+def select_interact_math(appearance, reduced, projection, w, taps):
+    """``SelectInteract``'s forward as out-of-place element-wise ops, for torch.compile.
+
+    Same arguments (4-D tensors, one dtype, any memory format). The projection is a sum over
+    MAM's C/64 channels, not a matmul, so that it stays inside the one fused loop with the blend
+    and TIM's three taps.
+    """
+    nt, c, h, width = appearance.shape
+    n, r = w.shape[0], reduced.shape[1]
+    num_segments = nt // n
+    motion = (reduced.unsqueeze(1) * projection.view(1, c, r, 1, 1)).sum(2)  # (N*T, C, H, W)
+    w = w.unsqueeze(1).expand(n, num_segments, c, h, width).reshape(nt, c, h, width)
+    selected = appearance + w * (motion - appearance)  # lerp(appearance, motion, w)
+    clips = selected.view(n, num_segments, c, h, width)  # (N, T, C, H, W)
+    previous = F.pad(clips[:, :-1], NO_PAD + (1, 0)).view(nt, c, h, width)  # frame t-1 at t
+    following = F.pad(clips[:, 1:], NO_PAD + (0, 1)).view(nt, c, h, width)  # frame t+1 at t
+    k_prev, k_same, k_next = temporal_taps(taps)  # (C, 1, 1) each
+    return previous * k_prev + selected * k_same + following * k_next
+
+
+NO_PAD = (0, 0, 0, 0, 0, 0)  # F.pad of (N, T, C, H, W): W, H and C untouched
+
+
+def select_interact_backward_math(grad, appearance, reduced, projection, w, taps):
+    """``SelectInteract.backward`` as out-of-place ops, for torch.compile: the gradients of
+    ``select_interact_math`` w.r.t. its five inputs, given the output's ``grad``."""
+    nt, c, h, width = appearance.shape
+    n, r = w.shape[0], reduced.shape[1]
+    clip = (n, nt // n, c, h, width)
+    motion = (reduced.unsqueeze(1) * projection.view(1, c, r, 1, 1)).sum(2)  # (N*T, C, H, W)
+    difference = (motion - appearance).view(clip)  # (N, T, C, H, W)
+    w = w.unsqueeze(1)  # (N, 1, C, H, W)
+    selected = appearance.view(clip) + w * difference
+    grad = grad.view(clip)
+    k_prev, k_same, k_next = temporal_taps(taps)
+    grad_taps = torch.stack([
+        (grad * F.pad(selected[:, :-1], NO_PAD + (1, 0))).sum(dim=(0, 1, 3, 4)),  # t-1 at t
+        (grad * selected).sum(dim=(0, 1, 3, 4)),
+        (grad * F.pad(selected[:, 1:], NO_PAD + (0, 1))).sum(dim=(0, 1, 3, 4))], dim=1)
+    # TIM's adjoint: x[t] fed out[t+1] through k_prev and out[t-1] through k_next
+    grad_selected = (grad * k_same + F.pad(grad[:, 1:], NO_PAD + (0, 1)) * k_prev
+                     + F.pad(grad[:, :-1], NO_PAD + (1, 0)) * k_next)
+    grad_w = (grad_selected * difference).sum(dim=1)  # (N, C, H, W)
+    grad_motion = grad_selected * w
+    grad_appearance = (grad_selected - grad_motion).view(nt, c, h, width)
+    grad_motion = grad_motion.view(nt, c, h, width).unsqueeze(2)  # (N*T, C, 1, H, W)
+    grad_reduced = (grad_motion * projection.view(1, c, r, 1, 1)).sum(1)  # (N*T, r, H, W)
+    grad_projection = (grad_motion * reduced.unsqueeze(1)).sum(dim=(0, 3, 4))  # (C, r)
+    return (grad_appearance, grad_reduced, grad_projection.view(c, r, 1, 1), grad_w,
+            grad_taps.view(c, 1, 3))
+
+
+class FusedSelectInteract(torch.autograd.Function):
+    """``SelectInteract`` with its forward and backward each one function that ``run`` runs
+    (``run_compiled``: compiled, the block's ``'compiled'`` form; tests pass a plain call).
+    Like ``SelectInteract`` it saves only its inputs (compiling the forward alone, AOTAutograd
+    saved full-size intermediates: 1.27x the plain network's training memory, not 1.11x)."""
+
+    @staticmethod
+    def forward(ctx, appearance, reduced, projection, w, taps, run):
+        ctx.run = run
+        ctx.input_dtypes = [t.dtype for t in (reduced, projection, w, taps)]
+        small = (reduced, projection, w, taps)
+        reduced, projection, w, taps = (t.to(appearance.dtype) for t in small)
+        ctx.save_for_backward(appearance, reduced, projection, w, taps)
+        return run(select_interact_math, appearance, reduced, projection, w, taps)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        appearance = ctx.saved_tensors[0]
+        layout = (torch.channels_last if is_channels_last(appearance)
+                  else torch.contiguous_format)
+        grad_out = grad_out.to(appearance.dtype).contiguous(memory_format=layout)
+        grads = ctx.run(select_interact_backward_math, grad_out, *ctx.saved_tensors)
+        return (grads[0], *(g.to(dtype) for g, dtype in zip(grads[1:], ctx.input_dtypes)),
+                None)
+
+
+# graphs of the compiled core per process: grad mode x memory format x dtype x a few size guards
+RECOMPILE_LIMIT = 32
+
+
+class _Compiled:
+    """The compiled functions, made at first use; ``failed`` once compiling failed."""
+    functions = {}
+    failed = False
+
+
+def run_compiled(math, *args):
+    """``math(*args)`` with `math` torch.compile'd (at its first call). Where compiling fails
+    (no C++ compiler, no Triton, an unsupported platform) it warns once and runs `math`
+    uncompiled; callers then use the eager form (``_Compiled.failed``)."""
+    if not _Compiled.failed:
+        if math not in _Compiled.functions:
+            # dynamic shapes: one graph serves every block of a network (static shapes made 14
+            # graphs for MAS-ResNet-50's 7 block shapes, past dynamo's limit of 8, beyond which
+            # it runs the uncompiled function: far slower than the eager form)
+            _Compiled.functions[math] = torch.compile(math, dynamic=True)
+        try:
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return _Compiled.functions[math](*args)
+        except Exception as error:  # any compiler failure; a real error recurs in eager below
+            _Compiled.failed = True
+            reason = (str(error).splitlines() or [''])[0]
+            warnings.warn(f"MAS block form 'compiled': torch.compile failed "
+                          f"({type(error).__name__}: {reason}); running the eager form instead",
+                          RuntimeWarning)
+    return math(*args)
+
+
+def compiled_select_and_interact(appearance, reduced, projection, w, taps, channels_last=False):
+    """``select_and_interact`` with forward and backward compiled (``FusedSelectInteract``);
+    once compiling failed, ``select_and_interact`` itself."""
+    if _Compiled.failed:
+        return select_and_interact(appearance, reduced, projection, w, taps, channels_last)
+    return FusedSelectInteract.apply(appearance, reduced, projection, w, taps, run_compiled)

@@ -1,18 +1,21 @@
 """Speed and memory of MAS-ResNet-50 against a plain ResNet-50, measured in one process.
 
-    python tools/bench_model.py                    # 8 x 3 x 224 x 224: eager and compiled,
+    python tools/bench_model.py                    # 8 x 3 x 224 x 224: every form,
                                                    # inference + training step, 15 rounds
     python tools/bench_model.py --modes eager --profile   # + where MAS-Net's extra time goes
     python tools/bench_model.py --size 112 --repeats 3 --modes eager
     python tools/bench_model.py --device cuda --amp bf16 --channels_last
 
-Three networks on the same 8 frames: a plain ResNet-50 (torchvision's resnet50 when
-torchvision is installed, otherwise archs/'s copy of its exact structure: no conv biases, no
-temporal modules), MAS-ResNet-50 as implemented in ops/MASNet.py, and the
-same MAS-ResNet-50 computed the release's way (ops/reference.py: Conv3d over one time step,
-avg_pool3d, permute + Conv1d). Runs are interleaved and the ratios are medians over rounds
-of per-round ratios, so they are robust to the machine's load. Peak memory of a training step
-is measured in a fresh subprocess per network: max_memory_allocated on GPUs; on Linux CPUs the
+Networks on the same 8 frames: a plain ResNet-50 (torchvision's resnet50 when torchvision is
+installed, otherwise archs/'s copy of its exact structure: no conv biases, no temporal modules)
+and MAS-ResNet-50 in the forms of ops/MASNet.py: ``eager`` (the default form), ``regional``
+(the block form ``'compiled'``: only the element-wise core is torch.compile'd), the release's
+operations (ops/reference.py: Conv3d over one time step, avg_pool3d, permute + Conv1d), and
+``compiled``: the whole MAS-ResNet-50 torch.compile'd, against the whole plain network
+compiled. Runs are interleaved and the ratios are medians over rounds of per-round ratios,
+so they are robust to the machine's load. Peak memory of a training step
+(the second: the first compiles, where something does) is measured in a fresh subprocess per
+network: max_memory_allocated on GPUs; on Linux CPUs the
 growth of the peak resident set, with glibc told to return every freed block above 64 KiB to
 the system at once (MALLOC_MMAP_THRESHOLD_), so that the peak counts live tensors, not blocks
 the allocator kept. ``--profile`` prints, per operator, the self time MAS-ResNet-50 spends
@@ -31,13 +34,16 @@ import torch
 
 from archs.resnet import PLAIN_BLOCKS, build_resnet
 from ops.cli import HelpFormatter
+from ops.MASNet import set_form
 from ops.models import TemporalModel
 from ops.reference import ReleaseStyleModel
 from ops.runtime import to_channels_last
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NETWORKS = ('plain', 'masnet', 'release')
+NETWORKS = ('plain', 'masnet', 'release')  # --modes eager; 'regional' joins their rounds
+LABELS = {'masnet': 'MAS-ResNet-50 eager', 'regional': 'MAS-ResNet-50 regional',
+          'release': 'release-style eager', 'compiled': 'MAS-ResNet-50 compiled'}
 
 
 def plain_resnet50():
@@ -53,7 +59,9 @@ def build(name, num_segments):
     if name == 'plain':
         return plain_resnet50()
     model = TemporalModel(1000, num_segments, 'MASNet', 'resnet50', dropout=0, pretrain='none')
-    return model if name == 'masnet' else ReleaseStyleModel(model)
+    if name == 'regional':
+        return set_form('compiled', model)
+    return ReleaseStyleModel(model) if name == 'release' else set_form('eager', model)
 
 
 def make_input(name, num_segments, size, device):
@@ -140,6 +148,8 @@ def peak_memory(name, num_segments, size, device):
     """Memory taken by one training step of `name`, in MiB (run in this fresh process)."""
     model = build(name, num_segments).to(device).train()
     x = make_input(name, num_segments, size, device)
+    step(model, x, True)  # compiles, for the regional form
+    model.zero_grad(set_to_none=True)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -167,12 +177,12 @@ def rss_kib(field):
 
 
 def benchmark(num_segments=8, size=224, repeats=5, device=torch.device('cpu'), amp='none',
-              channels_last=False, compile=False):
+              channels_last=False, compile=False, regional=False):
     """Inference and training-step times and ratios to the plain ResNet-50, as a dict.
 
     Compiled runs compare the compiled MAS-ResNet-50 with the compiled plain ResNet-50 (the
-    release-style network is left out)."""
-    networks = ('plain', 'masnet') if compile else NETWORKS
+    release-style network is left out); eager runs add the regional form if `regional`."""
+    networks = ('plain', 'masnet') if compile else NETWORKS + (('regional',) if regional else ())
     results = {'num_segments': num_segments, 'size': size, 'device': str(device), 'amp': amp,
                'channels_last': channels_last, 'compile': compile, 'repeats': repeats}
     for train in (False, True):
@@ -215,7 +225,7 @@ def extra_time_profile(num_segments, size, device, rows=12):
 def measure_memory(args):
     """Peak training-step memory of each network, MiB, each in a fresh subprocess."""
     memory = {}
-    for name in NETWORKS:
+    for name in NETWORKS + (('regional',) if 'regional' in args.modes else ()):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), '--memory_of', name,
                               '--num_segments', str(args.num_segments), '--size', str(args.size),
                               '--device', args.device], env={**os.environ, **MEMORY_ENV},
@@ -224,21 +234,42 @@ def measure_memory(args):
     return memory
 
 
-def print_times(results):
-    label = 'compiled' if results['compile'] else 'eager'
-    for key, title in (('inference', 'inference (eval)'), ('train', 'train step (fwd+bwd)')):
-        rows = results[key]
-        line = f'{label} {title}: plain ResNet-50 {rows["plain"]["ms"]:.0f} ms'
-        for name, network in (('masnet', 'MAS-ResNet-50'), ('release', 'release-style')):
-            if name in rows:
-                low, high = rows[name]['ratio_spread']
-                line += (f' | {network} {rows[name]["ms"]:.0f} ms ({rows[name]["ratio"]:.3f}x, '
-                         f'rounds {low:.2f}-{high:.2f})')
-        print(line)
-    if results['compile']:
-        print('first (compiling) step, s: ' + ', '.join(
-            f'{key} {name} {rows[name]["first_step_s"]:.1f}'
-            for key, rows in ((k, results[k]) for k in ('inference', 'train')) for name in rows))
+def print_table(results):
+    """One row per form: median ratio to the plain network (lowest-highest round) for
+    inference and a training step, peak training memory ratio, first (compiling) step."""
+    rows = []
+    memory = results.get('train_peak_memory_mib', {})
+    for mode in ('eager', 'compiled'):
+        if mode not in results:
+            continue
+        inference, train = results[mode]['inference'], results[mode]['train']
+        plain = 'plain ResNet-50' + (' compiled' if mode == 'compiled' else '')
+        rows.append((plain, f'{inference["plain"]["ms"]:.0f} ms', f'{train["plain"]["ms"]:.0f} ms',
+                     f'{memory["plain"]:.0f} MiB' if memory and mode == 'eager' else '',
+                     first_steps(inference['plain'], train['plain'], mode == 'compiled')))
+        for name in inference:
+            if name == 'plain':
+                continue
+            label = LABELS['compiled' if mode == 'compiled' else name]
+            rows.append((label, ratio_cell(inference[name]), ratio_cell(train[name]),
+                         f'{memory[name] / memory["plain"]:.3f}x' if name in memory and
+                         mode == 'eager' else '',
+                         first_steps(inference[name], train[name],
+                                     mode == 'compiled' or name == 'regional')))
+    header = ('form', 'inference', 'train step', 'train memory', 'first step inf/train')
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def ratio_cell(row):
+    low, high = row['ratio_spread']
+    return f'{row["ratio"]:.3f}x ({low:.2f}-{high:.2f})'
+
+
+def first_steps(inference, train, compiles):
+    """The first step's seconds (compilation included) where the form compiles."""
+    return f'{inference["first_step_s"]:.1f} s / {train["first_step_s"]:.1f} s' if compiles else ''
 
 
 def main(argv=None):
@@ -248,20 +279,27 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--repeats', type=int, default=15, help='timed rounds (medians over them)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--modes', nargs='+', default=['eager', 'compiled'],
-                        choices=['eager', 'compiled'],
-                        help='eager and / or both networks torch.compile\'d (the first, '
-                             'compiling step is reported apart)')
+    parser.add_argument('--modes', nargs='+', default=['eager', 'regional', 'compiled'],
+                        choices=['eager', 'regional', 'compiled'],
+                        help='eager networks; regional: also MAS-ResNet-50 with its blocks\' '
+                             'element-wise core compiled (MASNET_FORM=compiled), in the same '
+                             'rounds; compiled: both whole networks torch.compile\'d (the '
+                             'first, compiling step is reported apart)')
     parser.add_argument('--amp', default='none', choices=AMP_DTYPES,
                         help='autocast dtype (fp16: GPUs; bf16: GPUs and CPUs)')
     parser.add_argument('--channels_last', action='store_true', help='NHWC memory format')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads (default: torch\'s); 1 steadies ratios on a '
+                             'loaded machine, where OpenMP regions wait on descheduled threads')
     parser.add_argument('--no_memory', action='store_true', help='skip the peak-memory runs')
     parser.add_argument('--profile', action='store_true',
                         help='also print the operators behind MAS-Net\'s extra time (eager)')
     parser.add_argument('--json', default=None, help='also write the results to this file')
-    parser.add_argument('--memory_of', choices=NETWORKS, help=argparse.SUPPRESS)
+    parser.add_argument('--memory_of', choices=NETWORKS + ('regional',), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.memory_of:
         print(json.dumps(peak_memory(args.memory_of, args.num_segments, args.size, device)))
@@ -273,15 +311,14 @@ def main(argv=None):
     print(f'baseline: {baseline}; {args.num_segments} x 3 x {args.size} x {args.size}, {device}, '
           f'{torch.get_num_threads()} threads, {options}, medians of {args.repeats} rounds')
     results = {}
-    for mode in args.modes:
-        results[mode] = benchmark(args.num_segments, args.size, args.repeats, device, args.amp,
-                                  args.channels_last, compile=mode == 'compiled')
-        print_times(results[mode])
+    for mode in ('eager', 'compiled'):
+        if mode in args.modes or (mode == 'eager' and 'regional' in args.modes):
+            results[mode] = benchmark(args.num_segments, args.size, args.repeats, device,
+                                      args.amp, args.channels_last, compile=mode == 'compiled',
+                                      regional='regional' in args.modes)
     if not args.no_memory:
-        memory = measure_memory(args)
-        results['train_peak_memory_mib'] = memory
-        print('peak memory of a training step: ' + ' | '.join(
-            f'{n} {m:.0f} MiB ({m / memory["plain"]:.3f}x)' for n, m in memory.items()))
+        results['train_peak_memory_mib'] = measure_memory(args)
+    print_table(results)
     if args.profile:
         results['extra_time_profile'] = extra_time_profile(args.num_segments, args.size, device)
         for key, table in results['extra_time_profile'].items():
