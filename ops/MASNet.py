@@ -77,7 +77,9 @@ class _default:
 def set_form(form, model=None):
     """Set the form of every MAS block in `model` and return `model`; without a model, the
     default of blocks built from now on (``'reference'`` runs the readable math: a debugging
-    switch)."""
+    switch). ``form=None`` (no ``--mas_form`` given) leaves the blocks as they were built."""
+    if form is None:
+        return model
     checked_form(form, 'set_form')
     if model is None:
         _default.form = form

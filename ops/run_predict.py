@@ -8,6 +8,7 @@ import torch
 from ops.dataset_config import get_dataset_config, read_categories
 from ops.files import prepare_output
 from ops.inputs import collect_inputs
+from ops.MASNet import set_form
 from ops.predictions import Prediction, write_csv, write_json, write_submission
 from ops.recognizer import Recognizer
 from ops.runtime import compile_model, to_channels_last
@@ -39,7 +40,8 @@ def run_prediction(args) -> List[Prediction]:
         dense_sample=args.dense_sample, dense_sample_num=args.dense_sample_num,
         use_softmax=args.softmax, image_tmpl=image_tmpl or '{:05d}.jpg')
     model = recognizer.model
-    recognizer.model = compile_model(to_channels_last(model, args.channels_last), args.compile)
+    recognizer.model = compile_model(
+        to_channels_last(set_form(args.mas_form, model), args.channels_last), args.compile)
     logger.info(f'{args.weights}: {model.temporal_type} {model.arch}, {model.num_segments} '
                 f'segments, {args.test_crops} crop(s) x {recognizer.num_clips} clip(s) of '
                 f'{model.crop_size}px on {recognizer.device}')

@@ -18,6 +18,7 @@ from ops.errors import FlagError
 from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models
 from ops.files import atomic_write, prepare_output
 from ops.logs import setup_logging
+from ops.MASNet import set_form
 from ops.models import model_from_checkpoint
 from ops.predictions import ranked_prediction, write_submission
 from ops.run_folder import dataset_tag
@@ -119,7 +120,7 @@ def _evaluate(args, runtime):
                                   num_workers=args.workers,
                                   pin_memory=runtime.device.type == 'cuda'))
         # no DDP wrapper in evaluation: each process scores its own videos
-        to_channels_last(model, args.channels_last)
+        to_channels_last(set_form(args.mas_form, model), args.channels_last)
         models.append(compile_model((model.to(runtime.device) if runtime.distributed
                                      else wrap_model(model, runtime)).eval(), args.compile))
         names.append(score_filename(dataset_tag(args.dataset), model.temporal_type, model.arch,

@@ -24,6 +24,7 @@ from ops.download import imagenet_weights
 from ops.engine import TrainingDiverged, train_one_epoch, validate
 from ops.files import remove_stale_temp_files
 from ops.logs import setup_logging
+from ops.MASNet import set_form
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.meters import format_duration
 from ops.models import TemporalModel
@@ -356,6 +357,7 @@ def _run_locked(args, runtime, *, cfg, model, train_records, val_records, resume
             logger.warning('--partialbn freezes nothing: no BatchNorm was initialised from '
                            'weights (--pretrain none and no --tune_from)')
 
+    set_form(args.mas_form, model)
     net = compile_model(wrap_model(to_channels_last(model, args.channels_last), runtime),
                         args.compile)
     train_loader, val_loader, train_sampler = build_loaders(cfg, model, args, runtime,

@@ -90,6 +90,8 @@ MEANINGS = {
     '--coeff': ('ensemble weights', ['test', 'average_scores']),
     '--ensemble_weights': ('ensemble weights', ['test', 'average_scores']),
     '--compile': ('torch.compile the model', ['main'] + VIEW_SCRIPTS),
+    '--mas_form': ('how MAS blocks compute', ['main'] + VIEW_SCRIPTS),
+    '--threads': ('CPU threads of the benchmark', ['tools.bench_model', 'tools.bench_export']),
     '--channels_last': ('NHWC memory format', ['main'] + VIEW_SCRIPTS + ['tools.bench_model']),
     '--amp': ('mixed precision', ['main', 'tools.bench_model']),
     '--categories': ('class names file', ['predict', 'tools.export']),

@@ -10,6 +10,7 @@ import torch
 
 import predict as predict_entry
 import test as test_entry
+from ops import MASNet
 from ops.dataset import DataError, TSNDataSet, parse_list_file
 from ops.scores import load_scores
 from ops.models import TemporalModel
@@ -112,6 +113,17 @@ def test_prediction_equals_test_py_on_files_folders_and_lists(tiny_data_root, fi
     np.testing.assert_allclose(probabilities, softmax * (probabilities > 0), atol=1e-6)
     folder = run_predict(tiny_data_root, weights, os.path.join(frames_root, records[0].path))
     assert [p.top1 for p in folder] == [expected[records[0].path]]
+    # --mas_form reference: the readable MAM/MSM/TIM forwards run, with the same probabilities
+    readable_calls = []
+    forward = MASNet.MAM.forward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MASNet.MAM, 'forward',
+                      lambda self, x: readable_calls.append(1) or forward(self, x))
+        readable = run_predict(tiny_data_root, weights,
+                               os.path.join(frames_root, records[0].path), '--mas_form',
+                               'reference')
+    assert readable_calls and readable[0].top1 == folder[0].top1
+    np.testing.assert_allclose(readable[0].probabilities, folder[0].probabilities, atol=1e-5)
     # video files: test.py on a labelled list of mp4 files vs predict.py on the folder / a file
     reference = run_test_py(tiny_data_root, weights, str(tmp / 'videos.txt'), tmp_path / 's2')
     expected = {os.path.basename(v): p for v, p in zip(reference['video_ids'],
