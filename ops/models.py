@@ -48,6 +48,10 @@ class TemporalModel(nn.Module):
         trust_checkpoint: unpickle a ``pretrain`` file in full (``--trust_checkpoint``).
 
     Input ``(N, T*3, H, W)``, output ``(N, num_class)``.
+
+    MAS-Net's blocks compute their modules in a form chosen by ``ops.MASNet.set_form(form,
+    model)``, ``$MASNET_FORM`` or ``--mas_form``: 'eager' (default), 'compiled', or
+    'reference', the paper's readable math (ops/MASNet.py, docs/fused_block.md).
     """
 
     def __init__(self, num_class: int, num_segments: int, base_model: str = 'MASNet',
