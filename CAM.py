@@ -30,8 +30,10 @@ def build_parser():
                         help='frame folder, video file or video id (default: first val video)')
     parser.add_argument('--label', type=int_at_least(0), default=None,
                         help='ground-truth class of a --video given as folder/file, if known')
-    parser.add_argument('--num_segments', type=int_at_least(1), default=None, help='default: the checkpoint\'s')
-    parser.add_argument('--target_class', type=int_at_least(0), default=None, help='default: the predicted class')
+    parser.add_argument('--num_segments', type=int_at_least(1), default=None,
+                        help='default: the checkpoint\'s')
+    parser.add_argument('--target_class', type=int_at_least(0), default=None,
+                        help='default: the predicted class')
     parser.add_argument('--output', default=os.path.join('outputs', 'CAM_result.png'),
                         help='figure to write (`make figures` writes imgs/CAM_result.png)')
     add_model_args(parser, defaults_from_checkpoint=True)

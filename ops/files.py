@@ -24,7 +24,7 @@ _write_counts = {}
 
 
 class FileWriteError(UserError, OSError):
-    """A file that cannot be written (disk full, no permission, ...), with the path in the message."""
+    """A file that cannot be written (disk full, no permission, ...); the message names it."""
 
 
 def prepare_output(path, flag):

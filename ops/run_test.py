@@ -190,7 +190,8 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
     result = summarize(final, labels)
     if len(weights) > 1 and result is not None:
         top1, top5, mean_class = result
-        logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}')
+        logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  '
+                    f'mean class acc {mean_class:.2f}')
     if args.csv_file and runtime.is_main:
         with atomic_write(args.csv_file, 'w') as f:
             for video_id, pred in zip(video_ids, final.argmax(axis=1)):

@@ -302,7 +302,8 @@ def _run_locked(args, runtime, *, cfg, model, train_records, val_records, resume
     if runtime.is_main:
         stale = remove_stale_temp_files(ckpt_dir) + remove_stale_temp_files(log_dir)
         if stale:
-            logger.info(f'removed {len(stale)} temporary file(s) of a killed run: {", ".join(stale)}')
+            logger.info(f'removed {len(stale)} temporary file(s) of a killed run: '
+                        f'{", ".join(stale)}')
         save_args(args, os.path.join(log_dir, 'args.json'))
     logger.info(f'{cfg.name}: {cfg.num_class} classes; {args.type} {args.arch}, '
                 f'{args.num_segments} segments, {args.input_size}px; device {runtime.device}, '
@@ -438,7 +439,8 @@ def _run_locked(args, runtime, *, cfg, model, train_records, val_records, resume
                 logger.info(f'Epoch {epoch} val: Loss {val_loss:.5f} Prec@1 {prec1:.3f} '
                             f'Prec@5 {prec5:.3f} (best Prec@1 {best_prec1:.3f})')
                 add_scalars(writer, epoch, {'loss/test': val_loss, 'acc/test_top1': prec1,
-                                            'acc/test_top5': prec5, 'acc/test_top1_best': best_prec1})
+                                            'acc/test_top5': prec5,
+                                            'acc/test_top1_best': best_prec1})
             check_diverged(model, optimizer, val_loss, epoch, latest)
 
             if runtime.is_main:

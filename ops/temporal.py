@@ -33,7 +33,8 @@ TEMPORAL_TYPES = tuple(TEMPORAL_MODULES)
 
 def temporal_module(temporal_type: str) -> TemporalModule:
     if temporal_type not in TEMPORAL_MODULES:
-        raise ValueError(f"unknown --type '{temporal_type}' (choose from {', '.join(TEMPORAL_TYPES)})")
+        raise ValueError(f"unknown --type '{temporal_type}' "
+                         f"(choose from {', '.join(TEMPORAL_TYPES)})")
     return TEMPORAL_MODULES[temporal_type]
 
 

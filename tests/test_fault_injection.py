@@ -171,7 +171,8 @@ def test_run_lock_refuses_a_second_run_but_not_a_stale_lock(tmp_path):
 
 
 def _state(epoch, prec1, best, value):
-    return {'epoch': epoch, 'prec1': prec1, 'best_prec1': best, 'state_dict': {'w': torch.full((2,), value)}}
+    return {'epoch': epoch, 'prec1': prec1, 'best_prec1': best,
+            'state_dict': {'w': torch.full((2,), value)}}
 
 
 def test_best_checkpoint_is_repaired_or_reported_as_on_disk(tmp_path):
@@ -218,7 +219,8 @@ def test_nan_weights_are_never_saved(tiny_data_root, tmp_path, capsys):
     out = str(tmp_path / 'exp')
     res = train_cli(tiny_data_root, out, capsys, '--lr', '1e6', '--epochs', '2')
     one_line_error(res, 'training diverged at epoch')
-    ckpt = os.path.join(out, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'run', 'checkpoint')
+    ckpt = os.path.join(out, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'run',
+                        'checkpoint')
     for name in os.listdir(ckpt) if os.path.isdir(ckpt) else []:
         data = read_checkpoint(os.path.join(ckpt, name))
         assert all(torch.isfinite(v).all() for v in data['state_dict'].values()
@@ -231,7 +233,8 @@ def test_bad_flags_and_inputs_are_one_line(tiny_data_root, tmp_path, capsys):
                  '--batch-size'):
         res = train_cli(tiny_data_root, out, capsys, flag, '0')
         one_line_error(res, flag, 'must be >= 1')
-    one_line_error(train_cli(tiny_data_root, out, capsys, '--evaluate'), '--evaluate', 'no checkpoint')
+    res = train_cli(tiny_data_root, out, capsys, '--evaluate')
+    one_line_error(res, '--evaluate', 'no checkpoint')
     assert not os.path.exists(out)  # a failed start leaves no run folder
 
 

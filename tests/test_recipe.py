@@ -105,7 +105,8 @@ def test_seed_training_command_trains_the_release_network(tmp_path, monkeypatch)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in release.named_parameters()}
 
-    x = torch.randn(1, 8 * 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, 8 * 3, 64, 64, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(1))
     torch.manual_seed(5)  # the same dropout mask for both
     ours = model(x)
     torch.manual_seed(5)
@@ -327,7 +328,8 @@ def test_somethingv1_mini_and_default_dataset_paths(tmp_path, monkeypatch, caplo
     assert cfg.val_list == os.path.join('../../datasets/', 'somethingv1/valid.txt')
     assert "using '../../datasets/'" in caplog.text
     _fake_dataset_tree(tmp_path / 'a')  # the release's ../ wins when it holds the dataset
-    assert get_dataset_config('somethingv1').val_list == os.path.join('../', 'somethingv1/valid.txt')
+    expected = os.path.join('../', 'somethingv1/valid.txt')
+    assert get_dataset_config('somethingv1').val_list == expected
 
 
 def test_gpus_default_is_the_releases_four(monkeypatch):

@@ -38,7 +38,8 @@ def test_step_and_cosine_lr_values():
         pytest.approx([0.1, 0.01, 0.001])
     assert lr_at_epoch('cos_lr', 0.1, 0, epochs=10) == pytest.approx(0.1)
     assert lr_at_epoch('cos_lr', 0.1, 5, epochs=10) == pytest.approx(0.05)
-    assert lr_at_epoch('cos_lr', 0.1, 3, epochs=10) == pytest.approx(0.05 * (1 + math.cos(0.3 * math.pi)))
+    assert (lr_at_epoch('cos_lr', 0.1, 3, epochs=10)
+            == pytest.approx(0.05 * (1 + math.cos(0.3 * math.pi))))
 
 
 def test_group_multipliers_applied():
@@ -163,7 +164,8 @@ def test_resume_matches_uninterrupted_run(tiny_data_root, trained, tmp_path):
     # an explicit --resume of a finished run trains nothing more
     train_main.main(train_args(tiny_data_root, str(tmp_path / 'other'), '--resume', latest))
     assert read_checkpoint(latest)['epoch'] == 2
-    assert not os.path.exists(os.path.join(run_dir(str(tmp_path / 'other')), 'checkpoint', 'ckpt.pth.tar'))
+    other_ckpt = os.path.join(run_dir(str(tmp_path / 'other')), 'checkpoint', 'ckpt.pth.tar')
+    assert not os.path.exists(other_ckpt)
 
 
 @pytest.mark.slow
@@ -289,7 +291,8 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tiny_data
                                                                         signal.SIG_DFL))
     while not os.path.exists(latest) and proc.poll() is None:  # bounded by the run itself
         time.sleep(0.2)
-    assert os.path.exists(latest), proc.stderr.read() if proc.poll() is not None else 'no checkpoint'
+    assert os.path.exists(latest), (proc.stderr.read() if proc.poll() is not None
+                                    else 'no checkpoint')
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     # the progress bars (stderr) may clear their line after the message: look for the line
