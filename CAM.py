@@ -13,10 +13,10 @@ checkpoints that record no names (the release's).
 import argparse
 import os
 
-from opts import add_data_args, add_model_args, add_trust_arg, int_at_least
 from ops.cli import HelpFormatter, exit_on_user_error
 from ops.logs import setup_logging
 from ops.run_cam import DEMO_CHECKPOINT, explain
+from opts import add_data_args, add_model_args, add_trust_arg, int_at_least
 
 
 def build_parser():

@@ -10,9 +10,9 @@ import os
 from archs import ARCHS
 from ops.cli import HelpFormatter
 from ops.dataset_config import DATASETS
-from ops.temporal import TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
 from ops.MASNet import FORMS
+from ops.temporal import TEMPORAL_TYPES
 from ops.video_readers import VIDEO_BACKENDS
 
 

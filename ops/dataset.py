@@ -43,8 +43,13 @@ from torch.utils.data import Dataset
 
 from ops.errors import UserError
 from ops.files import atomic_write
-from ops.video_readers import (VIDEO_EXTENSIONS, FolderReader, VideoReadError, open_reader,
-                               resolve_backend)
+from ops.video_readers import (
+    VIDEO_EXTENSIONS,
+    FolderReader,
+    VideoReadError,
+    open_reader,
+    resolve_backend,
+)
 
 logger = logging.getLogger('masnet.data')
 

@@ -10,7 +10,6 @@ import time
 
 from ops.errors import UserError
 
-
 TMP_PREFIX = '.tmp_'
 # errors of the file system rather than of the program: reported as one line naming the path
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,

@@ -22,10 +22,28 @@ from ops.MASNet import set_form
 from ops.models import model_from_checkpoint
 from ops.predictions import ranked_prediction, write_submission
 from ops.run_folder import dataset_tag
-from ops.runtime import (ShardSampler, all_reduce_sum, cleanup, compile_model, gather_shards,
-                         one_line_failures, setup_runtime, to_channels_last, wrap_model)
-from ops.scores import (ScoreFileError, check_score_file_free, describe_labels, ensemble,
-                        lock_score_file, save_scores, score_filename, softmax, summarize)
+from ops.runtime import (
+    ShardSampler,
+    all_reduce_sum,
+    cleanup,
+    compile_model,
+    gather_shards,
+    one_line_failures,
+    setup_runtime,
+    to_channels_last,
+    wrap_model,
+)
+from ops.scores import (
+    ScoreFileError,
+    check_score_file_free,
+    describe_labels,
+    ensemble,
+    lock_score_file,
+    save_scores,
+    score_filename,
+    softmax,
+    summarize,
+)
 from ops.transforms import build_transform
 
 logger = logging.getLogger('masnet')

@@ -15,24 +15,46 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
-                            load_state_dict_checked, model_description, non_finite_entries,
-                            read_checkpoint, save_checkpoint, training_checkpoint)
+from ops.checkpoint import (
+    CheckpointError,
+    check_finite,
+    check_trained_settings,
+    load_state_dict_checked,
+    model_description,
+    non_finite_entries,
+    read_checkpoint,
+    save_checkpoint,
+    training_checkpoint,
+)
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.download import imagenet_weights
 from ops.engine import TrainingDiverged, train_one_epoch, validate
 from ops.files import remove_stale_temp_files
 from ops.logs import setup_logging
-from ops.MASNet import set_form
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
+from ops.MASNet import set_form
 from ops.meters import format_duration
 from ops.models import TemporalModel
 from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
-from ops.run_folder import (RunLockedError, default_store_name, lock_run_folder, run_folder,
-                            save_args)
-from ops.runtime import (ShardSampler, all_reduce_sum, barrier, cleanup, compile_model,
-                         one_line_failures, setup_runtime, to_channels_last, wrap_model)
+from ops.run_folder import (
+    RunLockedError,
+    default_store_name,
+    lock_run_folder,
+    run_folder,
+    save_args,
+)
+from ops.runtime import (
+    ShardSampler,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    compile_model,
+    one_line_failures,
+    setup_runtime,
+    to_channels_last,
+    wrap_model,
+)
 from ops.seeding import rng_state, set_seed
 from ops.transforms import build_transform
 

@@ -11,7 +11,8 @@ from typing import Callable, Dict
 import torch.nn as nn
 
 from archs.resnet import PLAIN_BLOCKS, build_resnet
-from ops.MASNet import MAS_BLOCKS, UNCOUNTED_MACS as MAS_UNCOUNTED_MACS
+from ops.MASNet import MAS_BLOCKS
+from ops.MASNet import UNCOUNTED_MACS as MAS_UNCOUNTED_MACS
 from ops.temporal_shift import TSM_BLOCKS
 
 

@@ -12,8 +12,14 @@ import torch
 from ops import dataset as D
 from ops.dataset_config import DatasetError, get_dataset_config, mirror_pairs
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
-from ops.transforms import (IMAGENET_MEAN, IMAGENET_STD, GroupFullResSample, GroupMultiScaleCrop,
-                            build_transform, fixed_offsets)
+from ops.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    GroupFullResSample,
+    GroupMultiScaleCrop,
+    build_transform,
+    fixed_offsets,
+)
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 

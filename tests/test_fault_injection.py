@@ -17,9 +17,9 @@ import test as test_main
 from ops import files
 from ops.checkpoint import read_checkpoint, save_checkpoint
 from ops.dataset import DataError, TSNDataSet, VideoRecord, load_checked_list, parse_list_file
-from ops.scores import ScoreFileError, check_score_file_free, save_scores
 from ops.run_folder import RunLockedError, lock_run_folder
 from ops.run_train import best_on_disk
+from ops.scores import ScoreFileError, check_score_file_free, save_scores
 from tests.conftest import ROOT
 from tools import fault_injection as F
 
@@ -93,6 +93,7 @@ def test_save_every_iters_resumes_a_kill_9_mid_epoch(tiny_data_root, reference, 
 
 def test_resumed_epochs_draw_the_same_items_with_any_number_of_workers():
     from torch.utils.data import DataLoader
+
     from ops.preemption import ResumableSampler, SeededItems
 
     class Draws(torch.utils.data.Dataset):
@@ -266,6 +267,7 @@ def test_unreadable_training_videos_stop_the_run(tmp_path):
 
 def test_png_named_jpg_decodes(tmp_path):
     import cv2
+
     from ops.video_readers import decode_image_file
     img = np.full((8, 8, 3), 200, np.uint8)
     path = str(tmp_path / '00001.jpg')

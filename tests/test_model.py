@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ops.temporal_shift import temporal_shift
+from ops import reference as ref
 from ops.checkpoint import CheckpointError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
-from ops import reference as ref
 from ops.models import TemporalModel
 from ops.runtime import to_channels_last
+from ops.temporal_shift import temporal_shift
 from tests.conftest import randomize_bn
 
 

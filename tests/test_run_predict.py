@@ -12,10 +12,10 @@ import predict as predict_entry
 import test as test_entry
 from ops import MASNet
 from ops.dataset import DataError, TSNDataSet, parse_list_file
-from ops.scores import load_scores
-from ops.models import TemporalModel
 from ops.inputs import collect_inputs, frame_template
+from ops.models import TemporalModel
 from ops.recognizer import Recognizer
+from ops.scores import load_scores
 from ops.stream import sliding_window, write_video
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from ops.transforms import build_transform

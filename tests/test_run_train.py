@@ -15,14 +15,13 @@ import average_scores
 import main as train_main
 import test as test_main
 from ops.checkpoint import read_checkpoint, save_checkpoint
-from ops.runtime import to_channels_last
-from ops.scores import load_scores, save_scores, summarize
 from ops.logs import read_scalars
 from ops.lr_schedule import apply_lr, lr_at_epoch
-from ops.models import TemporalModel
 from ops.meters import format_duration, throughput
+from ops.models import TemporalModel
+from ops.runtime import to_channels_last
+from ops.scores import load_scores, save_scores, summarize
 from tests.conftest import ROOT
-
 
 # ---- lr schedules ---------------------------------------------------------------------------
 
@@ -258,8 +257,8 @@ def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
 @pytest.mark.slow
 def test_diverged_training_stops_before_the_update():
     """A NaN loss stops the run with a one-line reason, before it corrupts the weights."""
-    from ops.runtime import setup_runtime
     from ops.engine import TrainingDiverged, train_one_epoch
+    from ops.runtime import setup_runtime
 
     torch.manual_seed(0)
     model = TemporalModel(4, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)

@@ -202,6 +202,7 @@ def test_ablation_table_averages_seeds_and_scores_pairs(tmp_path):
 def test_gpu_check_says_so_in_one_line_without_a_gpu(tmp_path):
     import subprocess
     import sys
+
     from tests.conftest import ROOT
     # GPUs hidden, so that the check sees none on a GPU machine too
     out = subprocess.run([sys.executable, 'tools/gpu_check.py', '--out', str(tmp_path / 'r.json')],

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ops import dataset as D
-from ops.dataset_config import DatasetError, get_dataset_config
 from ops import video_readers as V
+from ops.dataset_config import DatasetError, get_dataset_config
 from tests.conftest import ROOT, free_port
 from tools import check_videos, extract_frames, gen_label
 
@@ -280,8 +280,8 @@ def test_kinetics_400_label_map_numbers_a_subset(tmp_path, capsys):
 def test_test_py_under_torchrun_gives_the_numbers_and_scores_of_one_process(tiny_data_root,
                                                                            tmp_path):
     from ops.checkpoint import save_checkpoint
-    from ops.scores import load_scores
     from ops.models import TemporalModel
+    from ops.scores import load_scores
     from tests.conftest import randomize_bn
 
     torch.manual_seed(0)
