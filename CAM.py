@@ -13,10 +13,10 @@ checkpoints that record no names (the release's).
 import argparse
 import os
 
-from opts import add_data_args, add_model_args, add_trust_arg, int_at_least
 from ops.cli import HelpFormatter, exit_on_user_error
 from ops.logs import setup_logging
 from ops.run_cam import DEMO_CHECKPOINT, explain
+from opts import add_data_args, add_model_args, add_trust_arg, int_at_least
 
 
 def build_parser():
@@ -30,8 +30,10 @@ def build_parser():
                         help='frame folder, video file or video id (default: first val video)')
     parser.add_argument('--label', type=int_at_least(0), default=None,
                         help='ground-truth class of a --video given as folder/file, if known')
-    parser.add_argument('--num_segments', type=int_at_least(1), default=None, help='default: the checkpoint\'s')
-    parser.add_argument('--target_class', type=int_at_least(0), default=None, help='default: the predicted class')
+    parser.add_argument('--num_segments', type=int_at_least(1), default=None,
+                        help='default: the checkpoint\'s')
+    parser.add_argument('--target_class', type=int_at_least(0), default=None,
+                        help='default: the predicted class')
     parser.add_argument('--output', default=os.path.join('outputs', 'CAM_result.png'),
                         help='figure to write (`make figures` writes imgs/CAM_result.png)')
     add_model_args(parser, defaults_from_checkpoint=True)

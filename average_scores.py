@@ -15,9 +15,18 @@ import glob
 import os
 
 from ops.cli import HelpFormatter, exit_on_user_error
-from ops.scores import (DEFAULT_SCORE_DIR, ScoreFileError, check_same_videos, describe_group,
-                        describe_labels, ensemble, evaluation_group, load_scores, summarize)
 from ops.files import atomic_write
+from ops.scores import (
+    DEFAULT_SCORE_DIR,
+    ScoreFileError,
+    check_same_videos,
+    describe_group,
+    describe_labels,
+    ensemble,
+    evaluation_group,
+    load_scores,
+    summarize,
+)
 
 
 class FloatList(argparse.Action):

@@ -1,7 +1,7 @@
 """Train MAS-Net (or the TSM / TSN baselines): see `python main.py --help` and the README."""
-from opts import parse_args
 from ops.cli import exit_on_user_error
 from ops.run_train import train
+from opts import parse_args
 
 
 @exit_on_user_error

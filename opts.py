@@ -10,9 +10,9 @@ import os
 from archs import ARCHS
 from ops.cli import HelpFormatter
 from ops.dataset_config import DATASETS
-from ops.temporal import TEMPORAL_TYPES
 from ops.lr_schedule import LR_TYPES
 from ops.MASNet import FORMS
+from ops.temporal import TEMPORAL_TYPES
 from ops.video_readers import VIDEO_BACKENDS
 
 
@@ -95,14 +95,14 @@ def add_model_args(parser, defaults_from_checkpoint=False):
     parser.add_argument('--input_size', default=None if ckpt else 224, type=int_at_least(1),
                         help='network input side in pixels (224 in the paper)')
     parser.add_argument('--gpus', nargs='+', type=int_at_least(0), default=None,
-                        help='GPU ids for DataParallel (default: 0 1 2 3 as the release, or as many '
-                             'of them as are visible; the CPU without CUDA)')
+                        help='GPU ids for DataParallel (default: 0 1 2 3 as the release, or as '
+                             'many of them as are visible; the CPU without CUDA)')
 
 
 def add_speed_args(parser):
     parser.add_argument('--compile', action='store_true',
-                        help='torch.compile the model (the first batches compile it: minutes on a CPU, '
-                             'see docs/speed.md); eager where it cannot compile')
+                        help='torch.compile the model (the first batches compile it: minutes '
+                             'on a CPU, see docs/speed.md); eager where it cannot compile')
     parser.add_argument('--channels_last', action='store_true',
                         help='run the convolutions, and MAS-Net\'s blocks, in NHWC memory '
                              '(same results; faster on AVX-512 CPUs: docs/speed.md)')
@@ -138,8 +138,10 @@ def build_parser():
     add_data_args(parser)
     add_model_args(parser)
     add_speed_args(parser)
-    parser.add_argument('--num_segments', type=int_at_least(1), default=8, help='frames sampled per clip (T)')
-    parser.add_argument('--dropout', '--do', default=0.5, type=float_in(0, 1), help='dropout before new_fc')
+    parser.add_argument('--num_segments', type=int_at_least(1), default=8,
+                        help='frames sampled per clip (T)')
+    parser.add_argument('--dropout', '--do', default=0.5, type=float_in(0, 1),
+                        help='dropout before new_fc')
     parser.add_argument('--pretrain', default='imagenet',
                         help="'imagenet' (torchvision's weights in the torch hub cache, downloaded "
                              "and checked against their sha256 when missing), 'none', or a "
@@ -162,7 +164,8 @@ def build_parser():
     parser.add_argument('--epochs', default=70, type=int_at_least(1))
     parser.add_argument('-b', '--batch-size', '--batch_size', default=32, type=int_at_least(1),
                         help='clips per batch (all GPUs)')
-    parser.add_argument('--lr', '--learning-rate', default=0.01, type=float_in(0, low_open=True), help='base learning rate')
+    parser.add_argument('--lr', '--learning-rate', default=0.01, type=float_in(0, low_open=True),
+                        help='base learning rate')
     parser.add_argument('--lr_type', default='MAS_lr', choices=LR_TYPES,
                         help='step_lr: x0.1 at each step; MAS_lr: x0.1, x0.1, x0.5, x0.2 at 4 '
                              'steps; cos_lr: half cosine')
@@ -176,11 +179,15 @@ def build_parser():
     parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float_in(0))
     parser.add_argument('--clip-gradient', '--gd', default=20, type=float_in(0),
                         help='clip gradients to this global norm (0: off)')
-    parser.add_argument('--amp', action='store_true', help='mixed precision (autocast + GradScaler)')
-    parser.add_argument('--seed', default=0, type=int_at_least(0), help='seed of sampling, augmentation, init')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (autocast + GradScaler)')
+    parser.add_argument('--seed', default=0, type=int_at_least(0),
+                        help='seed of sampling, augmentation, init')
 
-    parser.add_argument('--print-freq', '-p', default=20, type=int_at_least(1), help='log every N iterations')
-    parser.add_argument('--eval-freq', '-ef', default=1, type=int_at_least(1), help='validate every N epochs')
+    parser.add_argument('--print-freq', '-p', default=20, type=int_at_least(1),
+                        help='log every N iterations')
+    parser.add_argument('--eval-freq', '-ef', default=1, type=int_at_least(1),
+                        help='validate every N epochs')
     parser.add_argument('--resume', default='',
                         help="continue training from this checkpoint (default: the run folder's "
                              "ckpt.pth.tar when there is one)")
@@ -193,7 +200,8 @@ def build_parser():
                         help='initialise from a checkpoint of another dataset (new_fc not loaded)')
     add_trust_arg(parser)
     parser.add_argument('-e', '--evaluate', action='store_true', help='only validate')
-    parser.add_argument('--start-epoch', default=0, type=int_at_least(0), help='first epoch (set by --resume)')
+    parser.add_argument('--start-epoch', default=0, type=int_at_least(0),
+                        help='first epoch (set by --resume)')
     parser.add_argument('--save_every_iters', default=0, type=int_at_least(0),
                         help='also write a resumable mid-epoch checkpoint every N iterations, for '
                              'jobs killed without warning (0: only at SIGTERM / SIGUSR1 and at '
@@ -202,7 +210,8 @@ def build_parser():
                         help='under torchrun: seconds a process waits for the others in a '
                              'collective before the run stops with one line (as torch)')
 
-    parser.add_argument('--store_name', default='', type=run_name, help='run name (default: from the settings)')
+    parser.add_argument('--store_name', default='', type=run_name,
+                        help='run name (default: from the settings)')
     parser.add_argument('--root_log', default='experiments',
                         help='root of log/ and tensorboardX/: '
                              '<root_log>/<dataset>/<type>/<arch>/num_segments_<T>/<store_name>/')

@@ -18,11 +18,17 @@ import argparse
 
 import torch
 
-from opts import (add_speed_args, add_data_args, add_model_args, add_trust_arg, add_view_args,
-                  int_at_least)
 from ops.cli import HelpFormatter, exit_on_user_error
 from ops.logs import setup_logging
 from ops.run_predict import run_prediction
+from opts import (
+    add_data_args,
+    add_model_args,
+    add_speed_args,
+    add_trust_arg,
+    add_view_args,
+    int_at_least,
+)
 
 
 def build_parser():
@@ -43,11 +49,13 @@ def build_parser():
     add_view_args(parser)
     add_speed_args(parser)
     parser.add_argument('--root', default=None,
-                        help='folder the paths of a list file are relative to (default: its folder)')
+                        help='folder the paths of a list file are relative to '
+                             '(default: its folder)')
     parser.add_argument('--image_tmpl', default=None,
                         help="frame file names, e.g. 'img_{:05d}.jpg' (default: the dataset's, "
                              "else guessed from the first frame)")
-    parser.add_argument('--topk', default=5, type=int_at_least(1), help='classes reported per video')
+    parser.add_argument('--topk', default=5, type=int_at_least(1),
+                        help='classes reported per video')
     parser.add_argument('--json', default=None, help='write the predictions as JSON')
     parser.add_argument('--csv', default=None, help='write the predictions as CSV')
     parser.add_argument('--submission', default=None,

@@ -13,12 +13,18 @@ import argparse
 
 import torch
 
-from opts import (add_speed_args, add_data_args, add_model_args, add_trust_arg, add_view_args,
-                  int_at_least)
 from ops.cli import HelpFormatter, exit_on_user_error
-from ops.scores import DEFAULT_SCORE_DIR
 from ops.logs import setup_logging
 from ops.run_test import evaluate_checkpoints
+from ops.scores import DEFAULT_SCORE_DIR
+from opts import (
+    add_data_args,
+    add_model_args,
+    add_speed_args,
+    add_trust_arg,
+    add_view_args,
+    int_at_least,
+)
 
 
 def build_parser():

@@ -154,7 +154,7 @@ IMAGENET_WEIGHT_FILES = {
 
 
 def build_resnet(arch, block_types, num_segments=8, bias=True):
-    """A ResNet of `arch` whose blocks come from ``block_types = {'basic': cls, 'bottleneck': cls}``.
+    """A ResNet of `arch` with blocks from ``block_types = {'basic': cls, 'bottleneck': cls}``.
 
     Temporal block classes take a ``num_segments`` keyword; plain ones are used as they are.
     """

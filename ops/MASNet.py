@@ -47,9 +47,18 @@ import torch.nn.functional as F
 
 from archs.resnet import BasicBlock, Bottleneck
 from ops.errors import UserError
-from ops.mas_fused import (activations, clip_mean, compiled_select_and_interact, frames,
-                           is_channels_last, per_clip, pointwise_conv, select_and_interact,
-                           temporal_conv, temporal_taps)
+from ops.mas_fused import (
+    activations,
+    clip_mean,
+    compiled_select_and_interact,
+    frames,
+    is_channels_last,
+    per_clip,
+    pointwise_conv,
+    select_and_interact,
+    temporal_conv,
+    temporal_taps,
+)
 
 FORMS = ('reference', 'eager', 'compiled')
 FORM_ENV = 'MASNET_FORM'

@@ -119,7 +119,8 @@ def write_error_analysis(score_file: str, scores: np.ndarray, labels: np.ndarray
     top = np.argsort(-probabilities, axis=1, kind='stable')[:, :k]  # (N, k)
     header = ['video', 'label'] + [f'{c}{r}' for r in range(1, k + 1)
                                    for c in ('class', 'probability')]
-    rows = [[v, categories[y] if 0 <= y < num_class else ''] + [x for j in t for x in (categories[j], f'{p[j]:.6f}')]
+    rows = [[v, categories[y] if 0 <= y < num_class else '']
+            + [x for j in t for x in (categories[j], f'{p[j]:.6f}')]
             for v, y, t, p in zip(video_ids, labels, top, probabilities)]
     with atomic_write(paths['top5.csv']) as f:
         f.write(_csv_bytes([header] + rows))

@@ -307,7 +307,8 @@ def load_state_dict_checked(model, state_dict, source='checkpoint', skip_prefixe
     missing = [k for k in wanted if k not in offered and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in offered if k not in own]
     mismatched = [f'{k}: {tuple(offered[k].shape)} in file vs {tuple(own[k].shape)} in model'
-                  for k in wanted if k in offered and tuple(offered[k].shape) != tuple(own[k].shape)]
+                  for k in wanted
+                  if k in offered and tuple(offered[k].shape) != tuple(own[k].shape)]
     problems = []
     if mismatched:
         problems.append(f'{len(mismatched)} shape mismatch(es) [{_summarise(mismatched)}]')

@@ -43,8 +43,13 @@ from torch.utils.data import Dataset
 
 from ops.errors import UserError
 from ops.files import atomic_write
-from ops.video_readers import (VIDEO_EXTENSIONS, FolderReader, VideoReadError, open_reader,
-                               resolve_backend)
+from ops.video_readers import (
+    VIDEO_EXTENSIONS,
+    FolderReader,
+    VideoReadError,
+    open_reader,
+    resolve_backend,
+)
 
 logger = logging.getLogger('masnet.data')
 
@@ -108,7 +113,8 @@ def parse_list_file(list_file: str) -> List['VideoRecord']:
             try:
                 line = raw.decode('utf-8')
             except UnicodeDecodeError:
-                raise DataError(f"{list_file}:{line_no}: not UTF-8 text (is it a list file?)") from None
+                raise DataError(f"{list_file}:{line_no}: not UTF-8 text "
+                                "(is it a list file?)") from None
             if not line.strip():
                 continue
             try:
@@ -371,7 +377,8 @@ def sample_twice_indices(num_frames: int, num_segments: int) -> np.ndarray:
     return np.concatenate([sample_val_indices(num_frames, num_segments), np.array(starts) + 1])
 
 
-def sample_dense_test_indices(num_frames: int, num_segments: int, num_clips: int = 10) -> np.ndarray:
+def sample_dense_test_indices(num_frames: int, num_segments: int,
+                              num_clips: int = 10) -> np.ndarray:
     """`num_clips` shifted clips, as the release: integer starts
     ``linspace(0, tick-1, K, dtype=int)``, indices ``int(tick*i + start)`` (1-based).
 

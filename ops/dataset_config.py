@@ -64,8 +64,8 @@ _OPTIONAL_CATEGORIES = ('kinetics', 'ucf101', 'hmdb51', 'diving48')
 _MIRROR_WORDS = {'left': 'right', 'right': 'left', 'clockwise': 'counterclockwise',
                  'counterclockwise': 'clockwise', 'anticlockwise': 'clockwise',
                  'counter-clockwise': 'clockwise'}
-_MIRROR_RE = re.compile(r'\b(counter-clockwise|counterclockwise|anticlockwise|clockwise|left|right)\b',
-                        re.IGNORECASE)
+_MIRROR_RE = re.compile(r'\b(counter-clockwise|counterclockwise|anticlockwise|clockwise'
+                        r'|left|right)\b', re.IGNORECASE)
 
 
 def mirror_pairs(categories: List[str]) -> Dict[int, int]:
@@ -165,7 +165,8 @@ def get_dataset_config(name: str, dataset_path: Optional[str] = None) -> Dataset
     if name == 'synthetic':
         from ops.synthetic import SYNTHETIC_LAYOUT, ensure_synthetic
         ensure_synthetic(os.path.join(dataset_path, 'synthetic'))
-        layout = tuple(os.path.join('synthetic', p) for p in SYNTHETIC_LAYOUT) + ('{:05d}.jpg', None)
+        layout = (tuple(os.path.join('synthetic', p) for p in SYNTHETIC_LAYOUT)
+                  + ('{:05d}.jpg', None))
     elif name in _LAYOUTS:
         layout = _LAYOUTS[name]
     else:
@@ -182,5 +183,6 @@ def get_dataset_config(name: str, dataset_path: Optional[str] = None) -> Dataset
                            f"{name} has {num_class} (for a subset of the classes, pass a .json "
                            f"dataset file as --dataset; see docs/datasets.md)")
     return DatasetConfig(name, len(categories), categories, os.path.join(dataset_path, root),
-                         os.path.join(dataset_path, train_list), os.path.join(dataset_path, val_list),
+                         os.path.join(dataset_path, train_list),
+                         os.path.join(dataset_path, val_list),
                          tmpl, True, mirror_pairs(categories))

@@ -63,9 +63,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
             loss = criterion(output, labels)
         if not torch.isfinite(loss) and not scaler.is_enabled():
             # stop before the update: the checkpoint of the last epoch stays the good one
-            raise TrainingDiverged(f'training diverged: the loss is {loss.item()} at epoch {epoch}, '
-                                   f'iteration {i}; resume from the last checkpoint with a lower '
-                                   f'--lr or a --clip-gradient')
+            raise TrainingDiverged(f'training diverged: the loss is {loss.item()} '
+                                   f'at epoch {epoch}, iteration {i}; resume from the last '
+                                   f'checkpoint with a lower --lr or a --clip-gradient')
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_gradient:
@@ -95,7 +95,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
                         extra={'console': bar.disable})
         if after_iteration is not None:
             after_iteration(i + 1, meter_sums(losses, top1, top5))
-    logger.info(f'Epoch: [{epoch}] trained {throughput(seen, start, world_size=runtime.world_size)}')
+    rate = throughput(seen, start, world_size=runtime.world_size)
+    logger.info(f'Epoch: [{epoch}] trained {rate}')
     return _reduce_meters(losses, top1, top5, runtime)
 
 

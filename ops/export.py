@@ -191,8 +191,8 @@ def max_abs_diff(model, runner, inputs: Dict[str, torch.Tensor]) -> Dict[str, tu
     return diffs
 
 
-def export_and_check(model, prefix: str, formats=tuple(FORMATS), real: Optional[torch.Tensor] = None,
-                     tolerance: float = 1e-4,
+def export_and_check(model, prefix: str, formats=tuple(FORMATS),
+                     real: Optional[torch.Tensor] = None, tolerance: float = 1e-4,
                      metadata: Optional[Dict[str, str]] = None) -> Dict[str, Dict[str, float]]:
     """Export `model` to ``prefix + .onnx / .pt`` and check parity with eager PyTorch.
 

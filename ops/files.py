@@ -10,7 +10,6 @@ import time
 
 from ops.errors import UserError
 
-
 TMP_PREFIX = '.tmp_'
 # errors of the file system rather than of the program: reported as one line naming the path
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
@@ -24,7 +23,7 @@ _write_counts = {}
 
 
 class FileWriteError(UserError, OSError):
-    """A file that cannot be written (disk full, no permission, ...), with the path in the message."""
+    """A file that cannot be written (disk full, no permission, ...); the message names it."""
 
 
 def prepare_output(path, flag):

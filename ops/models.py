@@ -12,9 +12,16 @@ import torch
 import torch.nn as nn
 
 from archs import ARCHS
-from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
-                            checkpoint_categories, load_pretrained_backbone,
-                            load_state_dict_checked, read_checkpoint, trained_settings)
+from ops.checkpoint import (
+    CheckpointError,
+    check_finite,
+    check_trained_settings,
+    checkpoint_categories,
+    load_pretrained_backbone,
+    load_state_dict_checked,
+    read_checkpoint,
+    trained_settings,
+)
 from ops.optim import optim_policies
 from ops.temporal import TEMPORAL_TYPES, build_backbone
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform

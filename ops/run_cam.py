@@ -46,7 +46,8 @@ def explain(args):
     runtime = setup_runtime(args.gpus)
     prepare_output(args.output, '--output')
     if not os.path.isfile(args.weights) and args.weights == DEMO_CHECKPOINT:
-        raise DataError(f"no checkpoint at '{DEMO_CHECKPOINT}': run `make demo` first or pass --weights")
+        raise DataError(f"no checkpoint at '{DEMO_CHECKPOINT}': "
+                        "run `make demo` first or pass --weights")
     # class names: the checkpoint's, checked against --dataset's (needed when it records none)
     cfg = get_dataset_config(args.dataset, args.dataset_path) if args.dataset else None
     model, names, checkpoint = load_classifier(

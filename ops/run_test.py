@@ -22,10 +22,28 @@ from ops.MASNet import set_form
 from ops.models import model_from_checkpoint
 from ops.predictions import ranked_prediction, write_submission
 from ops.run_folder import dataset_tag
-from ops.runtime import (ShardSampler, all_reduce_sum, cleanup, compile_model, gather_shards,
-                         one_line_failures, setup_runtime, to_channels_last, wrap_model)
-from ops.scores import (ScoreFileError, check_score_file_free, describe_labels, ensemble,
-                        lock_score_file, save_scores, score_filename, softmax, summarize)
+from ops.runtime import (
+    ShardSampler,
+    all_reduce_sum,
+    cleanup,
+    compile_model,
+    gather_shards,
+    one_line_failures,
+    setup_runtime,
+    to_channels_last,
+    wrap_model,
+)
+from ops.scores import (
+    ScoreFileError,
+    check_score_file_free,
+    describe_labels,
+    ensemble,
+    lock_score_file,
+    save_scores,
+    score_filename,
+    softmax,
+    summarize,
+)
 from ops.transforms import build_transform
 
 logger = logging.getLogger('masnet')
@@ -190,7 +208,8 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
     result = summarize(final, labels)
     if len(weights) > 1 and result is not None:
         top1, top5, mean_class = result
-        logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  mean class acc {mean_class:.2f}')
+        logger.info(f'ensemble: Prec@1 {top1:.2f}  Prec@5 {top5:.2f}  '
+                    f'mean class acc {mean_class:.2f}')
     if args.csv_file and runtime.is_main:
         with atomic_write(args.csv_file, 'w') as f:
             for video_id, pred in zip(video_ids, final.argmax(axis=1)):

@@ -15,24 +15,46 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from ops.checkpoint import (CheckpointError, check_finite, check_trained_settings,
-                            load_state_dict_checked, model_description, non_finite_entries,
-                            read_checkpoint, save_checkpoint, training_checkpoint)
+from ops.checkpoint import (
+    CheckpointError,
+    check_finite,
+    check_trained_settings,
+    load_state_dict_checked,
+    model_description,
+    non_finite_entries,
+    read_checkpoint,
+    save_checkpoint,
+    training_checkpoint,
+)
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.download import imagenet_weights
 from ops.engine import TrainingDiverged, train_one_epoch, validate
 from ops.files import remove_stale_temp_files
 from ops.logs import setup_logging
-from ops.MASNet import set_form
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
+from ops.MASNet import set_form
 from ops.meters import format_duration
 from ops.models import TemporalModel
 from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
-from ops.run_folder import (RunLockedError, default_store_name, lock_run_folder, run_folder,
-                            save_args)
-from ops.runtime import (ShardSampler, all_reduce_sum, barrier, cleanup, compile_model,
-                         one_line_failures, setup_runtime, to_channels_last, wrap_model)
+from ops.run_folder import (
+    RunLockedError,
+    default_store_name,
+    lock_run_folder,
+    run_folder,
+    save_args,
+)
+from ops.runtime import (
+    ShardSampler,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    compile_model,
+    one_line_failures,
+    setup_runtime,
+    to_channels_last,
+    wrap_model,
+)
 from ops.seeding import rng_state, set_seed
 from ops.transforms import build_transform
 
@@ -302,7 +324,8 @@ def _run_locked(args, runtime, *, cfg, model, train_records, val_records, resume
     if runtime.is_main:
         stale = remove_stale_temp_files(ckpt_dir) + remove_stale_temp_files(log_dir)
         if stale:
-            logger.info(f'removed {len(stale)} temporary file(s) of a killed run: {", ".join(stale)}')
+            logger.info(f'removed {len(stale)} temporary file(s) of a killed run: '
+                        f'{", ".join(stale)}')
         save_args(args, os.path.join(log_dir, 'args.json'))
     logger.info(f'{cfg.name}: {cfg.num_class} classes; {args.type} {args.arch}, '
                 f'{args.num_segments} segments, {args.input_size}px; device {runtime.device}, '
@@ -438,7 +461,8 @@ def _run_locked(args, runtime, *, cfg, model, train_records, val_records, resume
                 logger.info(f'Epoch {epoch} val: Loss {val_loss:.5f} Prec@1 {prec1:.3f} '
                             f'Prec@5 {prec5:.3f} (best Prec@1 {best_prec1:.3f})')
                 add_scalars(writer, epoch, {'loss/test': val_loss, 'acc/test_top1': prec1,
-                                            'acc/test_top5': prec5, 'acc/test_top1_best': best_prec1})
+                                            'acc/test_top5': prec5,
+                                            'acc/test_top1_best': best_prec1})
             check_diverged(model, optimizer, val_loss, epoch, latest)
 
             if runtime.is_main:

@@ -67,7 +67,10 @@ def setup_runtime(gpus=None, timeout=1800):
                   f'available: running on the CPU', file=sys.stderr)
         return Runtime(torch.device('cpu'))
     # the release's default --gpus 0 1 2 3, capped at the GPUs this machine has
-    gpu_ids = tuple(gpus) if gpus else tuple(range(min(RELEASE_NUM_GPUS, torch.cuda.device_count())))
+    if gpus:
+        gpu_ids = tuple(gpus)
+    else:
+        gpu_ids = tuple(range(min(RELEASE_NUM_GPUS, torch.cuda.device_count())))
     return Runtime(torch.device('cuda', gpu_ids[0]), gpu_ids=gpu_ids)
 
 

@@ -30,7 +30,8 @@ def open_source(source: Union[str, int]) -> cv2.VideoCapture:
     if isinstance(source, str) and source.isdigit():
         source = int(source)
     elif isinstance(source, str) and '://' not in source and not os.path.isfile(source):
-        raise DataError(f"stream source '{source}' is neither a video file, a camera index nor a URL")
+        raise DataError(f"stream source '{source}' is neither a video file, "
+                        "a camera index nor a URL")
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise DataError(f"stream source '{source}' cannot be opened by OpenCV")

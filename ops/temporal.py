@@ -11,7 +11,8 @@ from typing import Callable, Dict
 import torch.nn as nn
 
 from archs.resnet import PLAIN_BLOCKS, build_resnet
-from ops.MASNet import MAS_BLOCKS, UNCOUNTED_MACS as MAS_UNCOUNTED_MACS
+from ops.MASNet import MAS_BLOCKS
+from ops.MASNet import UNCOUNTED_MACS as MAS_UNCOUNTED_MACS
 from ops.temporal_shift import TSM_BLOCKS
 
 
@@ -33,7 +34,8 @@ TEMPORAL_TYPES = tuple(TEMPORAL_MODULES)
 
 def temporal_module(temporal_type: str) -> TemporalModule:
     if temporal_type not in TEMPORAL_MODULES:
-        raise ValueError(f"unknown --type '{temporal_type}' (choose from {', '.join(TEMPORAL_TYPES)})")
+        raise ValueError(f"unknown --type '{temporal_type}' "
+                         f"(choose from {', '.join(TEMPORAL_TYPES)})")
     return TEMPORAL_MODULES[temporal_type]
 
 

@@ -179,7 +179,8 @@ class GroupOverSample:
 
 
 class ToNormalizedTensor:
-    """Stack views of BGR frames into an RGB ``(V*F*3, H, W)`` float32 tensor, (x/255 - mean)/std."""
+    """Stack views of BGR frames into an RGB ``(V*F*3, H, W)`` float32 tensor of
+    ``(x/255 - mean)/std``."""
 
     def __init__(self, mean, std):
         self.scale = [1.0 / (255.0 * s) for s in std]

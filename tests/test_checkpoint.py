@@ -43,7 +43,8 @@ def test_class_count_mismatch_is_named(tmp_path):
     release_checkpoint(small_model(num_class=174), path)
     with pytest.raises(C.CheckpointError, match='174 classes, the dataset has 400'):
         model_from_checkpoint(C.read_checkpoint(str(path)), str(path), num_class=400)
-    with pytest.raises(C.CheckpointError, match=r'new_fc.weight: \(174, 512\) in file vs \(400, 512\)'):
+    with pytest.raises(C.CheckpointError,
+                       match=r'new_fc.weight: \(174, 512\) in file vs \(400, 512\)'):
         C.load_model_weights(small_model(num_class=400), str(path))
 
 
@@ -119,5 +120,6 @@ def test_tune_from_loads_the_backbone_but_not_the_head(tmp_path):
             assert torch.equal(value, head_before[name.split('.', 1)[1]])
         else:
             assert torch.equal(value, source_state[name]), name
-    with pytest.raises(C.CheckpointError, match='new_fc.weight'):  # without the skip: named mismatch
+    # without the skip: a named mismatch
+    with pytest.raises(C.CheckpointError, match='new_fc.weight'):
         C.load_model_weights(small_model(num_class=5), str(tmp_path / 'sthv1.pth.tar'))

@@ -11,11 +11,16 @@ import torch
 import CAM
 import main as train_main
 import predict as predict_entry
-from ops.checkpoint import (CODE_VERSION, FORMAT_VERSION, CheckpointError, read_checkpoint,
-                            save_checkpoint)
+from ops.checkpoint import (
+    CODE_VERSION,
+    FORMAT_VERSION,
+    CheckpointError,
+    read_checkpoint,
+    save_checkpoint,
+)
+from ops.dataset import VideoRecord
 from ops.export import preprocess_for_export, read_export_metadata, resize_bilinear
 from ops.models import TemporalModel
-from ops.dataset import VideoRecord
 from ops.recognizer import Recognizer
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_group
 from tests.conftest import ROOT

@@ -12,8 +12,14 @@ import torch
 from ops import dataset as D
 from ops.dataset_config import DatasetError, get_dataset_config, mirror_pairs
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
-from ops.transforms import (IMAGENET_MEAN, IMAGENET_STD, GroupFullResSample, GroupMultiScaleCrop,
-                            build_transform, fixed_offsets)
+from ops.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    GroupFullResSample,
+    GroupMultiScaleCrop,
+    build_transform,
+    fixed_offsets,
+)
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
@@ -39,7 +45,8 @@ def test_train_indices_long_video_one_per_segment():
 
 def test_train_indices_exact_and_short():
     assert D.sample_train_indices(8, 8, np.random.RandomState(1)).tolist() == list(range(1, 9))
-    assert D.sample_train_indices(3, 8, np.random.RandomState(1)).tolist() == [1, 1, 1, 2, 2, 2, 3, 3]
+    assert (D.sample_train_indices(3, 8, np.random.RandomState(1)).tolist()
+            == [1, 1, 1, 2, 2, 2, 3, 3])
     # n // T == 0 but n > T cannot happen; n between T and 2T: d = 1, one frame per segment
     idx = D.sample_train_indices(12, 8, np.random.RandomState(2)).tolist()
     assert idx == list(range(1, 9))
@@ -92,7 +99,8 @@ def test_normalisation_values():
     assert out.shape == (6, 8, 8)
     for k, values in enumerate(bgr):
         for c, v in enumerate(reversed(values)):  # tensor channels are RGB
-            assert out[3 * k + c, 0, 0].item() == pytest.approx((v / 255 - MEAN[c]) / STD[c], abs=1e-5)
+            expected = (v / 255 - MEAN[c]) / STD[c]
+            assert out[3 * k + c, 0, 0].item() == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize('crops,views', [(1, 1), (3, 3), (5, 5), (10, 10)])
@@ -186,8 +194,10 @@ def test_flip_swaps_only_mirror_classes():
 
 def test_something_v1_mirror_pairs():
     names = ['class %d' % i for i in range(174)]
-    names[86], names[87] = 'Pulling something from left to right', 'Pulling something from right to left'
-    names[93], names[94] = 'Pushing something from left to right', 'Pushing something from right to left'
+    names[86] = 'Pulling something from left to right'
+    names[87] = 'Pulling something from right to left'
+    names[93] = 'Pushing something from left to right'
+    names[94] = 'Pushing something from right to left'
     names[166] = 'Turning the camera left while filming something'
     names[167] = 'Turning the camera right while filming something'
     names[10] = 'Moving something and something closer to each other'
@@ -200,7 +210,8 @@ def test_something_v1_mirror_pairs():
 
 def test_synthetic_is_deterministic_and_balanced(tmp_path):
     kw = dict(train_per_class=2, val_per_class=1, width=48, height=32, min_frames=4, max_frames=6)
-    a, b = generate_synthetic(str(tmp_path / 'a'), **kw), generate_synthetic(str(tmp_path / 'b'), **kw)
+    a = generate_synthetic(str(tmp_path / 'a'), **kw)
+    b = generate_synthetic(str(tmp_path / 'b'), **kw)
     for name in ('category.txt', 'train.txt', 'valid.txt'):
         assert open(os.path.join(a, name)).read() == open(os.path.join(b, name)).read()
     first = open(os.path.join(a, 'train.txt')).readline().split()[0]
@@ -333,4 +344,5 @@ def test_dataset_config_errors_and_custom_json(tmp_path):
         'root_path': 'frames', 'image_tmpl': 'f{:04d}.png'}))
     cfg = get_dataset_config(str(tmp_path / 'mine.json'), 'ignored')
     assert cfg.num_class == 3 and cfg.mirror_map == {0: 1, 1: 0}
-    assert cfg.root_path == os.path.join(str(tmp_path), 'frames') and cfg.image_tmpl == 'f{:04d}.png'
+    assert cfg.root_path == os.path.join(str(tmp_path), 'frames')
+    assert cfg.image_tmpl == 'f{:04d}.png'

@@ -71,7 +71,8 @@ def test_export_command_on_a_checkpoint(tiny_data_root, tmp_path, capsys):
     torch.save({'state_dict': model.state_dict(), 'type': 'MASNet', 'arch': 'resnet10',
                 'num_segments': 4, 'input_size': 64}, weights)
     video = os.path.join(tiny_data_root, 'synthetic', 'frames', 'valid_3_0000')
-    # a file without class names: --dataset names them (tests/test_checkpoint_metadata.py: with them)
+    # a file without class names: --dataset names them
+    # (tests/test_checkpoint_metadata.py: with them)
     names = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root]
     export_main(['--weights', weights, '--video', video, *names])
     out = capsys.readouterr().out

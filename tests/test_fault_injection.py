@@ -17,9 +17,9 @@ import test as test_main
 from ops import files
 from ops.checkpoint import read_checkpoint, save_checkpoint
 from ops.dataset import DataError, TSNDataSet, VideoRecord, load_checked_list, parse_list_file
-from ops.scores import ScoreFileError, check_score_file_free, save_scores
 from ops.run_folder import RunLockedError, lock_run_folder
 from ops.run_train import best_on_disk
+from ops.scores import ScoreFileError, check_score_file_free, save_scores
 from tests.conftest import ROOT
 from tools import fault_injection as F
 
@@ -93,6 +93,7 @@ def test_save_every_iters_resumes_a_kill_9_mid_epoch(tiny_data_root, reference, 
 
 def test_resumed_epochs_draw_the_same_items_with_any_number_of_workers():
     from torch.utils.data import DataLoader
+
     from ops.preemption import ResumableSampler, SeededItems
 
     class Draws(torch.utils.data.Dataset):
@@ -171,7 +172,8 @@ def test_run_lock_refuses_a_second_run_but_not_a_stale_lock(tmp_path):
 
 
 def _state(epoch, prec1, best, value):
-    return {'epoch': epoch, 'prec1': prec1, 'best_prec1': best, 'state_dict': {'w': torch.full((2,), value)}}
+    return {'epoch': epoch, 'prec1': prec1, 'best_prec1': best,
+            'state_dict': {'w': torch.full((2,), value)}}
 
 
 def test_best_checkpoint_is_repaired_or_reported_as_on_disk(tmp_path):
@@ -218,7 +220,8 @@ def test_nan_weights_are_never_saved(tiny_data_root, tmp_path, capsys):
     out = str(tmp_path / 'exp')
     res = train_cli(tiny_data_root, out, capsys, '--lr', '1e6', '--epochs', '2')
     one_line_error(res, 'training diverged at epoch')
-    ckpt = os.path.join(out, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'run', 'checkpoint')
+    ckpt = os.path.join(out, 'synthetic', 'MASNet', 'resnet10', 'num_segments_4', 'run',
+                        'checkpoint')
     for name in os.listdir(ckpt) if os.path.isdir(ckpt) else []:
         data = read_checkpoint(os.path.join(ckpt, name))
         assert all(torch.isfinite(v).all() for v in data['state_dict'].values()
@@ -231,7 +234,8 @@ def test_bad_flags_and_inputs_are_one_line(tiny_data_root, tmp_path, capsys):
                  '--batch-size'):
         res = train_cli(tiny_data_root, out, capsys, flag, '0')
         one_line_error(res, flag, 'must be >= 1')
-    one_line_error(train_cli(tiny_data_root, out, capsys, '--evaluate'), '--evaluate', 'no checkpoint')
+    res = train_cli(tiny_data_root, out, capsys, '--evaluate')
+    one_line_error(res, '--evaluate', 'no checkpoint')
     assert not os.path.exists(out)  # a failed start leaves no run folder
 
 
@@ -263,6 +267,7 @@ def test_unreadable_training_videos_stop_the_run(tmp_path):
 
 def test_png_named_jpg_decodes(tmp_path):
     import cv2
+
     from ops.video_readers import decode_image_file
     img = np.full((8, 8, 3), 200, np.uint8)
     path = str(tmp_path / '00001.jpg')

@@ -98,7 +98,8 @@ def test_cam_cli_on_video_id_and_folder(tiny_data_root, tmp_path):
     model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
     weights = str(tmp_path / 'w.pth.tar')
     save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,
-                     'input_size': 64, 'best_prec1': 0.0, 'state_dict': model.state_dict()}, weights)
+                     'input_size': 64, 'best_prec1': 0.0, 'state_dict': model.state_dict()},
+                    weights)
     out = str(tmp_path / 'cam.png')
     data = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root]  # the file names no class
     cams, probabilities, target = CAM.main([*data, '--weights', weights,

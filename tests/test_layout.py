@@ -46,12 +46,14 @@ def project_imports(path):
             elif node.module.split('.')[0] in ('ops', 'archs', 'opts'):
                 deps.add(node.module)
         elif isinstance(node, ast.Import):
-            deps.update(a.name for a in node.names if a.name.split('.')[0] in ('ops', 'archs', 'opts'))
+            deps.update(a.name for a in node.names
+                        if a.name.split('.')[0] in ('ops', 'archs', 'opts'))
     return deps
 
 
 def module_files():
-    files = glob.glob(os.path.join(ROOT, 'ops', '*.py')) + glob.glob(os.path.join(ROOT, 'archs', '*.py'))
+    files = (glob.glob(os.path.join(ROOT, 'ops', '*.py'))
+             + glob.glob(os.path.join(ROOT, 'archs', '*.py')))
     files.append(os.path.join(ROOT, 'opts.py'))
     for path in sorted(files):
         name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')

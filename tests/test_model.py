@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ops.temporal_shift import temporal_shift
+from ops import reference as ref
 from ops.checkpoint import CheckpointError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
-from ops import reference as ref
 from ops.models import TemporalModel
 from ops.runtime import to_channels_last
+from ops.temporal_shift import temporal_shift
 from tests.conftest import randomize_bn
 
 
@@ -173,9 +173,12 @@ def test_optim_policies_cover_every_parameter_once():
     groups = {g['name']: g for g in model.get_optim_policies()}
     ids = [id(p) for g in groups.values() for p in g['params']]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
-    assert (groups['first_conv_weight']['lr_mult'], groups['first_conv_weight']['decay_mult']) == (1, 1)
-    assert (groups['first_conv_bias']['lr_mult'], groups['first_conv_bias']['decay_mult']) == (2, 0)
-    assert (groups['normal_bias']['lr_mult'], groups['normal_bias']['decay_mult']) == (2, 0)
+    def mults(name):
+        return groups[name]['lr_mult'], groups[name]['decay_mult']
+
+    assert mults('first_conv_weight') == (1, 1)
+    assert mults('first_conv_bias') == (2, 0)
+    assert mults('normal_bias') == (2, 0)
     assert (groups['bn']['lr_mult'], groups['bn']['decay_mult']) == (1, 0)
     assert groups['first_conv_weight']['params'][0] is model.base_model.conv1.weight
     assert groups['first_conv_bias']['params'][0] is model.base_model.conv1.bias
@@ -197,7 +200,8 @@ def _fake_torchvision_resnet18():
     g = torch.Generator().manual_seed(3)
     sd = {}
     for k, v in plain.state_dict().items():
-        if k.endswith('.bias') and not k.startswith('fc') and 'bn' not in k and 'downsample.1' not in k:
+        is_norm = 'bn' in k or 'downsample.1' in k
+        if k.endswith('.bias') and not k.startswith('fc') and not is_norm:
             continue  # torchvision convs have no bias
         sd[k] = torch.randn(v.shape, generator=g) if v.is_floating_point() else v
     sd['fc.weight'] = torch.randn(1000, 512, generator=g)

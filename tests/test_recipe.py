@@ -17,17 +17,17 @@ import torch.nn as nn
 
 import average_scores
 import test as test_main
-from opts import parse_args
 from ops import reference
 from ops.checkpoint import read_checkpoint
 from ops.dataset import parse_list_file, sample_dense_test_indices
 from ops.dataset_config import get_dataset_config
-from ops.runtime import Runtime, setup_runtime
 from ops.evaluation import evaluate_models
 from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.models import TemporalModel, model_from_checkpoint
 from ops.optim import optim_policies
 from ops.run_train import build_loaders, build_model
+from ops.runtime import Runtime, setup_runtime
+from opts import parse_args
 from tests.conftest import ROOT
 
 SEED_TRAIN_FLAGS = shlex.split(
@@ -105,7 +105,8 @@ def test_seed_training_command_trains_the_release_network(tmp_path, monkeypatch)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in release.named_parameters()}
 
-    x = torch.randn(1, 8 * 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, 8 * 3, 64, 64, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(1))
     torch.manual_seed(5)  # the same dropout mask for both
     ours = model(x)
     torch.manual_seed(5)
@@ -327,7 +328,8 @@ def test_somethingv1_mini_and_default_dataset_paths(tmp_path, monkeypatch, caplo
     assert cfg.val_list == os.path.join('../../datasets/', 'somethingv1/valid.txt')
     assert "using '../../datasets/'" in caplog.text
     _fake_dataset_tree(tmp_path / 'a')  # the release's ../ wins when it holds the dataset
-    assert get_dataset_config('somethingv1').val_list == os.path.join('../', 'somethingv1/valid.txt')
+    expected = os.path.join('../', 'somethingv1/valid.txt')
+    assert get_dataset_config('somethingv1').val_list == expected
 
 
 def test_gpus_default_is_the_releases_four(monkeypatch):

@@ -12,10 +12,10 @@ import predict as predict_entry
 import test as test_entry
 from ops import MASNet
 from ops.dataset import DataError, TSNDataSet, parse_list_file
-from ops.scores import load_scores
-from ops.models import TemporalModel
 from ops.inputs import collect_inputs, frame_template
+from ops.models import TemporalModel
 from ops.recognizer import Recognizer
+from ops.scores import load_scores
 from ops.stream import sliding_window, write_video
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from ops.transforms import build_transform
@@ -360,8 +360,9 @@ def test_test_py_writes_confusion_matrix_and_top5(tiny_data_root, fitted, tmp_pa
     weights, _, records = fitted
     # relabel every third video, so that the matrix has off-diagonal entries
     relabelled = tmp_path / 'val.txt'
-    relabelled.write_text(''.join(f'{r.path} {r.num_frames} {(r.label + 3) % 8 if i % 3 == 0 else r.label}\n'
-                                  for i, r in enumerate(records)))
+    relabelled.write_text(''.join(
+        f'{r.path} {r.num_frames} {(r.label + 3) % 8 if i % 3 == 0 else r.label}\n'
+        for i, r in enumerate(records)))
     scores = run_test_py(tiny_data_root, weights, str(relabelled), tmp_path / 'score')
     folder = tmp_path / 'score' / (next(f for f in os.listdir(tmp_path / 'score')
                                         if f.endswith('.npz'))[:-4] + '_analysis')

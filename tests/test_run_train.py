@@ -15,14 +15,13 @@ import average_scores
 import main as train_main
 import test as test_main
 from ops.checkpoint import read_checkpoint, save_checkpoint
-from ops.runtime import to_channels_last
-from ops.scores import load_scores, save_scores, summarize
 from ops.logs import read_scalars
 from ops.lr_schedule import apply_lr, lr_at_epoch
-from ops.models import TemporalModel
 from ops.meters import format_duration, throughput
+from ops.models import TemporalModel
+from ops.runtime import to_channels_last
+from ops.scores import load_scores, save_scores, summarize
 from tests.conftest import ROOT
-
 
 # ---- lr schedules ---------------------------------------------------------------------------
 
@@ -38,7 +37,8 @@ def test_step_and_cosine_lr_values():
         pytest.approx([0.1, 0.01, 0.001])
     assert lr_at_epoch('cos_lr', 0.1, 0, epochs=10) == pytest.approx(0.1)
     assert lr_at_epoch('cos_lr', 0.1, 5, epochs=10) == pytest.approx(0.05)
-    assert lr_at_epoch('cos_lr', 0.1, 3, epochs=10) == pytest.approx(0.05 * (1 + math.cos(0.3 * math.pi)))
+    assert (lr_at_epoch('cos_lr', 0.1, 3, epochs=10)
+            == pytest.approx(0.05 * (1 + math.cos(0.3 * math.pi))))
 
 
 def test_group_multipliers_applied():
@@ -163,7 +163,8 @@ def test_resume_matches_uninterrupted_run(tiny_data_root, trained, tmp_path):
     # an explicit --resume of a finished run trains nothing more
     train_main.main(train_args(tiny_data_root, str(tmp_path / 'other'), '--resume', latest))
     assert read_checkpoint(latest)['epoch'] == 2
-    assert not os.path.exists(os.path.join(run_dir(str(tmp_path / 'other')), 'checkpoint', 'ckpt.pth.tar'))
+    other_ckpt = os.path.join(run_dir(str(tmp_path / 'other')), 'checkpoint', 'ckpt.pth.tar')
+    assert not os.path.exists(other_ckpt)
 
 
 @pytest.mark.slow
@@ -256,8 +257,8 @@ def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
 @pytest.mark.slow
 def test_diverged_training_stops_before_the_update():
     """A NaN loss stops the run with a one-line reason, before it corrupts the weights."""
-    from ops.runtime import setup_runtime
     from ops.engine import TrainingDiverged, train_one_epoch
+    from ops.runtime import setup_runtime
 
     torch.manual_seed(0)
     model = TemporalModel(4, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
@@ -289,7 +290,8 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tiny_data
                                                                         signal.SIG_DFL))
     while not os.path.exists(latest) and proc.poll() is None:  # bounded by the run itself
         time.sleep(0.2)
-    assert os.path.exists(latest), proc.stderr.read() if proc.poll() is not None else 'no checkpoint'
+    assert os.path.exists(latest), (proc.stderr.read() if proc.poll() is not None
+                                    else 'no checkpoint')
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     # the progress bars (stderr) may clear their line after the message: look for the line

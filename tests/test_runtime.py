@@ -201,7 +201,9 @@ SLURM_SCRIPT = os.path.join(ROOT, 'scripts', 'slurm_train.sh')
 
 def test_slurm_script_builds_a_command_torchrun_and_main_py_accept(tiny_data_root, tmp_path):
     import shlex
+
     from torch.distributed.run import parse_args as torchrun_args
+
     from opts import parse_args
     assert subprocess.run(['bash', '-n', SLURM_SCRIPT]).returncode == 0
     flags = common_flags(tiny_data_root, str(tmp_path), '--store_name', 'my run')

@@ -14,8 +14,8 @@ import test as test_main
 from ops.checkpoint import save_checkpoint
 from ops.dataset import parse_list_file
 from ops.dataset_config import get_dataset_config
-from ops.scores import load_scores, lock_score_file, save_scores
 from ops.models import TemporalModel
+from ops.scores import load_scores, lock_score_file, save_scores
 from tests.conftest import ROOT, free_port
 
 NAME = 'synthetic_MASNet_resnet10_4f_1crop_1clip_32px.npz'

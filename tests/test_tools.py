@@ -91,16 +91,20 @@ def test_gen_label_sthv1(tmp_path):
     ann, frames, out = tmp_path / 'ann', tmp_path / 'frames', tmp_path / 'out'
     os.makedirs(ann)
     (ann / 'something-something-v1-labels.csv').write_text(
-        'Pushing something from right to left\nHolding something\nPushing something from left to right\n')
+        'Pushing something from right to left\nHolding something\n'
+        'Pushing something from left to right\n')
     (ann / 'something-something-v1-train.csv').write_text(
-        '100;Holding something\n101;Pushing something from left to right\n102;Holding something\n')
-    (ann / 'something-something-v1-validation.csv').write_text('200;Pushing something from right to left\n')
+        '100;Holding something\n101;Pushing something from left to right\n'
+        '102;Holding something\n')
+    (ann / 'something-something-v1-validation.csv').write_text(
+        '200;Pushing something from right to left\n')
     make_frame_folders(frames, [('100', 3), ('101', 5), ('200', 2)])
     gen_label.main(['sthv1', str(ann), str(frames), str(out)])
     assert (out / 'category.txt').read_text().splitlines() == [
         'Holding something', 'Pushing something from left to right',
         'Pushing something from right to left']
-    assert (out / 'train.txt').read_text().splitlines() == ['100 3 0', '101 5 1']  # 102 has no frames
+    # 102 has no frames
+    assert (out / 'train.txt').read_text().splitlines() == ['100 3 0', '101 5 1']
     assert (out / 'valid.txt').read_text().splitlines() == ['200 2 2']
 
 
@@ -110,12 +114,15 @@ def test_gen_label_sthv2(tmp_path):
     (ann / 'labels.json').write_text(json.dumps({'Putting something on something': '1',
                                                  'Approaching something with your camera': '0'}))
     (ann / 'train.json').write_text(json.dumps([
-        {'id': '7', 'label': 'putting a cup on a table', 'template': 'Putting [something] on [something]'}]))
+        {'id': '7', 'label': 'putting a cup on a table',
+         'template': 'Putting [something] on [something]'}]))
     (ann / 'validation.json').write_text(json.dumps([
-        {'id': '8', 'label': 'approaching a tree', 'template': 'Approaching [something] with your camera'}]))
+        {'id': '8', 'label': 'approaching a tree',
+         'template': 'Approaching [something] with your camera'}]))
     make_frame_folders(frames, [('7', 4), ('8', 6)])
     gen_label.main(['sthv2', str(ann), str(frames), str(out)])
-    assert (out / 'category.txt').read_text().splitlines()[0] == 'Approaching something with your camera'
+    first_category = (out / 'category.txt').read_text().splitlines()[0]
+    assert first_category == 'Approaching something with your camera'
     assert (out / 'train.txt').read_text() == '7 4 1\n'
     assert (out / 'valid.txt').read_text() == '8 6 0\n'
 
@@ -123,7 +130,8 @@ def test_gen_label_sthv2(tmp_path):
 def test_gen_label_kinetics(tmp_path):
     ann, frames, out = tmp_path / 'ann', tmp_path / 'frames', tmp_path / 'out'
     os.makedirs(ann)
-    for name, rows in (('train.csv', [('riding a bike', 'abc', 10, 20), ('abseiling', 'xyz', 0, 10)]),
+    for name, rows in (('train.csv', [('riding a bike', 'abc', 10, 20),
+                                      ('abseiling', 'xyz', 0, 10)]),
                        ('validate.csv', [('riding a bike', 'qqq', 5, 15)])):
         with open(ann / name, 'w', newline='') as f:
             writer = csv.writer(f)
@@ -194,13 +202,15 @@ def test_ablation_table_averages_seeds_and_scores_pairs(tmp_path):
 def test_gpu_check_says_so_in_one_line_without_a_gpu(tmp_path):
     import subprocess
     import sys
+
     from tests.conftest import ROOT
     # GPUs hidden, so that the check sees none on a GPU machine too
     out = subprocess.run([sys.executable, 'tools/gpu_check.py', '--out', str(tmp_path / 'r.json')],
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines() == ['gpu_check: no CUDA GPU on this machine: nothing to check']
+    assert out.stdout.strip().splitlines() == [
+        'gpu_check: no CUDA GPU on this machine: nothing to check']
     assert not (tmp_path / 'r.json').exists()
 
 

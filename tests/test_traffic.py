@@ -5,9 +5,22 @@ import torch
 
 from archs.resnet import Bottleneck
 from ops.errors import UserError
-from ops.traffic import (GPUS, Block, Op, bottleneck_blocks, full_passes, gpu_named, mas_ops,
-                         op_seconds, plain_block_ops, predict, profile_mas_block, profiled_ops,
-                         run_seconds, traffic)
+from ops.traffic import (
+    GPUS,
+    Block,
+    Op,
+    bottleneck_blocks,
+    full_passes,
+    gpu_named,
+    mas_ops,
+    op_seconds,
+    plain_block_ops,
+    predict,
+    profile_mas_block,
+    profiled_ops,
+    run_seconds,
+    traffic,
+)
 from tools import gpu_check, memory_traffic
 
 

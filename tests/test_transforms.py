@@ -15,8 +15,15 @@ import torch
 from PIL import Image
 
 from ops.synthetic import textured_scene
-from ops.transforms import (IMAGENET_MEAN, IMAGENET_STD, GroupCenterCrop, GroupMultiScaleCrop,
-                            GroupScale, build_transform, resize_group)
+from ops.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    GroupCenterCrop,
+    GroupMultiScaleCrop,
+    GroupScale,
+    build_transform,
+    resize_group,
+)
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 SIZES = [(176, 100), (320, 240), (568, 320), (1280, 720)]  # (width, height)

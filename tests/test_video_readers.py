@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ops import dataset as D
-from ops.dataset_config import DatasetError, get_dataset_config
 from ops import video_readers as V
+from ops.dataset_config import DatasetError, get_dataset_config
 from tests.conftest import ROOT, free_port
 from tools import check_videos, extract_frames, gen_label
 
@@ -259,7 +259,8 @@ def test_kinetics_400_label_map_numbers_a_subset(tmp_path, capsys):
     (ann / 'train.csv').write_text(header + 'zumba,abc,10,20,train\nabseiling,xyz,0,10,train\n')
     (ann / 'validate.csv').write_text(header + 'zumba,qqq,5,15,val\n')
     (ann / 'test.csv').write_text('youtube_id,time_start,time_end,split\nttt,1,11,test\n')
-    for name in ('abc_000010_000020', 'xyz_000000_000010', 'qqq_000005_000015', 'ttt_000001_000011'):
+    for name in ('abc_000010_000020', 'xyz_000000_000010', 'qqq_000005_000015',
+                 'ttt_000001_000011'):
         os.makedirs(frames / name)
         cv2.imwrite(str(frames / name / 'img_00001.jpg'), pattern(0))
     gen_label.main(['kinetics', str(ann), str(frames), str(out)])
@@ -279,8 +280,8 @@ def test_kinetics_400_label_map_numbers_a_subset(tmp_path, capsys):
 def test_test_py_under_torchrun_gives_the_numbers_and_scores_of_one_process(tiny_data_root,
                                                                            tmp_path):
     from ops.checkpoint import save_checkpoint
-    from ops.scores import load_scores
     from ops.models import TemporalModel
+    from ops.scores import load_scores
     from tests.conftest import randomize_bn
 
     torch.manual_seed(0)
@@ -296,7 +297,7 @@ def test_test_py_under_torchrun_gives_the_numbers_and_scores_of_one_process(tiny
                '--batch_size', '3', '--twice_sample', '--save_scores', str(tmp_path / out)]
         res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-        lines = [l for l in (res.stdout + res.stderr).splitlines() if 'Prec@1' in l]
+        lines = [line for line in (res.stdout + res.stderr).splitlines() if 'Prec@1' in line]
         files = [f for f in os.listdir(tmp_path / out) if f.endswith('.npz')]
         assert len(files) == 1
         return lines, load_scores(os.path.join(tmp_path, out, files[0]))

@@ -19,8 +19,8 @@ import predict as predict_main
 import test as test_main
 from ops.checkpoint import read_checkpoint
 from ops.dataset import parse_list_file
-from ops.scores import load_scores
 from ops.export import preprocess_for_export
+from ops.scores import load_scores
 from tools import gen_label
 from tools.export import main as export_main
 

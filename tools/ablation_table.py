@@ -12,7 +12,6 @@ import os
 
 import numpy as np
 
-
 from ops.cli import HelpFormatter
 from ops.scores import load_scores, summarize
 

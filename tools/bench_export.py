@@ -18,9 +18,9 @@ import torch
 
 from archs import ARCHS
 from ops.cli import HelpFormatter
-from ops.temporal import TEMPORAL_TYPES
 from ops.export import example_input, export_and_check
 from ops.models import TemporalModel
+from ops.temporal import TEMPORAL_TYPES
 
 
 def timed(fn, x):

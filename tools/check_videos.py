@@ -20,7 +20,6 @@ from multiprocessing import Pool
 import cv2
 from tqdm import tqdm
 
-
 from ops.cli import HelpFormatter
 from ops.dataset import DataError, parse_list_file
 from ops.files import atomic_write

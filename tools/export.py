@@ -16,17 +16,16 @@ import sys
 
 import torch
 
-
-from opts import add_model_args, add_trust_arg, int_at_least
 from ops.checkpoint import model_description
-from ops.dataset_config import DATASETS, get_dataset_config, read_categories
 from ops.cli import HelpFormatter, exit_on_user_error
-from ops.logs import setup_logging
+from ops.dataset_config import DATASETS, get_dataset_config, read_categories
 from ops.export import FORMATS, ParityError, export_and_check, export_metadata
-from ops.models import load_classifier
-from ops.inputs import collect_inputs
-from ops.recognizer import Recognizer
 from ops.files import prepare_output
+from ops.inputs import collect_inputs
+from ops.logs import setup_logging
+from ops.models import load_classifier
+from ops.recognizer import Recognizer
+from opts import add_model_args, add_trust_arg, int_at_least
 
 
 def build_parser():

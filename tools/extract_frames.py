@@ -26,7 +26,6 @@ from multiprocessing import Pool
 import cv2
 from tqdm import tqdm
 
-
 from ops.cli import HelpFormatter
 from ops.dataset_config import DatasetError, image_template
 from ops.files import atomic_write

@@ -28,8 +28,8 @@ import time
 
 import torch
 
-from ops.cli import HelpFormatter
 from ops.checkpoint import read_checkpoint
+from ops.cli import HelpFormatter
 from ops.files import DELAY_ENV, FAULT_ENV, TMP_PREFIX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,10 +11,9 @@ import sys
 
 import cv2
 
-
 from ops.cli import HelpFormatter
-from ops.video_readers import IMAGE_EXTENSIONS
 from ops.stream import write_video
+from ops.video_readers import IMAGE_EXTENSIONS
 
 
 def read_frames(folder):

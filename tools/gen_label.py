@@ -30,9 +30,8 @@ import os
 import sys
 
 from ops.cli import HelpFormatter
-from ops.video_readers import count_frames
 from ops.dataset_config import read_categories
-from ops.video_readers import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from ops.video_readers import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, count_frames
 
 K400_LABEL_MAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'label_maps',
                               'label_map_k400.txt')

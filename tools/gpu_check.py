@@ -26,8 +26,8 @@ import traceback
 import torch
 
 from ops.cli import HelpFormatter
-from ops.models import TemporalModel
 from ops.files import atomic_write
+from ops.models import TemporalModel
 from ops.traffic import DEFAULT_GPU, GPUS, gpu_named, predict
 from tools import bench_model
 

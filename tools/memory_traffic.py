@@ -18,8 +18,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ops.cli import HelpFormatter  # noqa: E402
-from ops.traffic import (DTYPE_BYTES, GPUS, HOST_US, block_rows, full_passes,  # noqa: E402
-                         network_ops, predict, profile_mas_block, traffic)
+from ops.traffic import (  # noqa: E402
+    DTYPE_BYTES,
+    GPUS,
+    HOST_US,
+    block_rows,
+    full_passes,
+    network_ops,
+    predict,
+    profile_mas_block,
+    traffic,
+)
 
 MODES = (('inference', False), ('training', True))
 

@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-
 from ops.cli import HelpFormatter
 from ops.logs import read_scalars
 
