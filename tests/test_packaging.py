@@ -61,3 +61,17 @@ def test_installed_code_imports_only_what_is_installed():
             if needed:
                 missing[os.path.relpath(path, ROOT)] = sorted(needed)
     assert not missing, f'imports of modules pyproject.toml does not install: {missing}'
+
+
+def test_no_code_edits_sys_path():
+    """The install is what makes ops importable: no tool or script prepends the clone itself."""
+    editing = []
+    for path in glob.glob(os.path.join(ROOT, '**', '*.py'), recursive=True):
+        if os.sep + '.venv' in path or os.sep + 'tests' + os.sep in path:
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            if (isinstance(node, ast.Attribute) and node.attr == 'path'
+                    and isinstance(node.value, ast.Name) and node.value.id == 'sys'):
+                editing.append(os.path.relpath(path, ROOT))
+                break
+    assert not editing, f'sys.path used in {editing}'

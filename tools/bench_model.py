@@ -34,6 +34,7 @@ import torch
 
 from archs.resnet import PLAIN_BLOCKS, build_resnet
 from ops.cli import HelpFormatter
+from ops.files import atomic_write
 from ops.MASNet import set_form
 from ops.models import TemporalModel
 from ops.reference import ReleaseStyleModel
@@ -326,7 +327,7 @@ def main(argv=None):
             for op, plain_ms, mas_ms in table:
                 print(f'  {mas_ms - plain_ms:+8.1f}  {op} ({plain_ms:.1f} -> {mas_ms:.1f})')
     if args.json:
-        with open(args.json, 'w') as f:
+        with atomic_write(args.json, 'w') as f:
             json.dump(results, f, indent=2)
     return results
 

@@ -11,14 +11,10 @@ a host cost per eager operator; ops/traffic.py states the model). Markdown on st
 """
 import argparse
 import json
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from ops.cli import HelpFormatter  # noqa: E402
-from ops.traffic import (  # noqa: E402
+from ops.cli import HelpFormatter
+from ops.files import atomic_write
+from ops.traffic import (
     DTYPE_BYTES,
     GPUS,
     HOST_US,
@@ -126,7 +122,7 @@ def main(argv=None):
         lines += check_lines()
     print('\n'.join(lines).lstrip('\n'))
     if args.json:
-        with open(args.json, 'w') as f:
+        with atomic_write(args.json, 'w') as f:
             json.dump(results, f, indent=2)
     return results
 
