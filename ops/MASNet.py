@@ -208,7 +208,7 @@ class MSM(nn.Module):
         n = nt // self.num_segments
         cl = is_channels_last(appearance)
         # (N, C, H, W), NCHW: oneDNN's grouped convs are no faster channels-last, and dense
-        # block-diagonal or im2col + bmm forms are 2-4x slower (docs/fused_block.md)
+        # block-diagonal or im2col + bmm forms are slower (docs/fused_block.md)
         s = (motion_mean + clip_mean(appearance, self.num_segments, cl)).contiguous()
         s = F.conv2d(s, self.conv_fc1.weight.squeeze(2), padding=1, groups=self.groups)
         s = self.relu(self.bn_fc1(s.unsqueeze(2)).squeeze(2))  # (N, C/r, H, W)

@@ -11,8 +11,8 @@ arithmetic they share:
   through the plain ops keeps two extra full-size activations per block alive until backward
   (the projected motion, saved by the blend, and the blend, saved by TIM); here backward
   recomputes the motion from the reduced C/64-channel features (one thin matmul) and the blend
-  from it. For MAS-ResNet-50 (8 x 224 x 224) that cuts the training-step memory the modules add
-  from 193 to 83 MiB, at no cost in time (the recomputation is paid for by fewer autograd nodes).
+  from it: less than half the training-step memory the modules add, at no cost in time
+  (docs/speed.md#the-forms-of-a-mas-block).
 - ``select_interact_math`` / ``compiled_select_and_interact``: the same chain written as plain
   element-wise ops for a compiler, and that function compiled on its own (the block's
   ``'compiled'`` form): torch.compile generates one C++/OpenMP loop (CPU) or Triton kernel
@@ -43,9 +43,8 @@ def pointwise_conv(x, weight, channels_last=False):
     convolution is several times slower than a matmul on CPU (forward and backward).
     NCHW: one ``(C_out, C_in) @ (C_in, H*W)`` per image (a batched matmul). ``channels_last``:
     one ``(B*H*W, C_in) @ (C_in, C_out)`` over every position, with an NHWC result, for
-    channels-last models and for graph compilers, which run convolutions channels-last (with
-    the batched form torch.compile'd MAS-ResNet-50 inference took 1.13x the compiled ResNet-50
-    on a CPU, with this one 1.08x: no layout changes around it).
+    channels-last models and for graph compilers, which run convolutions channels-last (no
+    layout changes around it: docs/speed.md).
     """
     if channels_last:
         return torch.matmul(x.permute(0, 2, 3, 1), weight.flatten(1).t()).permute(0, 3, 1, 2)
@@ -78,7 +77,7 @@ def per_clip(x, channels_last=False):
 
 def clip_mean(x, num_segments, channels_last=False):
     """The temporal mean ``(N, C, H, W)`` of the activation ``x``, in x's memory format
-    (reducing over frames in memory order: ~10x faster than a strided mean on NHWC)."""
+    (reducing over frames in memory order: far faster than a strided mean on NHWC)."""
     mean = frames(x, num_segments, channels_last).mean(dim=1)
     return mean.permute(0, 3, 1, 2) if channels_last else mean
 
@@ -98,7 +97,7 @@ def temporal_conv(x, weight, out=None, channels_last=False):
     x: a ``frames`` view; weight: ``(C, 1, 3)``; ``out``, if given, a buffer of x's shape
     that does not alias x. Frames outside the clip are zeros (the Conv1d's padding).
     NHWC frames are computed as ``(N, T, H, W*C)`` rows: the element-wise kernels then run
-    over W*C values at a time instead of C (4x faster at C = 64).
+    over W*C values at a time instead of C (faster at small C: docs/speed.md).
     """
     shape = x.shape
     if channels_last:
@@ -245,7 +244,7 @@ class FusedSelectInteract(torch.autograd.Function):
     """``SelectInteract`` with its forward and backward each one function that ``run`` runs
     (``run_compiled``: compiled, the block's ``'compiled'`` form; tests pass a plain call).
     Like ``SelectInteract`` it saves only its inputs (compiling the forward alone, AOTAutograd
-    saved full-size intermediates: 1.27x the plain network's training memory, not 1.11x)."""
+    saved full-size intermediates: docs/fused_block.md)."""
 
     @staticmethod
     def forward(ctx, appearance, reduced, projection, w, taps, run):
