@@ -9,6 +9,7 @@ import os
 
 from archs import ARCHS
 from ops.cli import HelpFormatter
+from ops.dataset import TEST_SAMPLINGS
 from ops.dataset_config import DATASETS
 from ops.lr_schedule import LR_TYPES
 from ops.MASNet import FORMS
@@ -114,21 +115,35 @@ def add_speed_args(parser):
 
 
 def add_view_args(parser):
-    """Test-time views of test.py and predict.py: crops, clips, score averaging."""
-    parser.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
-                        help='1 center, 3 full-res, 5 corners+center, 10 = 5 + flips')
+    """Test-time views of test.py and predict.py, in the group 'test-time views': each flag of
+    the group is a parameter of ops.dataset.ViewProtocol.from_flags, which makes the one
+    protocol of them (tests/test_dataset.py checks that none is left out); and --batch_size."""
     parser.add_argument('--batch_size', '--batch-size', default=8, type=int_at_least(1),
                         help='videos per batch (the release\'s 8)')
-    parser.add_argument('--full_res', action='store_true',
-                        help='crop input_size*256/224 (256 px) instead of input_size')
-    parser.add_argument('--twice_sample', action='store_true', help='2 clips per video')
-    parser.add_argument('--dense_sample', '--dense_clips', dest='dense_sample', action='store_true',
-                        help='--dense_sample_num clips per video, each T frames spread over the '
-                             'whole video from a shifted start (not the dense window of main.py)')
-    parser.add_argument('--dense_sample_num', default=10, type=int_at_least(1),
-                        help='clips per video of --dense_sample / --dense_clips')
-    parser.add_argument('--softmax', action='store_true',
-                        help="softmax of the views' averaged logits (the release's and TSM's)")
+    views = parser.add_argument_group('test-time views')
+    views.add_argument('--test_crops', default=1, type=int, choices=[1, 3, 5, 10],
+                       help='1 center, 3 full-res, 5 corners+center, 10 = 5 + flips')
+    views.add_argument('--full_res', action='store_true',
+                       help='crop input_size*256/224 (256 px) instead of input_size')
+    views.add_argument('--twice_sample', action='store_true',
+                       help='2 clips per video (--test_sampling twice)')
+    views.add_argument('--dense_sample', '--dense_clips', dest='dense_sample', action='store_true',
+                       help='--dense_sample_num clips per video, each T frames spread over the '
+                            'whole video from a shifted start (--test_sampling dense; not the '
+                            'dense window of main.py)')
+    views.add_argument('--dense_sample_num', '--test_clips', dest='dense_sample_num', default=10,
+                       type=int_at_least(1),
+                       help='K, clips per video of --dense_sample / --dense_clips (and of every '
+                            '--test_sampling without a fixed clip count)')
+    views.add_argument('--test_sampling', default=None, choices=sorted(TEST_SAMPLINGS),
+                       help='clips of each video: center (1 clip, the default), twice (2), '
+                            'dense (K), random (K at seeded random offsets); see '
+                            'ops/dataset.py (default: as --twice_sample / --dense_sample say)')
+    views.add_argument('--test_seed', default=0, type=int_at_least(0),
+                       help='seed of a random --test_sampling (the same clips of a video in '
+                            'every run)')
+    views.add_argument('--softmax', action='store_true',
+                       help="softmax of the views' averaged logits (the release's and TSM's)")
 
 
 def build_parser():

@@ -14,6 +14,8 @@ import argparse
 import torch
 
 from ops.cli import HelpFormatter, exit_on_user_error
+from ops.dataset import ViewProtocol
+from ops.errors import FlagError
 from ops.logs import setup_logging
 from ops.run_test import evaluate_checkpoints
 from ops.scores import DEFAULT_SCORE_DIR
@@ -40,8 +42,12 @@ def build_parser():
                              "the checkpoint's, else the release's 16)")
     add_view_args(parser)
     add_speed_args(parser)
-    parser.add_argument('--max_num', type=int_at_least(1), default=None,
-                        help='evaluate the first N videos')
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument('--max_num', type=int_at_least(1), default=None,
+                       help="evaluate the first N batches (N x --batch_size videos), as the "
+                            "release's --max_num")
+    limit.add_argument('--max_videos', type=int_at_least(1), default=None,
+                       help='evaluate the first N videos')
     parser.add_argument('--test_list', default=None, help='list file (default: the val list)')
     parser.add_argument('--coeff', '--ensemble_weights', dest='coeff', default=None,
                         help='ensemble weights, one per checkpoint, comma-separated')
@@ -52,6 +58,10 @@ def build_parser():
     parser.add_argument('--save_scores', default=DEFAULT_SCORE_DIR,
                         help="folder of the score files ('' = don't write) (default: %(default)s)")
     parser.add_argument('--log_file', default=None, help='also write the results to this file')
+    parser.add_argument('--release_score_name', action='store_true',
+                        help="name the score files as the release's test.py does "
+                             "(<dataset>_segment<T>_crops<C>_clips<K>_shape<S>.npz), for its "
+                             "average_scores.py: with --save_scores experiments/test/EN")
     parser.add_argument('--overwrite', action='store_true',
                         help="replace score files of another checkpoint, list or settings "
                              "(default: refuse)")
@@ -61,9 +71,10 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.dense_sample and args.twice_sample:
-        parser.error('--dense_sample and --twice_sample exclude each other (pick one clip '
-                     'sampling; --dense_clips is --dense_sample)')
+    try:
+        ViewProtocol.from_args(args)
+    except FlagError as exc:
+        parser.error(str(exc))
     return args
 
 

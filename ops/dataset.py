@@ -16,9 +16,17 @@ Sampling (T = num_segments, n = frames of the video, indices 1-based):
     train  d = n // T; d > 0: i*d + randint(d); n > T: sorted random distinct picks;
            else the n frames spread evenly over T.
     val    tick = n / T, int(tick/2 + tick*i).
-    twice  the val indices followed by int(tick*i).
-    dense  test: K clips, integer starts linspace(0, tick-1, K, dtype=int), int(tick*i + start);
-           train/val: an I3D-style 64-frame window with stride 64 // T (random / central start).
+    dense  train/val: an I3D-style 64-frame window with stride 64 // T (random / central start).
+Test samplings (TEST_SAMPLINGS, one registered function per clip each; test.py / predict.py
+--test_sampling, or the release's --twice_sample / --dense_sample):
+    center the val indices (1 clip).
+    twice  the val indices, then int(tick*i) (2 clips).
+    dense  K clips, integer starts linspace(0, tick-1, K, dtype=int), int(tick*i + start).
+    random K clips, int(tick*i + u*tick) with u uniform in [0, 1) per clip, seeded by
+           --test_seed and the video's path (video_rng): the same clips in every run.
+A ViewProtocol (crops, full resolution, sampling, clips, seed, softmax) is the one value of
+the test-time views: the dataset's test mode, the evaluation, the Recognizer and the score
+file's settings all read it.
 
 Bad input policy: a missing or corrupt frame is logged and replaced by the nearest readable
 frame of the same video (a listed count larger than the video is named in the warning). A
@@ -29,19 +37,22 @@ wrong. ``load_checked_list`` checks a list before any epoch: labels in range, ev
 present (an error naming ``file:line``; for a training list only a warning unless none is
 present), and a readable first video among the first few.
 """
+import dataclasses
 import hashlib
+import inspect
 import logging
 import os
 import random
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from ops.errors import UserError
+from ops.errors import FlagError, UserError
 from ops.files import atomic_write
 from ops.video_readers import (
     VIDEO_EXTENSIONS,
@@ -364,34 +375,6 @@ def sample_train_indices(num_frames: int, num_segments: int, rng=np.random) -> n
     return offsets + 1
 
 
-def sample_val_indices(num_frames: int, num_segments: int) -> np.ndarray:
-    """The central frame of each of T equal segments (1-based)."""
-    tick = num_frames / num_segments
-    return np.array([int(tick / 2.0 + tick * i) for i in range(num_segments)]) + 1
-
-
-def sample_twice_indices(num_frames: int, num_segments: int) -> np.ndarray:
-    """Two clips: the val indices, then the first frame of each segment (1-based)."""
-    tick = num_frames / num_segments
-    starts = [int(tick * i) for i in range(num_segments)]
-    return np.concatenate([sample_val_indices(num_frames, num_segments), np.array(starts) + 1])
-
-
-def sample_dense_test_indices(num_frames: int, num_segments: int,
-                              num_clips: int = 10) -> np.ndarray:
-    """`num_clips` shifted clips, as the release: integer starts
-    ``linspace(0, tick-1, K, dtype=int)``, indices ``int(tick*i + start)`` (1-based).
-
-    Videos shorter than T frames (tick < 1, where the release's starts turn negative)
-    use start 0 for every clip, i.e. the frames spread over the T slots.
-    """
-    tick = num_frames / num_segments
-    starts = np.linspace(0, tick - 1, num=num_clips, dtype=int) if tick >= 1 else \
-        np.zeros(num_clips, dtype=int)
-    offsets = [int(tick * i + start) for start in starts.tolist() for i in range(num_segments)]
-    return np.array(offsets) + 1
-
-
 def sample_dense_train_indices(num_frames: int, num_segments: int, rng=np.random,
                                center: bool = False) -> np.ndarray:
     """I3D-style dense sampling: T frames with stride 64 // T in a 64-frame window (1-based).
@@ -408,12 +391,173 @@ def sample_dense_train_indices(num_frames: int, num_segments: int, rng=np.random
     return np.array([(i * stride + start) % num_frames for i in range(num_segments)]) + 1
 
 
-def clips_per_video(twice_sample: bool, dense_sample: bool, dense_sample_num: int) -> int:
-    """Clips a test view samples of each video: 2 with twice sampling, `dense_sample_num` with
-    dense sampling (twice wins when both are set), else 1."""
-    if twice_sample:
-        return 2
-    return dense_sample_num if dense_sample else 1
+class ClipSampling(NamedTuple):
+    """A registered test sampling: `clip_indices(num_frames, num_segments, clip, num_clips,
+    rng) -> (T,)` 1-based indices of clip `clip` of `num_clips`; `clips` its fixed clip count
+    (None: K, the --test_clips flag); `seeded` whether it draws from `rng` (seeded per video
+    by --test_seed and the video's path)."""
+    clip_indices: Callable[..., np.ndarray]
+    clips: Optional[int]
+    seeded: bool
+
+
+TEST_SAMPLINGS: Dict[str, ClipSampling] = {}
+RELEASE_SAMPLINGS = ('center', 'twice', 'dense')  # what the release's score names tell apart
+
+
+def register_sampling(name: str, clips: Optional[int] = None, seeded: bool = False):
+    """Register the decorated clip sampling under `name` (test.py / predict.py
+    --test_sampling NAME, the score files' ``sampling`` setting)."""
+    def register(clip_indices):
+        TEST_SAMPLINGS[name] = ClipSampling(clip_indices, clips, seeded)
+        return clip_indices
+    return register
+
+
+@register_sampling('center', clips=1)
+def sample_val_indices(num_frames: int, num_segments: int, clip: int = 0, num_clips: int = 1,
+                       rng=None) -> np.ndarray:
+    """The central frame of each of T equal segments (1-based): the val clip."""
+    tick = num_frames / num_segments
+    return np.array([int(tick / 2.0 + tick * i) for i in range(num_segments)]) + 1
+
+
+@register_sampling('twice', clips=2)
+def sample_twice_clip(num_frames: int, num_segments: int, clip: int, num_clips: int = 2,
+                      rng=None) -> np.ndarray:
+    """Clip 0: the val indices; clip 1: the first frame of each segment (1-based)."""
+    if clip == 0:
+        return sample_val_indices(num_frames, num_segments)
+    tick = num_frames / num_segments
+    return np.array([int(tick * i) for i in range(num_segments)]) + 1
+
+
+@register_sampling('dense')
+def sample_dense_clip(num_frames: int, num_segments: int, clip: int, num_clips: int,
+                      rng=None) -> np.ndarray:
+    """Clip `clip` of K shifted clips, as the release: integer starts
+    ``linspace(0, tick-1, K, dtype=int)``, indices ``int(tick*i + start)`` (1-based).
+
+    Videos shorter than T frames (tick < 1, where the release's starts turn negative)
+    use start 0 for every clip, i.e. the frames spread over the T slots.
+    """
+    tick = num_frames / num_segments
+    start = int(np.linspace(0, tick - 1, num=num_clips, dtype=int)[clip]) if tick >= 1 else 0
+    return np.array([int(tick * i + start) for i in range(num_segments)]) + 1
+
+
+@register_sampling('random', seeded=True)
+def sample_random_offset_clip(num_frames: int, num_segments: int, clip: int, num_clips: int,
+                              rng) -> np.ndarray:
+    """A clip of T frames at one random offset into the T equal segments:
+    ``int(tick*i + u*tick)``, u uniform in [0, 1) drawn per clip (1-based)."""
+    tick = num_frames / num_segments
+    offset = rng.random() * tick
+    return np.array([min(int(tick * i + offset), num_frames - 1)
+                     for i in range(num_segments)]) + 1
+
+
+def sample_twice_indices(num_frames: int, num_segments: int) -> np.ndarray:
+    """The two clips of the 'twice' sampling, one after the other (1-based)."""
+    return np.concatenate([sample_twice_clip(num_frames, num_segments, clip) for clip in (0, 1)])
+
+
+def sample_dense_test_indices(num_frames: int, num_segments: int,
+                              num_clips: int = 10) -> np.ndarray:
+    """The `num_clips` clips of the 'dense' sampling, one after the other (1-based)."""
+    return np.concatenate([sample_dense_clip(num_frames, num_segments, clip, num_clips)
+                           for clip in range(num_clips)])
+
+
+def video_rng(seed: int, key: str) -> np.random.Generator:
+    """The random generator of one video under `seed`: the same for the same (seed, video)
+    in every process, loader worker and order (a seeded test sampling is reproducible)."""
+    digest = int.from_bytes(hashlib.sha1(key.encode('utf-8')).digest()[:8], 'little')
+    return np.random.default_rng([seed, digest])
+
+
+@dataclass(frozen=True)
+class ViewProtocol:
+    """The test-time views of a video: what test.py's scores, predict.py and the Recognizer
+    depend on besides the model. Made from the flags in one place (from_flags / from_args);
+    every field is a setting of the score file (settings()).
+
+    test_crops: 1 center, 3 full-res, 5 corners + center, 10 = 5 + flips.
+    full_res: crops of the scale size (256 px at 224) instead of the input size.
+    sampling: a name of TEST_SAMPLINGS; num_clips: clips per video it draws.
+    test_seed: the seed of a seeded sampling (None for the others).
+    softmax: average softmax scores of the views' averaged logits (the release's --softmax).
+    """
+    test_crops: int = 1
+    full_res: bool = False
+    sampling: str = 'center'
+    num_clips: int = 1
+    test_seed: Optional[int] = None
+    softmax: bool = False
+
+    def __post_init__(self):
+        if self.test_crops not in (1, 3, 5, 10):
+            raise FlagError(f'--test_crops must be 1, 3, 5 or 10, got {self.test_crops}')
+        if self.sampling not in TEST_SAMPLINGS:
+            raise FlagError(f"--test_sampling {self.sampling!r}: not one of "
+                            f"{', '.join(TEST_SAMPLINGS)}")
+        fixed = TEST_SAMPLINGS[self.sampling].clips
+        if self.num_clips < 1 or fixed is not None and self.num_clips != fixed:
+            raise FlagError(f'--test_sampling {self.sampling} draws {fixed or ">= 1"} clip(s), '
+                            f'not {self.num_clips}')
+        if (self.test_seed is not None) != TEST_SAMPLINGS[self.sampling].seeded:
+            raise FlagError(f'test_seed={self.test_seed} for the '
+                            f"{'' if self.test_seed is None else 'un'}seeded sampling "
+                            f'{self.sampling}')
+
+    @classmethod
+    def from_flags(cls, test_crops: int = 1, full_res: bool = False, twice_sample: bool = False,
+                   dense_sample: bool = False, dense_sample_num: int = 10,
+                   test_sampling: Optional[str] = None, test_seed: int = 0,
+                   softmax: bool = False) -> 'ViewProtocol':
+        """The protocol of test.py's / predict.py's view flags (opts.add_view_args; a flag
+        there must be a parameter here, tests/test_dataset.py checks it): the release's
+        --twice_sample / --dense_sample name the samplings 'twice' / 'dense' (exclusive, and
+        with --test_sampling), --dense_sample_num (--test_clips) is K of a sampling without
+        a fixed clip count, --test_seed seeds the seeded ones."""
+        named = [name for name, given in (('twice', twice_sample), ('dense', dense_sample),
+                                          (test_sampling, test_sampling is not None)) if given]
+        if twice_sample and dense_sample:
+            raise FlagError('--dense_sample and --twice_sample exclude each other (pick one clip '
+                            'sampling; --dense_clips is --dense_sample)')
+        if len(named) > 1:
+            raise FlagError(f'--test_sampling {test_sampling} and --{named[0]}_sample exclude '
+                            f'each other (pick one clip sampling)')
+        sampling = named[0] if named else 'center'
+        entry = TEST_SAMPLINGS.get(sampling)
+        clips = dense_sample_num if entry is None or entry.clips is None else entry.clips
+        seed = test_seed if entry is not None and entry.seeded else None
+        return cls(test_crops, full_res, sampling, clips, seed, softmax)
+
+    @classmethod
+    def from_args(cls, args) -> 'ViewProtocol':
+        """The protocol of parsed flags: every parameter of from_flags read from `args`."""
+        names = inspect.signature(cls.from_flags).parameters
+        return cls.from_flags(**{name: getattr(args, name) for name in names})
+
+    def settings(self) -> Dict[str, object]:
+        """The score file's view settings: every field set (None fields left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def name_tag(self) -> str:
+        """What a score file's name adds for a sampling the release's names do not tell
+        apart: '' for center / twice / dense, else '_<sampling>' (and '_seed<S>')."""
+        if self.sampling in RELEASE_SAMPLINGS:
+            return ''
+        return f'_{self.sampling}' + ('' if self.test_seed is None else f'_seed{self.test_seed}')
+
+    def sample_indices(self, num_frames: int, num_segments: int, key: str = '') -> np.ndarray:
+        """1-based indices of the clips of a video of `num_frames` frames, clip after clip
+        (num_clips x T); `key` (the video's path) seeds a seeded sampling (video_rng)."""
+        entry = TEST_SAMPLINGS[self.sampling]
+        rng = video_rng(self.test_seed, key) if entry.seeded else None
+        return np.concatenate([entry.clip_indices(num_frames, num_segments, clip, self.num_clips,
+                                                  rng) for clip in range(self.num_clips)])
 
 
 class TSNDataSet(Dataset):
@@ -426,10 +570,12 @@ class TSNDataSet(Dataset):
         image_tmpl: frame file name template, e.g. '{:05d}.jpg'.
         transform: ``(frames, label) -> (tensor, label)`` (ops.transforms.build_transform).
         random_shift: training sampling (random); otherwise val sampling.
-        test_mode: evaluation with possibly several clips (twice / dense).
-        dense_sample: dense sampling (I3D window for train/val, K shifted clips in test).
-        twice_sample: two clips per video in test mode.
-        dense_sample_num: K, clips per video with dense test sampling.
+        test_mode: evaluation: the clips of `views`.
+        dense_sample: dense sampling (I3D window for train/val; in test mode without `views`,
+            the release's K shifted clips).
+        twice_sample / dense_sample_num: the release's test samplings, in test mode without
+            `views` (ViewProtocol.from_flags).
+        views: the ViewProtocol whose sampling test mode uses.
         video_list: VideoRecords to use instead of reading `list_file` (which may be None); their
             unknown counts are counted on first read, in the reading process only (lists are
             counted up front: load_checked_list / fill_frame_counts).
@@ -439,7 +585,8 @@ class TSNDataSet(Dataset):
 
     def __init__(self, root_path, list_file, num_segments=8, image_tmpl='{:05d}.jpg',
                  transform=None, random_shift=True, test_mode=False, dense_sample=False,
-                 twice_sample=False, dense_sample_num=10, video_list=None, video_backend='auto'):
+                 twice_sample=False, dense_sample_num=10, video_list=None, video_backend='auto',
+                 views: Optional[ViewProtocol] = None):
         self.root_path = root_path
         self.list_file = list_file
         self.num_segments = num_segments
@@ -448,8 +595,10 @@ class TSNDataSet(Dataset):
         self.random_shift = random_shift
         self.test_mode = test_mode
         self.dense_sample = dense_sample
-        self.twice_sample = twice_sample
-        self.dense_sample_num = dense_sample_num
+        if test_mode and views is None:
+            views = ViewProtocol.from_flags(twice_sample=twice_sample, dense_sample=dense_sample,
+                                            dense_sample_num=dense_sample_num)
+        self.views = views
         self.num_replaced = 0
         try:
             self.video_backend = resolve_backend(video_backend)
@@ -462,22 +611,19 @@ class TSNDataSet(Dataset):
 
     @property
     def num_clips(self) -> int:
-        if not self.test_mode:
-            return 1
-        return clips_per_video(self.twice_sample, self.dense_sample, self.dense_sample_num)
+        return self.views.num_clips if self.test_mode else 1
 
-    def sample_indices(self, num_frames: int) -> np.ndarray:
-        """1-based frame indices of this dataset's mode for a video of `num_frames` frames."""
-        T = self.num_segments
-        if self.test_mode and self.twice_sample:
-            return sample_twice_indices(num_frames, T)
-        if self.test_mode and self.dense_sample:
-            return sample_dense_test_indices(num_frames, T, self.dense_sample_num)
+    def sample_indices(self, num_frames: int, key: str = '') -> np.ndarray:
+        """1-based frame indices of this dataset's mode for a video of `num_frames` frames;
+        `key` (the video's path) seeds a seeded test sampling."""
+        if self.test_mode:
+            return self.views.sample_indices(num_frames, self.num_segments, key)
         if self.dense_sample:
-            return sample_dense_train_indices(num_frames, T, center=not self.random_shift)
+            return sample_dense_train_indices(num_frames, self.num_segments,
+                                              center=not self.random_shift)
         if self.random_shift:
-            return sample_train_indices(num_frames, T)
-        return sample_val_indices(num_frames, T)
+            return sample_train_indices(num_frames, self.num_segments)
+        return sample_val_indices(num_frames, self.num_segments)
 
     def _load_frames(self, record):
         """The sampled BGR frames of `record`, repairing unreadable ones (see module doc)."""
@@ -488,7 +634,7 @@ class TSNDataSet(Dataset):
             raise DataError(str(exc)) from None
         with reader:
             num_frames = record.num_frames or self._count(record, reader, path)
-            indices = self.sample_indices(num_frames).tolist()
+            indices = self.sample_indices(num_frames, record.path).tolist()
             frames = reader.read(indices)  # {index: frame or None}
             missing = sorted({i for i in indices if frames[i] is None})
             if missing:

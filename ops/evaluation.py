@@ -55,6 +55,13 @@ def check_view_memory(batch_size, crops, clips, segments, crop_size, device):
                         f'--batch_size')
 
 
+def average_views(scores: torch.Tensor, use_softmax: bool = False) -> torch.Tensor:
+    """(N, C) scores of (N, V, C) view logits: the views' logits averaged, then softmax if
+    `use_softmax` (as the release and TSM: softmax of the averaged logits)."""
+    scores = scores.mean(dim=1)
+    return scores.softmax(dim=1) if use_softmax else scores
+
+
 @torch.no_grad()
 def evaluate_models(models, loaders, num_segments: List[int], device: torch.device,
                     use_softmax: bool = False) -> Tuple[List[np.ndarray], np.ndarray]:
@@ -76,10 +83,7 @@ def evaluate_models(models, loaders, num_segments: List[int], device: torch.devi
             clips = clips.to(device).view(-1, segments * 3, *clips.shape[-2:])  # (N*V, T*3, H, W)
             views += clips.size(0)
             scores = model(clips).float().view(n, -1, unwrap_model(model).num_class)  # (N, V, C)
-            scores = scores.mean(dim=1)  # (N, C): the views' logits averaged
-            if use_softmax:  # as the release and TSM: softmax of the averaged logits
-                scores = scores.softmax(dim=1)
-            outputs[k].append(scores.cpu())
+            outputs[k].append(average_views(scores, use_softmax).cpu())
         all_labels.append(labels)
         bar.update(labels.size(0))
         seen += labels.size(0)

@@ -27,9 +27,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ops.dataset import UNKNOWN_LABEL, DataError, TSNDataSet, VideoRecord, clips_per_video
+from ops.dataset import UNKNOWN_LABEL, DataError, TSNDataSet, VideoRecord, ViewProtocol
 from ops.dataset_config import read_categories
-from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models
+from ops.evaluation import (
+    average_views,
+    check_finite_scores,
+    check_view_memory,
+    evaluate_models,
+)
 from ops.inputs import as_bgr_frames, collect_inputs, frame_template, has_images, is_video_file
 from ops.models import load_classifier
 from ops.predictions import Prediction, ranked_prediction
@@ -44,53 +49,61 @@ class Recognizer:
         model: the TemporalModel (moved to `device`, put in eval mode).
         categories: class names, one per class.
         device: where the model runs.
-        test_crops: 1, 3, 5 or 10 crop views (as test.py).
-        twice_sample / dense_sample / dense_sample_num: clips per video (as test.py).
-        use_softmax: average softmax scores over views instead of logits (test.py --softmax).
+        views: the ViewProtocol (ops.dataset) of test.py's crops, clips, sampling and softmax;
+            default: made of `view_flags`, the keywords of ViewProtocol.from_flags (test.py's
+            flags: test_crops=3, twice_sample=True, dense_sample=True, dense_sample_num=K,
+            test_sampling='random', test_seed=S, softmax=True; full_res: the model's).
         image_tmpl: frame file names of frame folders.
     """
 
-    def __init__(self, model, categories: Sequence[str], device=None, test_crops: int = 1,
-                 twice_sample: bool = False, dense_sample: bool = False,
-                 dense_sample_num: int = 10, use_softmax: bool = False,
-                 image_tmpl: str = '{:05d}.jpg'):
+    def __init__(self, model, categories: Sequence[str], device=None,
+                 views: Optional[ViewProtocol] = None, image_tmpl: str = '{:05d}.jpg',
+                 **view_flags):
         if len(categories) != model.num_class:
             raise DataError(f'{len(categories)} class names for a model of {model.num_class} '
                             f'classes')
+        full_res = model.crop_size == model.scale_size
+        if views is None:
+            views = ViewProtocol.from_flags(**{'full_res': full_res, **view_flags})
+        if views.full_res != full_res:
+            raise DataError(f'views full_res={views.full_res} for a model whose crops are '
+                            f'{model.crop_size}px of {model.scale_size}px: build it with '
+                            f'Recognizer.from_checkpoint(..., full_res={views.full_res})')
         self.device = torch.device(device) if device is not None else torch.device('cpu')
         self.model = model.to(self.device).eval()
         self.categories = list(categories)
-        self.test_crops = test_crops
-        self.twice_sample = twice_sample
-        self.dense_sample = dense_sample
-        self.dense_sample_num = dense_sample_num
-        self.use_softmax = use_softmax
+        self.views = views
         self.image_tmpl = image_tmpl
         self.transform = build_transform('test', model.crop_size, model.scale_size,
-                                         model.input_mean, model.input_std, num_crops=test_crops)
+                                         model.input_mean, model.input_std,
+                                         num_crops=views.test_crops)
 
     @classmethod
     def from_checkpoint(cls, path: str, categories: Union[str, Sequence[str], None] = None,
                         num_segments: Optional[int] = None, temporal_type: Optional[str] = None,
                         arch: Optional[str] = None, input_size: Optional[int] = None,
-                        full_res: bool = False, device=None, given_by: Optional[str] = None,
+                        device=None, given_by: Optional[str] = None,
                         required: str = 'categories= (a category file or a list of names)',
-                        trust_checkpoint: bool = False, **views) -> 'Recognizer':
+                        trust_checkpoint: bool = False, views: Optional[ViewProtocol] = None,
+                        image_tmpl: str = '{:05d}.jpg', **view_flags) -> 'Recognizer':
         """Load a checkpoint as test.py does, with the class names it records.
 
         categories: a category file or a name list; required for checkpoints that record no
         names, else checked against theirs (a mismatch is a CheckpointError). given_by /
         required: how the caller's user gives the names, for the messages. trust_checkpoint:
         unpickle the file in full (``--trust_checkpoint``, only for files you trust).
+        views / view_flags: as the constructor's (full_res=True: crops of the scale size).
         """
+        if views is None:
+            views = ViewProtocol.from_flags(**view_flags)
         if isinstance(categories, str):
             given_by = given_by or f"category file '{categories}'"
             categories = read_categories(categories)
         model, names, _ = load_classifier(
             path, categories, given_by or 'categories=', required, num_segments=num_segments,
-            temporal_type=temporal_type, arch=arch, input_size=input_size, full_res=full_res,
-            trust=trust_checkpoint)
-        return cls(model, names, device, **views)
+            temporal_type=temporal_type, arch=arch, input_size=input_size,
+            full_res=views.full_res, trust=trust_checkpoint)
+        return cls(model, names, device, views, image_tmpl)
 
     @property
     def num_segments(self) -> int:
@@ -98,23 +111,23 @@ class Recognizer:
 
     @property
     def num_clips(self) -> int:
-        return clips_per_video(self.twice_sample, self.dense_sample, self.dense_sample_num)
+        return self.views.num_clips
 
-    def sample_indices(self, num_frames: int) -> np.ndarray:
-        """1-based frame indices of the test clips of a video of `num_frames` frames."""
-        return self.dataset(None, []).sample_indices(num_frames)
+    def sample_indices(self, num_frames: int, key: str = 'frames') -> np.ndarray:
+        """1-based frame indices of the test clips of a video of `num_frames` frames (`key`:
+        the video's name, which seeds a seeded sampling)."""
+        return self.views.sample_indices(num_frames, self.num_segments, key)
 
     def dataset(self, root: Optional[str], records: List[VideoRecord]) -> TSNDataSet:
         """The test-mode TSNDataSet of `records` (test.py's sampling and views)."""
         return TSNDataSet(root, None, self.num_segments, self.image_tmpl, self.transform,
-                          random_shift=False, test_mode=True, dense_sample=self.dense_sample,
-                          twice_sample=self.twice_sample, dense_sample_num=self.dense_sample_num,
+                          random_shift=False, test_mode=True, views=self.views,
                           video_list=records)
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        """Class probabilities of view-averaged scores (N, C): softmax, unless already averaged
-        softmax scores (use_softmax)."""
-        return scores if self.use_softmax else softmax(scores)
+        """Class probabilities of view-averaged scores (N, C): softmax, unless already
+        softmax scores (views.softmax)."""
+        return scores if self.views.softmax else softmax(scores)
 
     def ranked(self, video: str, probabilities: np.ndarray, topk: int = 5,
                label: int = UNKNOWN_LABEL, **extra) -> Prediction:
@@ -124,13 +137,13 @@ class Recognizer:
     def scores_of_records(self, root: str, records: List[VideoRecord], batch_size: int = 1,
                           workers: int = 0) -> np.ndarray:
         """View-averaged scores (N, num_class) of `records`, with a progress bar."""
-        check_view_memory(batch_size, self.test_crops, self.num_clips, self.num_segments,
+        check_view_memory(batch_size, self.views.test_crops, self.num_clips, self.num_segments,
                           self.model.crop_size, self.device)
         loader = DataLoader(self.dataset(root, records), batch_size=batch_size, shuffle=False,
                             num_workers=min(workers, len(records)),
                             pin_memory=self.device.type == 'cuda')
         scores, _ = evaluate_models([self.model], [loader], [self.num_segments], self.device,
-                                    use_softmax=self.use_softmax)
+                                    use_softmax=self.views.softmax)
         check_finite_scores(scores[0], 'the model', [r.path for r in records])
         return scores[0]
 
@@ -141,10 +154,8 @@ class Recognizer:
                                  UNKNOWN_LABEL)  # (V*clips*T*3, H, W)
         clip = clip.to(self.device).view(-1, self.num_segments * 3, *clip.shape[-2:])
         with torch.no_grad():
-            scores = self.model(clip).float()  # (V*clips, C)
-        if self.use_softmax:
-            scores = scores.softmax(dim=1)
-        scores = scores.mean(dim=0).cpu().numpy()
+            scores = self.model(clip).float()[None]  # (1, V*clips, C)
+        scores = average_views(scores, self.views.softmax)[0].cpu().numpy()
         check_finite_scores(scores[None], 'the model')
         return scores
 
@@ -159,7 +170,7 @@ class Recognizer:
         frames = as_bgr_frames(frames, color_order)
         if not frames:
             raise DataError(f"{video}: no frame to predict on")
-        picked = [frames[i - 1] for i in self.sample_indices(len(frames)).tolist()]
+        picked = [frames[i - 1] for i in self.sample_indices(len(frames), video).tolist()]
         scores = self.clip_scores(picked)[None]  # (1, C)
         return self.ranked(video, self.probabilities(scores)[0], topk, **extra)
 

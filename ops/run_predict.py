@@ -5,6 +5,7 @@ from typing import List
 
 import torch
 
+from ops.dataset import ViewProtocol
 from ops.dataset_config import get_dataset_config, read_categories
 from ops.files import prepare_output
 from ops.inputs import collect_inputs
@@ -32,19 +33,18 @@ def run_prediction(args) -> List[Prediction]:
         cfg = get_dataset_config(args.dataset, args.dataset_path)
         categories, given_by, image_tmpl = cfg.categories, f'--dataset {args.dataset}', \
             args.image_tmpl or cfg.image_tmpl
+    views = ViewProtocol.from_args(args)
     recognizer = Recognizer.from_checkpoint(
         args.weights, categories, args.test_segments, args.type, args.arch, args.input_size,
-        args.full_res, device, given_by=given_by, required='--categories FILE or --dataset NAME',
-        trust_checkpoint=args.trust_checkpoint,
-        test_crops=args.test_crops, twice_sample=args.twice_sample,
-        dense_sample=args.dense_sample, dense_sample_num=args.dense_sample_num,
-        use_softmax=args.softmax, image_tmpl=image_tmpl or '{:05d}.jpg')
+        device, given_by=given_by, required='--categories FILE or --dataset NAME',
+        trust_checkpoint=args.trust_checkpoint, views=views,
+        image_tmpl=image_tmpl or '{:05d}.jpg')
     model = recognizer.model
     recognizer.model = compile_model(
         to_channels_last(set_form(args.mas_form, model), args.channels_last), args.compile)
     logger.info(f'{args.weights}: {model.temporal_type} {model.arch}, {model.num_segments} '
-                f'segments, {args.test_crops} crop(s) x {recognizer.num_clips} clip(s) of '
-                f'{model.crop_size}px on {recognizer.device}')
+                f'segments, {views.test_crops} crop(s) x {views.num_clips} {views.sampling} '
+                f'clip(s) of {model.crop_size}px on {recognizer.device}')
     if args.window is not None:
         stride = args.stride or max(args.window // 2, 1)
         predictions = []

@@ -1,8 +1,9 @@
 """The evaluation run behind test.py: checkpoints, multi-view loaders, scores and score files.
 
-A score file records the settings of its evaluation (model_settings): test.py replaces it
-only with the scores of the same checkpoint, list and settings (or --overwrite), and holds
-its lock from that check to the write.
+A score file records the settings of its evaluation (model_settings: the model's, and every
+field of the view protocol, ops.dataset.ViewProtocol): test.py replaces it only with the
+scores of the same checkpoint, list and settings (or --overwrite), and holds its lock from
+that check to the write.
 """
 import contextlib
 import logging
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ops.analysis import write_error_analysis
 from ops.checkpoint import checkpoint_categories, read_checkpoint
-from ops.dataset import TSNDataSet, clips_per_video, load_checked_list
+from ops.dataset import TSNDataSet, ViewProtocol, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.errors import FlagError
 from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models
@@ -39,6 +40,7 @@ from ops.scores import (
     describe_labels,
     ensemble,
     lock_score_file,
+    release_score_filename,
     save_scores,
     score_filename,
     softmax,
@@ -66,17 +68,35 @@ def split_per_model(text, cast, count, flag):
     return values
 
 
-def model_settings(args, model, num_class, num_clips):
+def video_limit(args):
+    """Videos test.py evaluates at most: --max_num counts batches, as the release's
+    (``if i >= max_num: break`` over the loader), --max_videos videos; None: all."""
+    if args.max_videos is not None:
+        return args.max_videos
+    return None if args.max_num is None else args.max_num * args.batch_size
+
+
+def model_settings(args, model, num_class, views):
     """What a score file of `model` depends on besides its checkpoint and list (all recorded
-    in the file; a rerun with another value may not replace it)."""
-    sampling = 'dense' if args.dense_sample else 'twice' if args.twice_sample else 'uniform'
+    in the file; a rerun with another value may not replace it): the model's shape, the
+    videos evaluated, and every field of the view protocol `views`."""
+    limit = video_limit(args)
     return dict(dataset=dataset_tag(args.dataset), num_class=num_class,
                 temporal_type=model.temporal_type, arch=model.arch,
-                num_segments=model.num_segments, test_crops=args.test_crops, num_clips=num_clips,
-                sampling=sampling,
-                dense_sample_num=args.dense_sample_num if args.dense_sample else 0,
-                full_res=args.full_res, input_size=model.crop_size, scale_size=model.scale_size,
-                softmax=args.softmax, max_num=-1 if args.max_num is None else args.max_num)
+                num_segments=model.num_segments, input_size=model.crop_size,
+                scale_size=model.scale_size, max_videos=-1 if limit is None else limit,
+                **views.settings())
+
+
+def score_name(args, model, views):
+    """The score file name of `model` under `views`: this project's, or the release's
+    (--release_score_name, read by the release's average_scores.py)."""
+    dataset = dataset_tag(args.dataset)
+    if args.release_score_name:
+        return release_score_filename(dataset, model.num_segments, views.test_crops,
+                                      views.num_clips, model.crop_size)
+    return score_filename(dataset, model.temporal_type, model.arch, model.num_segments,
+                          views.test_crops, views.num_clips, model.crop_size, views.name_tag())
 
 
 def evaluate_checkpoints(args):
@@ -106,7 +126,8 @@ def _evaluate(args, runtime):
     weights = [w for w in args.weights.split(',') if w]
     segments = split_per_model(args.test_segments, int, len(weights), '--test_segments')
     coeffs = split_per_model(args.coeff, float, len(weights), '--coeff') if args.coeff else None
-    num_clips = clips_per_video(args.twice_sample, args.dense_sample, args.dense_sample_num)
+    views = ViewProtocol.from_args(args)
+    limit = video_limit(args)
     list_file = args.test_list or cfg.val_list
     records = load_checked_list(list_file, cfg.root_path, cfg.num_class, cfg.image_tmpl,
                                 video_backend=args.video_backend, allow_unlabelled=True)
@@ -120,19 +141,17 @@ def _evaluate(args, runtime):
         # the dataset's class names must be those the checkpoint was trained on (if it says)
         checkpoint_categories(checkpoint, path, cfg.categories, f'--dataset {args.dataset}')
         model = model_from_checkpoint(checkpoint, path, cfg.num_class, segments[k],
-                                      args.type, args.arch, args.input_size, args.full_res)
+                                      args.type, args.arch, args.input_size, views.full_res)
         num_segments = segments[k] = model.num_segments
-        check_view_memory(args.batch_size, args.test_crops, num_clips, num_segments,
+        check_view_memory(args.batch_size, views.test_crops, views.num_clips, num_segments,
                           model.crop_size, runtime.device)
         transform = build_transform('test', model.crop_size, model.scale_size, model.input_mean,
-                                    model.input_std, num_crops=args.test_crops)
+                                    model.input_std, num_crops=views.test_crops)
         dataset = TSNDataSet(cfg.root_path, list_file, num_segments, cfg.image_tmpl, transform,
-                             random_shift=False, test_mode=True, dense_sample=args.dense_sample,
-                             twice_sample=args.twice_sample, dense_sample_num=args.dense_sample_num,
-                             video_list=records,
+                             random_shift=False, test_mode=True, views=views, video_list=records,
                              video_backend=args.video_backend)
-        if args.max_num is not None:
-            dataset = Subset(dataset, range(min(args.max_num, len(dataset))))
+        if limit is not None:
+            dataset = Subset(dataset, range(min(limit, len(dataset))))
         loaders.append(DataLoader(dataset, batch_size=args.batch_size,
                                   sampler=ShardSampler(dataset, runtime.rank, runtime.world_size),
                                   num_workers=args.workers,
@@ -141,11 +160,11 @@ def _evaluate(args, runtime):
         to_channels_last(set_form(args.mas_form, model), args.channels_last)
         models.append(compile_model((model.to(runtime.device) if runtime.distributed
                                      else wrap_model(model, runtime)).eval(), args.compile))
-        names.append(score_filename(dataset_tag(args.dataset), model.temporal_type, model.arch,
-                                    num_segments, args.test_crops, num_clips, model.crop_size))
-        settings.append(model_settings(args, model, cfg.num_class, num_clips))
+        names.append(score_name(args, model, views))
+        settings.append(model_settings(args, model, cfg.num_class, views))
         logger.info(f"{path}: {model.temporal_type} {model.arch}, {num_segments} segments, "
-                    f"{args.test_crops} crop(s) x {num_clips} clip(s) of {model.crop_size}px")
+                    f"{views.test_crops} crop(s) x {views.num_clips} {views.sampling} clip(s) of "
+                    f"{model.crop_size}px")
 
     if args.save_scores and len(set(names)) < len(names):
         name = next(n for n in names if names.count(n) > 1)
@@ -169,14 +188,14 @@ def _evaluate(args, runtime):
                                                  f"another test.py")
                 check_score_file_free(out, path, list_file, args.overwrite, **setting)
         return _score(args, cfg, runtime, weights, names, settings, list_file, models, loaders,
-                      segments, coeffs)
+                      segments, coeffs, views)
 
 
 def _score(args, cfg, runtime, weights, names, settings, list_file, models, loaders, segments,
-           coeffs):
+           coeffs, views):
     """Evaluate, log, write the score files and predictions (under the score files' locks)."""
     scores, labels = evaluate_models(models, loaders, segments, runtime.device,
-                                     use_softmax=args.softmax)
+                                     use_softmax=views.softmax)
     scores = [gather_shards(s, runtime) for s in scores]
     labels = gather_shards(labels, runtime)
     base_set = loaders[0].dataset
@@ -201,7 +220,7 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
             if result is not None:
                 analysis = write_error_analysis(out, model_scores, labels, video_ids,
                                                 cfg.categories,
-                                                scores_are_probabilities=args.softmax)
+                                                scores_are_probabilities=views.softmax)
                 logger.info(f"error analysis written to "
                             f"{os.path.dirname(analysis['confusion.npz'])}")
     final = ensemble(scores, coeffs) / len(scores)  # the release's mean of weighted scores
@@ -216,7 +235,7 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
                 f.write(f'{video_id};{cfg.categories[pred]}\n')
         logger.info(f'predictions written to {args.csv_file}')
     if args.submission and runtime.is_main:
-        probabilities = final if args.softmax else softmax(final)
+        probabilities = final if views.softmax else softmax(final)
         write_submission(args.submission, [
             ranked_prediction(video_id, row, cfg.categories, 5, int(label))
             for video_id, row, label in zip(video_ids, probabilities, labels)])

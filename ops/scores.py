@@ -6,7 +6,7 @@ views (crops x clips) in the release's layout: ``scores`` (N, 1, num_class), ``l
 the classes that occur in their labels or predictions, as the release's test.py writes it);
 plus ``cf_classes`` (the classes of cf's rows and columns), ``video_ids`` (N,), ``categories``
 and the settings that produced it (``weights``, ``list_file``, ``dataset``, views, ``softmax``,
-...; see ops/run_test.py). Label -1 marks a video of an unlabelled list: it has a prediction and
+...; see ops/run_eval.py). Label -1 marks a video of an unlabelled list: it has a prediction and
 no accuracy. load_scores also reads this project's earlier files (scores (N, num_class)).
 Its name says dataset, model, frames, crops, clips and size; test.py replaces a score file only
 with the scores of the same evaluation (check_score_file_free) and holds the file's lock
@@ -35,8 +35,19 @@ class ScoreFileError(UserError):
 
 
 def score_filename(dataset: str, temporal_type: str, arch: str, segments: int, crops: int,
-                   clips: int, size: int) -> str:
-    return f'{dataset}_{temporal_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px.npz'
+                   clips: int, size: int, tag: str = '') -> str:
+    """This project's score file name; `tag` (ViewProtocol.name_tag) names a sampling other
+    than the release's."""
+    return (f'{dataset}_{temporal_type}_{arch}_{segments}f_{crops}crop_{clips}clip_{size}px'
+            f'{tag}.npz')
+
+
+def release_score_filename(dataset: str, segments: int, crops: int, clips: int,
+                           size: int) -> str:
+    """The release's score file name (its test.py writes, its average_scores.py reads
+    ``experiments/test/EN/<this>``): ``<dataset>_segment<T>_crops<C>_clips<K>_shape<S>.npz``,
+    S the crop side (256 with --full_res at 224)."""
+    return f'{dataset}_segment{segments}_crops{crops}_clips{clips}_shape{size}.npz'
 
 
 def release_confusion_matrix(labels, predictions) -> Tuple[np.ndarray, np.ndarray]:

@@ -54,8 +54,9 @@ def test_train_indices_exact_and_short():
 
 def test_twice_indices():
     # tick 5: the val clip int(2.5 + 5i) + 1, then the segment starts int(5i) + 1
-    assert D.sample_twice_indices(40, 8).tolist() == [3, 8, 13, 18, 23, 28, 33, 38,
-                                                      1, 6, 11, 16, 21, 26, 31, 36]
+    expected = [3, 8, 13, 18, 23, 28, 33, 38, 1, 6, 11, 16, 21, 26, 31, 36]
+    assert D.sample_twice_indices(40, 8).tolist() == expected
+    assert D.ViewProtocol.from_flags(twice_sample=True).sample_indices(40, 8).tolist() == expected
 
 
 def test_dense_test_indices_of_a_short_video_spread_its_frames():
@@ -245,18 +246,127 @@ def test_dataset_item_and_modes(tiny_data_root):
     assert y == ds.video_list[0].label
 
 
-@pytest.mark.parametrize('twice, dense, clips', [(False, False, 1), (True, False, 2),
-                                                 (False, True, 3), (True, True, 2)])
-def test_clips_per_video_is_what_test_sampling_draws(twice, dense, clips):
-    """The one clip-count formula (test.py's score names, the Recognizer, the dataset) agrees
-    with the indices test-mode sampling draws: clips x T of them."""
-    assert D.clips_per_video(twice, dense, 3) == clips
-    ds = D.TSNDataSet(None, None, 4, test_mode=True, twice_sample=twice, dense_sample=dense,
-                      dense_sample_num=3, video_list=[])
-    assert ds.num_clips == clips and len(ds.sample_indices(100)) == 4 * clips
-    train = D.TSNDataSet(None, None, 4, test_mode=False, twice_sample=twice, dense_sample=dense,
-                         dense_sample_num=3, video_list=[])
+@pytest.mark.parametrize('flags, sampling, clips', [
+    ({}, 'center', 1), ({'twice_sample': True}, 'twice', 2),
+    ({'dense_sample': True}, 'dense', 3), ({'test_sampling': 'random'}, 'random', 3)])
+def test_view_protocol_clips_are_what_test_sampling_draws(flags, sampling, clips):
+    """The one clip count (test.py's score names and settings, the Recognizer, the dataset)
+    agrees with the indices test-mode sampling draws: clips x T of them."""
+    views = D.ViewProtocol.from_flags(dense_sample_num=3, **flags)
+    assert (views.sampling, views.num_clips) == (sampling, clips)
+    ds = D.TSNDataSet(None, None, 4, test_mode=True, views=views, video_list=[])
+    assert ds.num_clips == clips and len(ds.sample_indices(100, 'v')) == 4 * clips
+    legacy = {k: v for k, v in flags.items() if k != 'test_sampling'}
+    if len(legacy) == len(flags):  # the release's keywords give the same protocol
+        assert D.TSNDataSet(None, None, 4, test_mode=True, dense_sample_num=3, video_list=[],
+                            **legacy).views == views
+    train = D.TSNDataSet(None, None, 4, test_mode=False, views=views, video_list=[])
     assert train.num_clips == 1
+
+
+@pytest.mark.parametrize('flags', [dict(twice_sample=True, dense_sample=True),
+                                   dict(twice_sample=True, test_sampling='dense'),
+                                   dict(test_sampling='nope')])
+def test_view_protocol_refuses_two_samplings_or_an_unknown_one(flags):
+    with pytest.raises(D.FlagError):
+        D.ViewProtocol.from_flags(**flags)
+
+
+def test_view_protocol_is_the_release_sampling_by_default():
+    """test mode through the protocol gives the release's val / twice / dense indices."""
+    for n in (3, 8, 25, 40, 64, 301):
+        for T in (4, 8):
+            center = D.ViewProtocol.from_flags().sample_indices(n, T)
+            assert center.tolist() == D.sample_val_indices(n, T).tolist()
+            tick = n / T
+            twice = D.ViewProtocol.from_flags(twice_sample=True).sample_indices(n, T)
+            assert twice.tolist() == [int(tick / 2.0 + tick * i) + 1 for i in range(T)] + \
+                [int(tick * i) + 1 for i in range(T)]
+            dense = D.ViewProtocol.from_flags(dense_sample=True, dense_sample_num=4)
+            assert dense.sample_indices(n, T).tolist() == \
+                D.sample_dense_test_indices(n, T, 4).tolist()
+
+
+def test_random_sampling_is_seeded_per_video():
+    """--test_sampling random: K clips, one frame in every segment at one offset per clip; the
+    same (seed, video) gives the same clips in any order or process, others other clips."""
+    views = D.ViewProtocol.from_flags(test_sampling='random', test_seed=3, dense_sample_num=4)
+    a = views.sample_indices(100, 8, 'video_a')
+    assert a.tolist() == views.sample_indices(100, 8, 'video_a').tolist()
+    assert a.tolist() != views.sample_indices(100, 8, 'video_b').tolist()
+    other_seed = D.ViewProtocol.from_flags(test_sampling='random', test_seed=4, dense_sample_num=4)
+    assert a.tolist() != other_seed.sample_indices(100, 8, 'video_a').tolist()
+    clips = a.reshape(4, 8) - 1  # 0-based, tick 12.5
+    offsets = clips - (12.5 * np.arange(8)).astype(int)
+    assert ((clips >= 12.5 * np.arange(8) - 1) & (clips < 12.5 * (np.arange(8) + 1))).all()
+    assert len({tuple(c) for c in clips}) == 4  # four different clips
+    for clip, offset in zip(clips, offsets):
+        assert offset.max() - offset.min() <= 1  # one offset per clip (up to the int rounding)
+    u = D.video_rng(3, 'video_a').random()  # the first clip's draw: int(tick*i + u*tick)
+    assert clips[0].tolist() == [int(12.5 * i + u * 12.5) for i in range(8)]
+    for n in (1, 5, 8, 9, 301):  # short and long videos stay within 1..n
+        indices = views.sample_indices(n, 8, 'v')
+        assert indices.min() >= 1 and indices.max() <= n
+
+
+def test_a_registered_sampling_reaches_the_flags_and_the_score_settings(monkeypatch):
+    """A new test sampling is one function and one name: test.py's and predict.py's
+    --test_sampling offer it, the protocol draws it, the score file records and names it."""
+    import predict
+    import test as test_main
+    monkeypatch.setitem(D.TEST_SAMPLINGS, 'last', None)  # removed again after the test
+
+    @D.register_sampling('last', clips=1)
+    def sample_last(num_frames, num_segments, clip, num_clips, rng):
+        return np.full(num_segments, num_frames)
+
+    for parser, head in ((test_main.build_parser(), ['--weights', 'w']),
+                         (predict.build_parser(), ['v.mp4', '--weights', 'w'])):
+        views = D.ViewProtocol.from_args(parser.parse_args(head + ['--test_sampling', 'last']))
+        assert views.sampling == 'last' and views.sample_indices(9, 4).tolist() == [9] * 4
+        assert views.settings()['sampling'] == 'last' and views.name_tag() == '_last'
+
+
+def view_group_flags(parser):
+    """The dests of the 'test-time views' argument group of a parser."""
+    group = next(g for g in parser._action_groups if g.title == 'test-time views')
+    return {action.dest for action in group._group_actions}
+
+
+def test_every_view_flag_is_read_by_the_view_protocol():
+    """A flag added to opts.add_view_args's group must be a parameter of
+    ViewProtocol.from_flags (so it reaches test.py, predict.py and the score settings), and
+    every parameter is a flag: none is accepted and silently ignored."""
+    import inspect
+
+    import predict
+    import test as test_main
+    parameters = set(inspect.signature(D.ViewProtocol.from_flags).parameters)
+    for parser in (test_main.build_parser(), predict.build_parser()):
+        assert view_group_flags(parser) == parameters
+    # each flag changes the protocol test.py builds from it (with the flag that it qualifies)
+    base = ['--weights', 'w']
+    default = D.ViewProtocol.from_args(test_main.parse_args(base))
+    changes = {'test_crops': ['--test_crops', '3'], 'full_res': ['--full_res'],
+               'twice_sample': ['--twice_sample'], 'dense_sample': ['--dense_sample'],
+               'dense_sample_num': ['--dense_sample', '--test_clips', '4'],
+               'test_sampling': ['--test_sampling', 'random'],
+               'test_seed': ['--test_sampling', 'random', '--test_seed', '7'],
+               'softmax': ['--softmax']}
+    assert set(changes) == parameters
+    seen = {default}
+    for flag, argv in changes.items():
+        views = D.ViewProtocol.from_args(test_main.parse_args(base + argv))
+        assert views not in seen, flag
+        seen.add(views)
+
+
+def test_view_settings_are_the_protocol_fields():
+    views = D.ViewProtocol.from_flags(test_crops=3, full_res=True, twice_sample=True)
+    assert views.settings() == dict(test_crops=3, full_res=True, sampling='twice', num_clips=2,
+                                    softmax=False)
+    seeded = D.ViewProtocol.from_flags(test_sampling='random', test_seed=2, dense_sample_num=5)
+    assert seeded.settings()['test_seed'] == 2 and seeded.name_tag() == '_random_seed2'
 
 
 def write_video(path, frames, fps=10):

@@ -42,6 +42,8 @@ ALIASES = [
     ('main', '--dense_sample', '--dense_window', []),
     ('test', '--dense_sample', '--dense_clips', []),
     ('predict', '--dense_sample', '--dense_clips', []),
+    ('test', '--dense_sample_num', '--test_clips', ['4']),
+    ('predict', '--dense_sample_num', '--test_clips', ['4']),
     ('tools.plot_curves', '--labels', '--legend', ['a', 'b']),
 ]
 
@@ -86,6 +88,9 @@ MEANINGS = {
     '--twice_sample': ('2 clips per video', VIEW_SCRIPTS),
     '--dense_clips': ('K clips per video', VIEW_SCRIPTS),
     '--dense_sample_num': ('K, clips per video', VIEW_SCRIPTS),
+    '--test_clips': ('K, clips per video', VIEW_SCRIPTS),
+    '--test_sampling': ('the clips of each video (ops.dataset.TEST_SAMPLINGS)', VIEW_SCRIPTS),
+    '--test_seed': ('seed of a seeded test sampling', VIEW_SCRIPTS),
     '--softmax': ('softmax before the score is reported', VIEW_SCRIPTS + ['average_scores']),
     '--coeff': ('ensemble weights', ['test', 'average_scores']),
     '--ensemble_weights': ('ensemble weights', ['test', 'average_scores']),

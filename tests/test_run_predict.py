@@ -398,3 +398,36 @@ def test_most_confused_pairs():
     matrix = np.array([[5, 0, 2], [4, 1, 0], [0, 1, 3]])
     assert most_confused(matrix, 2) == [(1, 0, 4), (0, 2, 2)]
     assert most_confused(np.eye(3, dtype=int)) == []
+
+
+@pytest.mark.slow
+def test_seeded_random_sampling_reaches_test_py_predict_py_and_the_score_file(
+        tiny_data_root, fitted, tmp_path):
+    """--test_sampling random --test_seed S (one registered function and its name): test.py
+    and predict.py draw the same clips of each video (seeded by its path), so they give the
+    same scores; the score file names and records the sampling and the seed; another seed
+    draws other clips."""
+    weights, _, records = fitted
+    frames_root = os.path.join(tiny_data_root, 'synthetic', 'frames')
+    val_list = os.path.join(tiny_data_root, 'synthetic', 'valid.txt')
+    flags = ['--test_sampling', 'random', '--test_clips', '2']
+
+    def scores(seed, out):
+        test_entry.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root,
+                         '--weights', weights, '--save_scores', str(out), '-j', '0', *flags,
+                         '--test_seed', seed])
+        name = f'synthetic_MASNet_resnet10_{T}f_1crop_2clip_{SIZE}px_random_seed{seed}.npz'
+        assert [n for n in os.listdir(out) if n.endswith('.npz')] == [name]
+        return np.load(os.path.join(out, name))
+
+    first = scores('5', tmp_path / 'a')
+    assert (str(first['sampling']), int(first['test_seed']), int(first['num_clips'])) == \
+        ('random', 5, 2)
+    np.testing.assert_array_equal(scores('5', tmp_path / 'b')['scores'], first['scores'])
+    assert not np.allclose(scores('6', tmp_path / 'c')['scores'], first['scores'], atol=1e-4)
+    predicted = predict_entry.main([val_list, '--root', frames_root, '--weights', weights,
+                                    '-j', '0', '--dataset', 'synthetic', '--dataset_path',
+                                    tiny_data_root, '--topk', '8', *flags, '--test_seed', '5'])
+    softmax = torch.as_tensor(first['scores'][:, 0]).softmax(dim=1).numpy()
+    for p, row in zip(predicted, softmax):
+        np.testing.assert_allclose(p.probabilities, row[p.indices], atol=1e-6)

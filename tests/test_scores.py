@@ -115,7 +115,8 @@ def test_score_file_replaced_only_by_the_same_evaluation(tiny_data_root, setup, 
     weights, relabelled, _, _ = setup
     out = str(tmp_path / 'score')
     first = run_test(tiny_data_root, weights, relabelled, out)
-    for flag, setting in ((['--softmax'], 'softmax'), (['--max_num', '3'], 'max_num')):
+    for flag, setting in ((['--softmax'], 'softmax'), (['--max_videos', '3'], 'max_videos'),
+                          (['--dense_sample', '--test_clips', '1'], 'sampling')):
         err = one_line_error(capsys, lambda: run_test(tiny_data_root, weights, relabelled, out,
                                                       *flag))
         assert f'{setting}: ' in err and '--overwrite' in err and NAME in err
@@ -274,3 +275,34 @@ def test_two_checkpoints_writing_one_score_file_are_refused(tiny_data_root, setu
                                                   str(tmp_path), *pair))
     assert f"would write one score file '{NAME}'" in err and "--save_scores ''" in err
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_max_num_counts_batches_as_the_release_and_max_videos_videos(tiny_data_root, setup,
+                                                                     tmp_path):
+    """The release's ``if i >= max_num: break`` over the loader: --max_num N scores N batches
+    (N x --batch_size videos); --max_videos N scores N videos."""
+    weights, relabelled, _, _ = setup
+    run_test(tiny_data_root, weights, relabelled, str(tmp_path / 'b'), '--max_num', '1',
+             '--batch_size', '3')
+    data = np.load(str(tmp_path / 'b' / NAME))
+    assert len(data['labels']) == 3 and int(data['max_videos']) == 3
+    run_test(tiny_data_root, weights, relabelled, str(tmp_path / 'v'), '--max_videos', '5')
+    assert len(np.load(str(tmp_path / 'v' / NAME))['labels']) == 5
+    with pytest.raises(SystemExit):
+        test_main.parse_args(['--weights', weights, '--max_num', '1', '--max_videos', '2'])
+
+
+@pytest.mark.slow
+def test_release_score_names_run_the_release_average_scores(tiny_data_root, setup, tmp_path):
+    """--release_score_name writes the name the release's average_scores.py reads
+    (<dataset>_segment<T>_crops<C>_clips<K>_shape<S>.npz), in its layout."""
+    weights, relabelled, _, _ = setup
+    out = tmp_path / 'EN'
+    top1, _, _ = run_test(tiny_data_root, weights, relabelled, str(out), '--release_score_name',
+                          '--test_crops', '3', '--full_res', '--twice_sample')
+    # the release: args.dataset + '_segment' + T + '_crops' + C + '_clips' + K + '_shape' + S;
+    # S its input_size_log, the crop side (256 at --full_res of 224; here 32 * 256 // 224)
+    name = 'synthetic' + '_segment' + '4' + '_crops' + '3' + '_clips' + '2' + '_shape' + '36.npz'
+    assert sorted(os.listdir(out)) == sorted([name, name + '.lock', name[:-4] + '_analysis'])
+    assert release_top1([str(out / name)]) == pytest.approx(top1)

@@ -137,7 +137,7 @@ def test_a_trusted_legacy_file_loads_with_the_flag_only(tiny_data_root, tmp_path
     # a datetime is harmless but outside the allow-list: what an unknown legacy file may hold
     weights = save(tmp_path / 'legacy.pth.tar', tiny_state(), saved=datetime.datetime(2021, 5, 1))
     common = ['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights', weights,
-              '-j', '0', '--save_scores', '', '--max_num', '2']
+              '-j', '0', '--save_scores', '', '--max_videos', '2']
     with pytest.raises(SystemExit):
         test_main.main(common)
     assert "'datetime.datetime'" in capsys.readouterr().err
@@ -205,7 +205,7 @@ def test_overflowing_logits_give_one_line_and_no_result(tiny_data_root, tmp_path
     scores = tmp_path / 'scores'
     with pytest.raises(SystemExit):
         test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights',
-                        weights, '-j', '0', '--save_scores', str(scores), '--max_num', '3'])
+                        weights, '-j', '0', '--save_scores', str(scores), '--max_videos', '3'])
     err = capsys.readouterr().err
     assert 'non-finite scores for 3 of 3 video(s)' in err and weights in err
     assert 'Prec@1' not in err and not list(scores.glob('*.npz'))  # (the lock file may stay)
@@ -334,7 +334,7 @@ def test_missing_output_folders_are_made_and_a_folder_is_no_file(tiny_data_root,
 OUTPUTS = {
     'test.py --csv_file': lambda root, w, out: test_main.main(
         ['--dataset', 'synthetic', '--dataset_path', root, '--weights', w, '-j', '0',
-         '--max_num', '2', '--save_scores', '', '--csv_file', out]),
+         '--max_videos', '2', '--save_scores', '', '--csv_file', out]),
     'CAM.py --output': lambda root, w, out: CAM.main(
         ['--dataset', 'synthetic', '--dataset_path', root, '--weights', w, '--output', out]),
     'tools/export.py --output': lambda root, w, out: export_main(
