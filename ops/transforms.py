@@ -141,7 +141,9 @@ class GroupCenterCrop:
 
 
 class GroupFullResSample:
-    """Three ``size x size`` crops along the long side: left/center/right (or top/center/bottom).
+    """Three ``size x size`` crops, the release's: left, right, center along the width, at the
+    vertical offset ``2 * ((h - size) // 4)`` (steps of a quarter of the free space, as the
+    release; a portrait frame gets its three crops along the width too).
 
     Returns a list of three frame lists.
     """
@@ -150,11 +152,8 @@ class GroupFullResSample:
         self.size = size
 
     def offsets(self, image_w, image_h):
-        if image_w >= image_h:
-            step, y = (image_w - self.size) // 4, (image_h - self.size) // 2
-            return [(0, y), (2 * step, y), (4 * step, y)]
-        step, x = (image_h - self.size) // 4, (image_w - self.size) // 2
-        return [(x, 0), (x, 2 * step), (x, 4 * step)]
+        w_step, h_step = (image_w - self.size) // 4, (image_h - self.size) // 4
+        return [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
 
     def __call__(self, frames):
         h, w = frames[0].shape[:2]
@@ -243,7 +242,7 @@ def build_transform(mode: str, crop_size: int, scale_size: int, mean: Sequence[f
         crop_size, random flip (labels of mirror classes swapped) unless flip is False.
     val:   short side to scale_size, center crop.
     test:  short side to scale_size, then num_crops views: 1 center, 3 full-res
-        (left/center/right), 5 corners + center, 10 = 5 + flips.
+        (left/right/center, as the release), 5 corners + center, 10 = 5 + flips.
     Returns a callable ``(frames, label) -> (Tensor (V*F*3, crop, crop), label)``.
     """
     if mode == 'train':

@@ -139,17 +139,28 @@ def test_multi_view_rows_hold_one_clip_under_one_crop():
         crop, clip = divmod(row, num_clips)
         assert [int(rows[row, t, 2, 0, 0]) for t in range(T)] == \
             [10 * (clip * T + t) + 5 for t in range(T)], row
-        assert {int(rows[row, t, 0, 0, 0]) for t in range(T)} == {[0, 50, 100][crop]}, row
+        assert {int(rows[row, t, 0, 0, 0]) for t in range(T)} == {[0, 100, 50][crop]}, row
 
 
-def test_three_crop_offsets_left_center_right():
-    frames = coordinate_frames(w=200, h=100, count=1)
-    views = GroupFullResSample(100)(frames)
-    lefts = [int(v[0][0, 0, 2]) for v in views]
-    assert lefts == [0, 50, 100]  # step (200-100)//4 = 25: 0, 2*25, 4*25
-    tall = [f.transpose(1, 0, 2).copy() for f in frames]  # 100 wide, 200 tall: red = y now
-    tops = [int(v[0][0, 0, 2]) for v in GroupFullResSample(100)(tall)]
-    assert tops == [0, 50, 100]
+def release_full_res_offsets(image_w, image_h, crop):
+    """The release's GroupFullResSample offsets, from its formula: steps of a quarter of the
+    free space, (0, 2 hs) left, (4 ws, 2 hs) right, (2 ws, 2 hs) center, any orientation."""
+    ws, hs = (image_w - crop) // 4, (image_h - crop) // 4
+    return [(0 * ws, 2 * hs), (4 * ws, 2 * hs), (2 * ws, 2 * hs)]
+
+
+@pytest.mark.parametrize('w, h', [(200, 100), (200, 102), (200, 103), (203, 101), (100, 200),
+                                  (102, 203)])
+def test_three_crop_offsets_are_the_releases(w, h):
+    """Left, right, center at the release's vertical offset 2 * ((h - crop) // 4): 1 px above
+    (h - crop) // 2 where (h - crop) % 4 is 2 or 3; portrait frames too."""
+    crop = 100
+    frames = coordinate_frames(w=w, h=h, count=1)  # red encodes x, green y
+    views = GroupFullResSample(crop)(frames)
+    assert GroupFullResSample(crop).offsets(w, h) == release_full_res_offsets(w, h, crop)
+    for view, (x, y) in zip(views, release_full_res_offsets(w, h, crop)):
+        np.testing.assert_array_equal(view[0], frames[0][y:y + crop, x:x + crop])
+        assert view[0].shape[:2] == (crop, crop)
 
 
 def test_five_and_ten_crop_positions():

@@ -103,8 +103,8 @@ def test_full_resolution_three_crops_match_pillow(width, height):
     frames = clip(width, height)
     scaled = [pil_scale(f) for f in frames]
     h, w = scaled[0].shape[:2]
-    step = (w - 256) // 4
-    references = [pil_crop(s, x, 0, 256, 256) for x in (0, 2 * step, 4 * step) for s in scaled]
+    step, y = (w - 256) // 4, 2 * ((h - 256) // 4)  # the release's left, right, center
+    references = [pil_crop(s, x, y, 256, 256) for x in (0, 4 * step, 2 * step) for s in scaled]
     out, _ = build_transform('test', 256, 256, MEAN, STD, num_crops=3)(frames, 0)
     assert out.shape == (3 * 2 * 3, 256, 256)
     assert_tensor_close(out, references)
