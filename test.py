@@ -17,7 +17,7 @@ from ops.cli import HelpFormatter, exit_on_user_error
 from ops.dataset import ViewProtocol
 from ops.errors import FlagError
 from ops.logs import setup_logging
-from ops.run_test import evaluate_checkpoints
+from ops.run_eval import evaluate_checkpoints
 from ops.scores import DEFAULT_SCORE_DIR
 from opts import (
     add_data_args,

@@ -1,18 +1,36 @@
-"""Multi-view evaluation, shared by test.py and the Recognizer API: the scores of every video
-averaged over its views (crops x clips), checked to be finite, and the memory one batch of
-views needs checked before anything is decoded."""
+"""Multi-view evaluation, shared by test.py and the Recognizer API, and the error analysis of
+its scores.
+
+Evaluation: the scores of every video averaged over its views (crops x clips), checked to be
+finite, and the memory one batch of views needs checked before anything is decoded.
+
+Error analysis of a score file: confusion matrix, per-class accuracy, most-confused pairs,
+top-5 per video. test.py writes these beside each score file ``<name>.npz``, in the folder
+``<name>_analysis/`` (a folder, so that average_scores.py's ``*.npz`` finds only score files):
+
+    confusion.npz    confusion (C, C) int64 (rows: true class, columns: predicted),
+                     per_class_accuracy (C,) percent (nan: class absent), categories
+    confusion.csv    the matrix with class names as row / column headers
+    per_class.csv    class, videos, correct, accuracy (%)
+    top5.csv         video, label, then the 5 best classes with their probabilities
+    confusion.png    the matrix (row-normalised) and the most-confused pairs, named
+"""
+import csv
+import io
 import logging
 import os
 import time
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ops.checkpoint import unwrap_model
 from ops.errors import UserError
+from ops.files import atomic_write
 from ops.logs import progress
 from ops.meters import format_duration, throughput
+from ops.scores import softmax
 
 logger = logging.getLogger('masnet')
 
@@ -95,3 +113,114 @@ def evaluate_models(models, loaders, num_segments: List[int], device: torch.devi
                 f'{format_duration(elapsed)}: {seen / elapsed:.1f} videos/s, '
                 f'{views / elapsed:.1f} clips/s')
     return [torch.cat(o).numpy() for o in outputs], torch.cat(all_labels).numpy()
+
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_class: int) -> np.ndarray:
+    """``(C, C)`` counts: entry [i, j] = videos of class i predicted as j."""
+    matrix = np.zeros((num_class, num_class), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    """Recall of each class in percent, nan for classes without videos."""
+    support = matrix.sum(axis=1)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(support > 0, np.diag(matrix) / support * 100.0, np.nan)
+
+
+def most_confused(matrix: np.ndarray, count: int = 10) -> List[Tuple[int, int, int]]:
+    """[(true class, predicted class, videos)] of the largest off-diagonal entries."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind='stable')[:count]
+    pairs = [(int(i), int(j), int(off[i, j])) for i, j in zip(*np.unravel_index(order, off.shape))]
+    return [p for p in pairs if p[2] > 0]
+
+
+def _csv_bytes(rows):
+    text = io.StringIO()
+    csv.writer(text, lineterminator='\n').writerows(rows)
+    return text.getvalue().encode()
+
+
+def save_confusion_figure(path: str, matrix: np.ndarray, categories: Sequence[str],
+                          pairs: List[Tuple[int, int, int]], title: str = '') -> None:
+    """The row-normalised confusion matrix beside the list of most-confused pairs."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    num_class = len(categories)
+    support = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, (ax, text_ax) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={'width_ratios': [1, 1]})
+    image = ax.imshow(matrix / support, cmap='Blues', vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label='fraction of the true class')
+    ax.set_xlabel('predicted class')
+    ax.set_ylabel('true class')
+    if num_class <= 20:
+        short = [c if len(c) <= 28 else c[:27] + '…' for c in categories]
+        ax.set_xticks(range(num_class), short, rotation=60, ha='right', fontsize=7)
+        ax.set_yticks(range(num_class), short, fontsize=7)
+        for i in range(num_class):
+            for j in range(num_class):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=7,
+                            color='white' if matrix[i, j] / support[i, 0] > 0.5 else 'black')
+    text_ax.axis('off')
+    lines = [f'{n:3d}/{support[i, 0]:<3d}  {categories[i]}\n          -> {categories[j]}'
+             for i, j, n in pairs] or ['no confusion']
+    text_ax.text(0, 1, 'Most-confused pairs (videos / videos of the true class)\n\n'
+                 + '\n'.join(lines), va='top', family='monospace', fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=110, format='png', bbox_inches='tight')
+    plt.close(fig)
+
+
+def write_error_analysis(score_file: str, scores: np.ndarray, labels: np.ndarray,
+                         video_ids: Sequence[str], categories: Sequence[str],
+                         scores_are_probabilities: bool = False) -> Dict[str, str]:
+    """Write the files of the module docstring beside `score_file`; returns {name: path}.
+
+    scores: (N, C) view-averaged scores; labels: (N,) true classes (videos labelled outside
+    0..C-1, e.g. -1 for unknown, are left out of the matrix).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    num_class = scores.shape[1]
+    predictions = scores.argmax(axis=1)
+    known = (labels >= 0) & (labels < num_class)
+    matrix = confusion_matrix(labels[known], predictions[known], num_class)
+    accuracy = per_class_accuracy(matrix)
+    folder = os.path.splitext(score_file)[0] + '_analysis'
+    paths = {kind: os.path.join(folder, kind) for kind in ('confusion.npz', 'confusion.csv',
+                                                 'per_class.csv', 'top5.csv', 'confusion.png')}
+    with atomic_write(paths['confusion.npz']) as f:
+        np.savez(f, confusion=matrix, per_class_accuracy=accuracy,
+                 categories=np.asarray(categories, dtype=str))
+    with atomic_write(paths['confusion.csv']) as f:
+        f.write(_csv_bytes([['true \\ predicted'] + list(categories)]
+                           + [[c] + row.tolist() for c, row in zip(categories, matrix)]))
+    support = matrix.sum(axis=1)
+    with atomic_write(paths['per_class.csv']) as f:
+        f.write(_csv_bytes([['class', 'videos', 'correct', 'accuracy']]
+                           + [[c, int(s), int(d), '' if np.isnan(a) else f'{a:.2f}']
+                              for c, s, d, a in zip(categories, support, np.diag(matrix),
+                                                    accuracy)]))
+    probabilities = scores if scores_are_probabilities else softmax(scores)
+    k = min(5, num_class)
+    top = np.argsort(-probabilities, axis=1, kind='stable')[:, :k]  # (N, k)
+    header = ['video', 'label'] + [f'{c}{r}' for r in range(1, k + 1)
+                                   for c in ('class', 'probability')]
+    rows = [[v, categories[y] if 0 <= y < num_class else '']
+            + [x for j in t for x in (categories[j], f'{p[j]:.6f}')]
+            for v, y, t, p in zip(video_ids, labels, top, probabilities)]
+    with atomic_write(paths['top5.csv']) as f:
+        f.write(_csv_bytes([header] + rows))
+    correct = int(np.trace(matrix))
+    save_confusion_figure(paths['confusion.png'], matrix, categories, most_confused(matrix),
+                          f'{os.path.basename(score_file)}: {correct}/{int(known.sum())} correct')
+    return paths

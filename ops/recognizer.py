@@ -15,19 +15,37 @@ PIL, PyAV's ``to_ndarray(format='rgb24')``, decord, torchvision or imageio are R
 
 An input is a video file, a frame folder, a folder of videos / frame folders (or of class
 folders of them), or a list file in the one list grammar of ops.dataset (``<path> <label>`` or
-``<path> <num_frames|-> <label>``, label -1 if unknown): see ops/inputs.py. Clips are
-sampled, cropped and averaged over views exactly as test.py does (same TSNDataSet, transform
-and ``evaluate_models``), so the same flags give the same scores. The Prediction records and
-their writers are in ops/predictions.py.
+``<path> <num_frames|-> <label>``, label -1 if unknown), found as VideoRecords by
+collect_inputs. Clips are sampled, cropped and averaged over views exactly as test.py does
+(the same ViewProtocol, TSNDataSet, transform and ``evaluate_models``), so the same flags give
+the same scores.
+
+The file holds, in this order: the inputs (decoded frames as BGR arrays, paths as
+VideoRecords), the Prediction records (the top-k classes of a video, or of a window of one)
+and their writers (JSON, CSV, a Something-Something V2 submission, each written atomically),
+and the Recognizer.
 """
+import csv
+import io
+import json
+import logging
 import os
+import re
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ops.dataset import UNKNOWN_LABEL, DataError, TSNDataSet, VideoRecord, ViewProtocol
+from ops.dataset import (
+    UNKNOWN_LABEL,
+    DataError,
+    TSNDataSet,
+    VideoRecord,
+    ViewProtocol,
+    load_checked_list,
+)
 from ops.dataset_config import read_categories
 from ops.evaluation import (
     average_views,
@@ -35,11 +53,223 @@ from ops.evaluation import (
     check_view_memory,
     evaluate_models,
 )
-from ops.inputs import as_bgr_frames, collect_inputs, frame_template, has_images, is_video_file
+from ops.files import atomic_write
 from ops.models import load_classifier
-from ops.predictions import Prediction, ranked_prediction
 from ops.scores import softmax
 from ops.transforms import build_transform
+from ops.video_readers import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, count_frames
+
+logger = logging.getLogger('masnet')
+
+# frame names are guessed per folder later (frame_template); counting a folder does not need them
+COUNT_TEMPLATE = '{:05d}.jpg'
+COLOR_ORDERS = ('bgr', 'rgb')
+
+
+def as_bgr_frames(frames, color_order: str = 'bgr') -> List[np.ndarray]:
+    """The frames of `frames` as a list of ``(H, W, 3)`` uint8 BGR arrays.
+
+    frames: a list / tuple of ``(H, W, 3)`` uint8 arrays or tensors, or a ``(T, H, W, 3)`` uint8
+    numpy array or tensor. color_order: 'bgr' (OpenCV's) or 'rgb' (PIL's, PyAV's rgb24).
+    """
+    if color_order not in COLOR_ORDERS:
+        raise DataError(f"color_order must be 'bgr' or 'rgb', not {color_order!r}")
+    if torch.is_tensor(frames):
+        frames = frames.detach().cpu().numpy()
+    if isinstance(frames, np.ndarray) and frames.ndim == 4:
+        frames = list(frames)  # (T, H, W, 3) -> T x (H, W, 3)
+    if not isinstance(frames, (list, tuple)):
+        raise DataError(f'frames must be a list of (H, W, 3) arrays or a (T, H, W, 3) array or '
+                        f'tensor, not {type(frames).__name__}'
+                        + (f' of shape {tuple(frames.shape)}' if hasattr(frames, 'shape') else ''))
+    out = []
+    for i, frame in enumerate(frames):
+        frame = frame.detach().cpu().numpy() if torch.is_tensor(frame) else np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise DataError(f'frame {i} is a {frame.dtype} array of shape {frame.shape}; frames '
+                            f'must be (H, W, 3) uint8 (channels last, values 0..255)')
+        out.append(np.ascontiguousarray(frame[..., ::-1]) if color_order == 'rgb' else frame)
+    return out
+
+
+def frame_template(folder: str, default: str) -> str:
+    """The frame name template of a frame folder: `default` if its frame 1 exists, else guessed
+    from the first image name (``img_00001.jpg`` -> ``img_{:05d}.jpg``)."""
+    if os.path.isfile(os.path.join(folder, default.format(1))):
+        return default
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    match = re.fullmatch(r'(.*?)(\d+)(\.\w+)', names[0]) if names else None
+    if not match or int(match.group(2)) != 1:
+        raise DataError(f"frame folder '{folder}': cannot tell how its frames are named (want "
+                        f"frames numbered from 1 like '{default.format(1)}'; pass --image_tmpl)")
+    prefix, digits, ext = match.groups()
+    return f'{prefix}{{:0{len(digits)}d}}{ext}'
+
+
+def is_video_file(path):
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def has_images(folder):
+    return any(n.lower().endswith(IMAGE_EXTENSIONS) for n in os.listdir(folder))
+
+
+def _folder_record(root, name):
+    frames = count_frames(os.path.join(root, name))
+    if frames == 0:
+        raise DataError(f"frame folder '{os.path.join(root, name)}' holds no image file")
+    return VideoRecord(name, frames, UNKNOWN_LABEL)
+
+
+def _videos_in(root, sub=''):
+    """Records of the video files and frame folders directly in `root/sub` (paths relative to
+    `root`), without label."""
+    records = []
+    for name in sorted(os.listdir(os.path.join(root, sub))):
+        relative = os.path.join(sub, name)
+        path = os.path.join(root, relative)
+        if os.path.isfile(path) and is_video_file(name):
+            records.append(VideoRecord(relative, None, UNKNOWN_LABEL))
+        elif os.path.isdir(path) and has_images(path):
+            records.append(_folder_record(root, relative))
+    return records
+
+
+def _folder_records(folder, categories):
+    """Records of a folder of videos / frame folders and of class folders of them.
+
+    A class folder is a sub-folder holding videos or frame folders; when every class folder is
+    named after a class of the model (`categories`), its videos carry that class as label,
+    else no video has a label.
+    """
+    records = _videos_in(folder)
+    classes = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not has_images(path):
+            classes[name] = _videos_in(folder, name)
+    classes = {name: videos for name, videos in classes.items() if videos}
+    index = {name: i for i, name in enumerate(categories or [])}
+    if classes and all(name in index for name in classes):
+        for name, videos in classes.items():
+            for record in videos:
+                record.label = index[name]
+    elif classes and categories is not None:
+        unknown = [name for name in classes if name not in index]
+        logger.info(f"'{folder}': class folders {unknown[:3]} are not classes of the model: "
+                    f"the videos carry no label")
+    return records + [r for videos in classes.values() for r in videos]
+
+
+def collect_inputs(source: str, root: Optional[str] = None,
+                   categories: Optional[Sequence[str]] = None):
+    """(root, [VideoRecord]) of a video file, frame folder, folder of videos or list file.
+
+    root: folder the paths of a list file are relative to (default: the list's folder).
+    categories: the model's class names; labels of a list must be one of them (or -1), and
+        class folders named after them give their videos these labels.
+    Frame counts left out of a list are filled in up front (ops.dataset.fill_frame_counts,
+    kept in ``<list>.frames``).
+    """
+    if os.path.isfile(source) and not is_video_file(source):
+        root = root if root is not None else os.path.dirname(os.path.abspath(source))
+        return root, load_checked_list(
+            source, root, None if categories is None else len(categories), COUNT_TEMPLATE,
+            allow_unlabelled=True, probe_first=False, root_flag='--root')
+    if os.path.isfile(source):
+        folder, name = os.path.split(os.path.abspath(source))
+        return folder, [VideoRecord(name, None, UNKNOWN_LABEL)]
+    if not os.path.isdir(source):
+        raise DataError(f"input '{source}' is neither a video file, a folder nor a list file")
+    folder = os.path.abspath(source)
+    if has_images(folder):
+        parent, name = os.path.split(folder)
+        return parent, [_folder_record(parent, name)]
+    records = _folder_records(folder, categories)
+    if not records:
+        raise DataError(f"folder '{source}' holds no video file, frame folder or image")
+    return folder, records
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one video: ``indices``/``names``/``probabilities`` best first."""
+    video: str
+    indices: List[int]
+    names: List[str]
+    probabilities: List[float]
+    label: int = UNKNOWN_LABEL
+    extra: dict = field(default_factory=dict)  # e.g. start/end of a sliding window
+    label_name: str = ''  # the class name of `label`
+
+    @property
+    def top1(self) -> int:
+        return self.indices[0]
+
+    def as_dict(self) -> dict:
+        out = {'video': self.video, **self.extra}
+        if self.label != UNKNOWN_LABEL:
+            out['label'] = self.label
+            out['label_class'] = self.label_name
+        out['topk'] = [{'index': i, 'class': n, 'probability': round(p, 6)}
+                       for i, n, p in zip(self.indices, self.names, self.probabilities)]
+        return out
+
+    def as_text(self) -> str:
+        head = ' '.join(f'{k}={v}' for k, v in self.extra.items())
+        ranked = '  '.join(f'{r}. {n} ({p:.1%})' for r, (n, p) in
+                           enumerate(zip(self.names, self.probabilities), start=1))
+        return f'{self.video}{" " + head if head else ""}: {ranked}'
+
+
+def ranked_prediction(video: str, probabilities: np.ndarray, categories: Sequence[str],
+                      topk: int = 5, label: int = UNKNOWN_LABEL, **extra) -> Prediction:
+    """The Prediction of one probability vector (num_class,): its `topk` classes, best first."""
+    order = np.argsort(-probabilities, kind='stable')[:min(topk, len(probabilities))]
+    return Prediction(video, [int(i) for i in order], [categories[i] for i in order],
+                      [float(probabilities[i]) for i in order], label, extra,
+                      '' if label == UNKNOWN_LABEL else categories[label])
+
+
+def write_json(path: str, predictions: List[Prediction]) -> None:
+    """``[{video, [label, label_class], topk: [{index, class, probability}]}]``, written
+    atomically."""
+    with atomic_write(path) as f:
+        f.write(json.dumps([p.as_dict() for p in predictions], indent=1).encode())
+
+
+def write_csv(path: str, predictions: List[Prediction]) -> None:
+    """One row per video (window): video, [window columns], label and its class name (empty
+    when unknown), then class/probability of each rank."""
+    extra = list(predictions[0].extra) if predictions else []
+    topk = max((len(p.indices) for p in predictions), default=0)
+    header = ['video'] + extra + ['label', 'label_class'] + [
+        f'{c}{r}' for r in range(1, topk + 1) for c in ('class', 'probability')]
+    rows = [[p.video] + [p.extra[k] for k in extra]
+            + (['', ''] if p.label == UNKNOWN_LABEL else [p.label, p.label_name])
+            + [v for n, q in zip(p.names, p.probabilities) for v in (n, f'{q:.6f}')]
+            for p in predictions]
+    _write_rows(path, [header] + rows)
+
+
+def write_submission(path: str, predictions: List[Prediction]) -> None:
+    """Something-Something V2 submission: ``<video id>;<class 1>;...;<class 5>`` per video, the
+    id being the video's folder / file name without extension."""
+    lines = []
+    for p in predictions:
+        if len(p.names) < 5:
+            raise DataError(f'--submission needs the top 5 classes; got --topk {len(p.names)}')
+        video_id = os.path.splitext(os.path.basename(p.video.rstrip('/')))[0]
+        lines.append(';'.join([video_id] + p.names[:5]))
+    with atomic_write(path) as f:
+        f.write(('\n'.join(lines) + '\n').encode())
+
+
+def _write_rows(path, rows):
+    text = io.StringIO()
+    csv.writer(text, lineterminator='\n').writerows(rows)
+    with atomic_write(path) as f:
+        f.write(text.getvalue().encode())
 
 
 class Recognizer:

@@ -22,17 +22,17 @@ FLOORS = [
     # 3: temporal blocks, data layouts and readers, checkpoint I/O, the epoch loops, score files
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
      'ops.checkpoint', 'ops.engine', 'ops.export', 'ops.preemption', 'ops.scores'],
-    # 4: the registry of temporal types, the dataset, multi-view evaluation, error analysis,
-    # the test reference
-    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.analysis', 'ops.reference',
-      'ops.traffic'],
-    # 5: the model; the command-line flags; the API's inputs and prediction records
-    ['ops.models', 'opts', 'ops.inputs', 'ops.predictions'],
-    # 6: what uses a model: the Recognizer API and the runs behind main.py, test.py and CAM.py
-    ['ops.recognizer', 'ops.run_train', 'ops.run_test', 'ops.run_cam'],
-    # 7-8: sliding windows over a Recognizer, then the prediction run behind predict.py
-    ['ops.stream'],
-    ['ops.run_predict'],
+    # 4: the registry of temporal types, the dataset and its view protocol, multi-view
+    # evaluation and its error analysis, the test reference
+    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference', 'ops.traffic'],
+    # 5: the model; the command-line flags
+    ['ops.models', 'opts'],
+    # 6: what uses a model: the Recognizer API (inputs, predictions) and the runs behind
+    # main.py and CAM.py
+    ['ops.recognizer', 'ops.run_train', 'ops.run_cam'],
+    # 7: the runs over a Recognizer's pieces: the evaluation behind test.py, the prediction run
+    # (and its sliding windows) behind predict.py
+    ['ops.run_eval', 'ops.run_predict'],
 ]
 
 

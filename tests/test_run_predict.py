@@ -12,11 +12,10 @@ import predict as predict_entry
 import test as test_entry
 from ops import MASNet
 from ops.dataset import DataError, TSNDataSet, parse_list_file
-from ops.inputs import collect_inputs, frame_template
 from ops.models import TemporalModel
-from ops.recognizer import Recognizer
+from ops.recognizer import Recognizer, collect_inputs, frame_template
+from ops.run_predict import sliding_window, write_video
 from ops.scores import load_scores
-from ops.stream import sliding_window, write_video
 from ops.synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from ops.transforms import build_transform
 from tests.conftest import ROOT, randomize_bn
@@ -394,7 +393,7 @@ def test_test_py_writes_confusion_matrix_and_top5(tiny_data_root, fitted, tmp_pa
 
 
 def test_most_confused_pairs():
-    from ops.analysis import most_confused
+    from ops.evaluation import most_confused
     matrix = np.array([[5, 0, 2], [4, 1, 0], [0, 1, 3]])
     assert most_confused(matrix, 2) == [(1, 0, 4), (0, 2, 2)]
     assert most_confused(np.eye(3, dtype=int)) == []

@@ -342,7 +342,7 @@ def test_test_py_compiled_gives_the_eager_scores(tiny_data_root, tmp_path, monke
 @pytest.mark.slow
 def test_test_py_channels_last_gives_the_same_scores(tiny_data_root, tmp_path, monkeypatch):
     """--channels_last: NHWC convolutions and MAS blocks, scores within float32 rounding."""
-    from ops import run_test
+    from ops import run_eval
     layouts = []
 
     def convert(model, enabled=True):
@@ -350,7 +350,7 @@ def test_test_py_channels_last_gives_the_same_scores(tiny_data_root, tmp_path, m
         layouts.append(model.base_model.conv1.weight.is_contiguous(
             memory_format=torch.channels_last))
         return converted
-    monkeypatch.setattr(run_test, 'to_channels_last', convert)
+    monkeypatch.setattr(run_eval, 'to_channels_last', convert)
     nchw, nhwc = scores_without_and_with('--channels_last', tiny_data_root, tmp_path)
     assert layouts == [False, True]
     np.testing.assert_allclose(nhwc, nchw, rtol=1e-5, atol=1e-5)

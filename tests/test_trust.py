@@ -18,7 +18,7 @@ import predict as predict_main
 import test as test_main
 from ops import checkpoint as C
 from ops import dataset as D
-from ops import run_test
+from ops import run_eval
 from ops.errors import UserError
 from ops.models import TemporalModel, model_from_checkpoint
 from ops.recognizer import Recognizer
@@ -304,7 +304,7 @@ def test_views_beyond_memory_are_refused_before_evaluating(tiny_data_root, tmp_p
     monkeypatch.setattr(E, 'memory_bytes', lambda device: 64 * 2 ** 20)
     weights = save(tmp_path / 'w.pth.tar', tiny_state())
     evaluated = []
-    monkeypatch.setattr(run_test, 'evaluate_models', lambda *args, **kw: evaluated.append(args))
+    monkeypatch.setattr(run_eval, 'evaluate_models', lambda *args, **kw: evaluated.append(args))
     with pytest.raises(SystemExit):
         test_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--weights',
                         weights, '-j', '0', '--dense_sample', '--dense_sample_num', '20',

@@ -21,10 +21,9 @@ from ops.cli import HelpFormatter, exit_on_user_error
 from ops.dataset_config import DATASETS, get_dataset_config, read_categories
 from ops.export import FORMATS, ParityError, export_and_check, export_metadata
 from ops.files import prepare_output
-from ops.inputs import collect_inputs
 from ops.logs import setup_logging
 from ops.models import load_classifier
-from ops.recognizer import Recognizer
+from ops.recognizer import Recognizer, collect_inputs
 from opts import add_model_args, add_trust_arg, int_at_least
 
 

@@ -12,7 +12,7 @@ import sys
 import cv2
 
 from ops.cli import HelpFormatter
-from ops.stream import write_video
+from ops.run_predict import write_video
 from ops.video_readers import IMAGE_EXTENSIONS
 
 

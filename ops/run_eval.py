@@ -11,17 +11,21 @@ import os
 
 from torch.utils.data import DataLoader, Subset
 
-from ops.analysis import write_error_analysis
 from ops.checkpoint import checkpoint_categories, read_checkpoint
 from ops.dataset import TSNDataSet, ViewProtocol, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.errors import FlagError
-from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models
+from ops.evaluation import (
+    check_finite_scores,
+    check_view_memory,
+    evaluate_models,
+    write_error_analysis,
+)
 from ops.files import atomic_write, prepare_output
 from ops.logs import setup_logging
 from ops.MASNet import set_form
 from ops.models import model_from_checkpoint
-from ops.predictions import ranked_prediction, write_submission
+from ops.recognizer import ranked_prediction, write_submission
 from ops.run_folder import dataset_tag
 from ops.runtime import (
     ShardSampler,
