@@ -167,7 +167,7 @@ def _evaluate(args, runtime):
         names.append(score_name(args, model, views))
         settings.append(model_settings(args, model, cfg.num_class, views))
         logger.info(f"{path}: {model.temporal_type} {model.arch}, {num_segments} segments, "
-                    f"{views.test_crops} crop(s) x {views.num_clips} {views.sampling} clip(s) of "
+                    f"{views.test_crops} crop(s) x {views.num_clips} clip(s) of "
                     f"{model.crop_size}px")
 
     if args.save_scores and len(set(names)) < len(names):

@@ -186,8 +186,8 @@ def run_prediction(args) -> List[Prediction]:
     recognizer.model = compile_model(
         to_channels_last(set_form(args.mas_form, model), args.channels_last), args.compile)
     logger.info(f'{args.weights}: {model.temporal_type} {model.arch}, {model.num_segments} '
-                f'segments, {views.test_crops} crop(s) x {views.num_clips} {views.sampling} '
-                f'clip(s) of {model.crop_size}px on {recognizer.device}')
+                f'segments, {views.test_crops} crop(s) x {views.num_clips} clip(s) of '
+                f'{model.crop_size}px on {recognizer.device}')
     if args.window is not None:
         stride = args.stride or max(args.window // 2, 1)
         predictions = []
