@@ -141,9 +141,9 @@ class GroupCenterCrop:
 
 
 class GroupFullResSample:
-    """Three ``size x size`` crops, the release's: left, right, center along the width, at the
-    vertical offset ``2 * ((h - size) // 4)`` (steps of a quarter of the free space, as the
-    release; a portrait frame gets its three crops along the width too).
+    """Three ``size x size`` crops along the long side, in steps of a quarter of the free space:
+    the release's left, right, center at the vertical offset ``2 * ((h - size) // 4)``; on
+    portrait frames top, bottom, center (the release's three crops coincide there).
 
     Returns a list of three frame lists.
     """
@@ -153,7 +153,9 @@ class GroupFullResSample:
 
     def offsets(self, image_w, image_h):
         w_step, h_step = (image_w - self.size) // 4, (image_h - self.size) // 4
-        return [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
+        if image_w >= image_h:
+            return [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
+        return [(2 * w_step, 0), (2 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
 
     def __call__(self, frames):
         h, w = frames[0].shape[:2]
@@ -242,7 +244,8 @@ def build_transform(mode: str, crop_size: int, scale_size: int, mean: Sequence[f
         crop_size, random flip (labels of mirror classes swapped) unless flip is False.
     val:   short side to scale_size, center crop.
     test:  short side to scale_size, then num_crops views: 1 center, 3 full-res
-        (left/right/center, as the release), 5 corners + center, 10 = 5 + flips.
+        (left/right/center as the release, top/bottom/center on portrait frames), 5 corners +
+        center, 10 = 5 + flips.
     Returns a callable ``(frames, label) -> (Tensor (V*F*3, crop, crop), label)``.
     """
     if mode == 'train':

@@ -144,16 +144,15 @@ def test_multi_view_rows_hold_one_clip_under_one_crop():
 
 def release_full_res_offsets(image_w, image_h, crop):
     """The release's GroupFullResSample offsets, from its formula: steps of a quarter of the
-    free space, (0, 2 hs) left, (4 ws, 2 hs) right, (2 ws, 2 hs) center, any orientation."""
+    free space, (0, 2 hs) left, (4 ws, 2 hs) right, (2 ws, 2 hs) center."""
     ws, hs = (image_w - crop) // 4, (image_h - crop) // 4
     return [(0 * ws, 2 * hs), (4 * ws, 2 * hs), (2 * ws, 2 * hs)]
 
 
-@pytest.mark.parametrize('w, h', [(200, 100), (200, 102), (200, 103), (203, 101), (100, 200),
-                                  (102, 203)])
+@pytest.mark.parametrize('w, h', [(200, 100), (200, 102), (200, 103), (203, 101), (101, 101)])
 def test_three_crop_offsets_are_the_releases(w, h):
-    """Left, right, center at the release's vertical offset 2 * ((h - crop) // 4): 1 px above
-    (h - crop) // 2 where (h - crop) % 4 is 2 or 3; portrait frames too."""
+    """Landscape frames: left, right, center at the release's vertical offset
+    2 * ((h - crop) // 4), 1 px above (h - crop) // 2 where (h - crop) % 4 is 2 or 3."""
     crop = 100
     frames = coordinate_frames(w=w, h=h, count=1)  # red encodes x, green y
     views = GroupFullResSample(crop)(frames)
@@ -161,6 +160,18 @@ def test_three_crop_offsets_are_the_releases(w, h):
     for view, (x, y) in zip(views, release_full_res_offsets(w, h, crop)):
         np.testing.assert_array_equal(view[0], frames[0][y:y + crop, x:x + crop])
         assert view[0].shape[:2] == (crop, crop)
+
+
+@pytest.mark.parametrize('w, h', [(100, 200), (102, 203)])
+def test_three_crops_of_portrait_frames_are_top_bottom_center(w, h):
+    """Portrait frames (a documented difference: the release's crops coincide there): the
+    landscape rule transposed, top, bottom, center at 2 * ((w - crop) // 4)."""
+    frames = coordinate_frames(w=w, h=h, count=1)
+    tall = GroupFullResSample(100).offsets(w, h)
+    assert tall == [(y, x) for x, y in release_full_res_offsets(h, w, 100)]
+    assert tall[1][1] == h - 100 - (h - 100) % 4 and tall[0] == (2 * ((w - 100) // 4), 0)
+    for view, (x, y) in zip(GroupFullResSample(100)(frames), tall):
+        np.testing.assert_array_equal(view[0], frames[0][y:y + 100, x:x + 100])
 
 
 def test_five_and_ten_crop_positions():
