@@ -10,7 +10,7 @@ from ops.models import TemporalModel, model_from_checkpoint
 
 def small_model(num_class=5, seed=0):
     torch.manual_seed(seed)
-    return TemporalModel(num_class, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64).eval()
+    return TemporalModel(num_class, 4, 'MASNet', 'resnet10', input_size=64).eval()
 
 
 def release_checkpoint(model, path):

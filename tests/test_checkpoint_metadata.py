@@ -89,12 +89,11 @@ def test_checkpoint_describes_itself(trained):
 def test_release_test_py_loads_the_checkpoint(trained):
     """The release's test.py: a DataParallel-wrapped TemporalModel, torch.load, strict
     load_state_dict of checkpoint['state_dict'] (a reference written from its behaviour)."""
-    net = torch.nn.DataParallel(TemporalModel(8, T, 'MASNet', 'resnet10', pretrain='none',
-                                              input_size=SIZE))
+    net = torch.nn.DataParallel(TemporalModel(8, T, 'MASNet', 'resnet10', input_size=SIZE))
     checkpoint = torch.load(trained[0])
     assert checkpoint['epoch'] == 1
     net.load_state_dict(checkpoint['state_dict'])  # strict: every key, every shape
-    ours = TemporalModel(8, T, 'MASNet', 'resnet10', pretrain='none', input_size=SIZE)
+    ours = TemporalModel(8, T, 'MASNet', 'resnet10', input_size=SIZE)
     ours.load_state_dict(read_checkpoint(trained[0])['state_dict'])  # and this code reads it
     for name, value in ours.state_dict().items():
         assert torch.equal(net.module.state_dict()[name], value)

@@ -17,8 +17,8 @@ FLOORS = [
     # runs, schedules, transforms, the fused MAS arithmetic, the synthetic generator
     ['archs', 'ops.files', 'ops.meters', 'ops.seeding', 'ops.logs', 'ops.runtime', 'ops.optim',
      'ops.lr_schedule', 'ops.transforms', 'ops.mas_fused', 'ops.synthetic'],
-    # 2: command-line plumbing, run folders and their lock, ImageNet downloads, Grad-CAM
-    ['ops.cli', 'ops.run_folder', 'ops.download', 'ops.gradcam'],
+    # 2: command-line plumbing, run folders and their lock, ImageNet downloads
+    ['ops.cli', 'ops.run_folder', 'ops.download'],
     # 3: temporal blocks, data layouts and readers, checkpoint I/O, the epoch loops, score files
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
      'ops.checkpoint', 'ops.engine', 'ops.export', 'ops.preemption', 'ops.scores'],
@@ -28,8 +28,9 @@ FLOORS = [
       'ops.traffic'],
     # 5: the model; the command-line flags; the API's inputs and prediction records
     ['ops.models', 'opts', 'ops.inputs', 'ops.predictions'],
-    # 6: what uses a model: the Recognizer API and the runs behind main.py, test.py and CAM.py
-    ['ops.recognizer', 'ops.run_train', 'ops.run_test', 'ops.run_cam'],
+    # 6: what uses a model: the Recognizer API, the runs behind main.py and test.py, Grad-CAM
+    # (with the run behind CAM.py)
+    ['ops.recognizer', 'ops.run_train', 'ops.run_test', 'ops.gradcam'],
     # 7-8: sliding windows over a Recognizer, then the prediction run behind predict.py
     ['ops.stream'],
     ['ops.run_predict'],

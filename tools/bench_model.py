@@ -59,7 +59,7 @@ def plain_resnet50():
 def build(name, num_segments):
     if name == 'plain':
         return plain_resnet50()
-    model = TemporalModel(1000, num_segments, 'MASNet', 'resnet50', dropout=0, pretrain='none')
+    model = TemporalModel(1000, num_segments, 'MASNet', 'resnet50', dropout=0)
     if name == 'regional':
         return set_form('compiled', model)
     return ReleaseStyleModel(model) if name == 'release' else set_form('eager', model)
