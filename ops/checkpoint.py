@@ -114,9 +114,9 @@ def _not_a_checkpoint(path):
     with open(path, 'rb') as f:
         head = f.read(4)
     if not head:
-        return 'empty file'
+        return 'is not a checkpoint: empty file'
     if not head.startswith(TORCH_FILE_MAGIC):
-        return f'not a PyTorch checkpoint (it starts with {head!r})'
+        return f'is not a PyTorch checkpoint (it starts with {head!r})'
     return None
 
 
@@ -133,7 +133,7 @@ def read_checkpoint(path, map_location='cpu', trust=False):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     problem = _not_a_checkpoint(path)
     if problem:
-        raise CheckpointError(f"checkpoint '{path}' is not a checkpoint: {problem}")
+        raise CheckpointError(f"checkpoint '{path}' {problem}")
     try:
         data = _load_weights_only(path, map_location, trust)
     except CheckpointError:

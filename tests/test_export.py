@@ -7,6 +7,7 @@ import torch
 
 from ops.export import example_input, export_and_check, load_runner
 from ops.models import TemporalModel
+from ops.temporal import temporal_types
 from tests.conftest import randomize_bn
 from tools.export import main as export_main
 
@@ -22,7 +23,7 @@ def randomize_tim(model, seed=0):
     return model
 
 
-@pytest.mark.parametrize('temporal_type', ['MASNet', 'TSM', 'TSN'])
+@pytest.mark.parametrize('temporal_type', temporal_types())
 @pytest.mark.slow
 def test_onnx_and_torchscript_match_eager(temporal_type, tmp_path):
     torch.manual_seed(0)

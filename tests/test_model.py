@@ -364,3 +364,36 @@ def test_channels_last_model_computes_the_same(train):
         (got * upstream).sum().backward()
         for (name, p), q in zip(model.named_parameters(), nhwc.parameters()):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_the_model_reads_no_file_and_the_builder_loads_the_backbone(tmp_path, monkeypatch):
+    with pytest.raises(TypeError):
+        TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')  # no paths, no loading
+    stem = {'conv1.weight': torch.randn(64, 3, 7, 7), 'fc.weight': torch.randn(1000, 512)}
+    path = str(tmp_path / 'stem.pth')
+    torch.save(stem, path)
+    torch.manual_seed(0)
+    built = build_model(5, 4, 'MASNet', 'resnet10', pretrain=path, input_size=64)
+    assert torch.equal(built.base_model.conv1.weight, stem['conv1.weight'])
+    assert built.num_pretrained_tensors == 1 and built.initialised_norms == set()
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError('a file was read')
+
+    monkeypatch.setattr(torch, 'load', no_reading)
+    torch.manual_seed(0)
+    plain = TemporalModel(5, 4, 'MASNet', 'resnet10', input_size=64)
+    torch.manual_seed(0)
+    random = build_model(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    for key, value in plain.state_dict().items():  # loading draws no random number
+        assert torch.equal(random.state_dict()[key], value), key
+        if key != 'base_model.conv1.weight':
+            assert torch.equal(built.state_dict()[key], value), key
+
+
+def test_base_model_is_still_the_temporal_type_keyword():
+    model = TemporalModel(5, 4, base_model='TSM', backbone='resnet10', input_size=64)
+    assert model.temporal_type == 'TSM' and isinstance(model.base_model, nn.Module)
+    assert TemporalModel(5, 4, backbone='resnet10').temporal_type == 'MASNet'
+    with pytest.raises(ValueError, match='name the same thing'):
+        TemporalModel(5, 4, 'TSN', base_model='TSM', backbone='resnet10')

@@ -19,7 +19,7 @@ import torch
 from archs import ARCHS
 from ops.cli import HelpFormatter
 from ops.export import example_input, export_and_check
-from ops.models import TemporalModel
+from ops.models import build_model
 from ops.temporal import temporal_types
 
 
@@ -42,7 +42,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     import onnxruntime
     torch.manual_seed(0)
-    model = TemporalModel(174, args.num_segments, args.type, args.arch, input_size=args.size).eval()
+    model = build_model(174, args.num_segments, args.type, args.arch, pretrain='none',
+                        input_size=args.size).eval()
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         prefix = os.path.join(tmp, 'model')
         diffs = export_and_check(model, prefix, formats=('onnx',))['onnx']

@@ -14,7 +14,7 @@ import torch
 
 from archs import ARCHS
 from ops.cli import HelpFormatter
-from ops.models import TemporalModel
+from ops.models import build_model
 from ops.temporal import temporal_module, temporal_types
 
 
@@ -40,8 +40,8 @@ def count(temporal_type='MASNet', arch='resnet50', num_segments=8, input_size=22
     """(parameters, GFLOPs) of one clip of `num_segments` frames at `input_size` px."""
     from fvcore.nn import FlopCountAnalysis
 
-    model = TemporalModel(num_class, num_segments, temporal_type, arch,
-                          input_size=input_size).eval()
+    model = build_model(num_class, num_segments, temporal_type, arch, pretrain='none',
+                        input_size=input_size).eval()
     params = sum(p.numel() for p in model.parameters())
     clip = torch.zeros(1, num_segments * 3, input_size, input_size)
     analysis = FlopCountAnalysis(model, clip)
