@@ -132,6 +132,7 @@ def test_nested_dataparallel_prefixes_load(tmp_path):
     torch.save({'type': 'MASNet', 'arch': 'resnet10', 'num_segments': 4, 'input_size': 64,
                 'state_dict': {'module.module.' + k: v for k, v in model.state_dict().items()}},
                path)
+    assert set(C.read_checkpoint(path)['state_dict']) == set(model.state_dict())
     loaded = model_from_checkpoint(path)  # a path: the builder reads the file
     assert loaded.num_class == 5
     for k, v in model.state_dict().items():
