@@ -232,12 +232,13 @@ def model_description(model, categories, dataset=None, flip=None, mirror_map=Non
 
 
 def _plain(value):
-    """A hyper-parameter value as the checkpoint stores it: plain Python, tuples as lists."""
+    """A hyper-parameter value as the checkpoint stores it: plain Python (what a weights-only
+    load and JSON read back), tuples as lists, anything else as its repr."""
     if torch.is_tensor(value) or isinstance(value, np.generic):
         value = value.tolist()
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
-    return value
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
 
 
 def _declared_hyperparameters(model):

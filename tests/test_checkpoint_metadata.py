@@ -243,11 +243,11 @@ def test_tsm_era_namespace_args_resume_and_cam(trained, tmp_path, capsys):
 
 class Toy(torch.nn.Module):
     """A module declaring the attributes that change what it computes."""
-    hyperparameters = ('alpha', 'taps')
+    hyperparameters = ('alpha', 'taps', 'dtype')
 
     def __init__(self, alpha):
         super().__init__()
-        self.alpha, self.taps = alpha, (1, 2)
+        self.alpha, self.taps, self.dtype = alpha, (1, 2), torch.float16
 
 
 def toy_model(*alphas):
@@ -257,9 +257,10 @@ def toy_model(*alphas):
 
 
 def test_module_hyperparameters_by_class_or_by_path():
-    assert module_hyperparameters(toy_model(0.5, 0.5)) == {'Toy': {'alpha': 0.5, 'taps': [1, 2]}}
+    toy = {'taps': [1, 2], 'dtype': 'torch.float16'}  # plain values: a weights-only load reads them
+    assert module_hyperparameters(toy_model(0.5, 0.5)) == {'Toy': {'alpha': 0.5, **toy}}
     assert module_hyperparameters(toy_model(0.5, 0.8)) == {
-        '0': {'alpha': 0.5, 'taps': [1, 2]}, '1': {'alpha': 0.8, 'taps': [1, 2]}}
+        '0': {'alpha': 0.5, **toy}, '1': {'alpha': 0.8, **toy}}
     assert module_hyperparameters(torch.nn.Conv2d(1, 1, 1)) == {}
 
 
