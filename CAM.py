@@ -14,8 +14,8 @@ import argparse
 import os
 
 from ops.cli import HelpFormatter, exit_on_user_error
+from ops.gradcam import DEMO_CHECKPOINT, explain
 from ops.logs import setup_logging
-from ops.run_cam import DEMO_CHECKPOINT, explain
 from opts import add_data_args, add_model_args, add_trust_arg, int_at_least
 
 

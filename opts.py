@@ -13,7 +13,7 @@ from ops.dataset import TEST_SAMPLINGS
 from ops.dataset_config import DATASETS
 from ops.lr_schedule import LR_TYPES
 from ops.MASNet import FORMS
-from ops.temporal import TEMPORAL_TYPES
+from ops.temporal import temporal_types, temporal_types_help
 from ops.video_readers import VIDEO_BACKENDS
 
 
@@ -89,8 +89,8 @@ def add_model_args(parser, defaults_from_checkpoint=False):
     """--type/--arch/--input_size; with defaults_from_checkpoint they default to None (= read
     from the checkpoint, then to MASNet/resnet50/224)."""
     ckpt = defaults_from_checkpoint
-    parser.add_argument('--type', default=None if ckpt else 'MASNet', choices=TEMPORAL_TYPES,
-                        help='temporal modules: MASNet (MAM+MSM+TIM), TSM (shift) or TSN (none)')
+    parser.add_argument('--type', default=None if ckpt else 'MASNet', choices=temporal_types(),
+                        help=f'temporal modules (ops/temporal.py): {temporal_types_help()}')
     parser.add_argument('--arch', default=None if ckpt else 'resnet50', choices=ARCHS,
                         help='backbone')
     parser.add_argument('--input_size', default=None if ckpt else 224, type=int_at_least(1),
@@ -158,9 +158,10 @@ def build_parser():
     parser.add_argument('--dropout', '--do', default=0.5, type=float_in(0, 1),
                         help='dropout before new_fc')
     parser.add_argument('--pretrain', default='imagenet',
-                        help="'imagenet' (torchvision's weights in the torch hub cache, downloaded "
-                             "and checked against their sha256 when missing), 'none', or a "
-                             "weight file")
+                        help="backbone initialisation: 'imagenet' (torchvision's weights in the "
+                             "torch hub cache, or the release's file there, downloaded and "
+                             "checked against their sha256 when missing), 'none', or a weight "
+                             "file")
     parser.add_argument('--offline', action='store_true',
                         help='never download (--pretrain imagenet then needs the file in the '
                              'torch hub cache); the environment variable MASNET_OFFLINE=1 does '

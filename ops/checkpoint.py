@@ -13,6 +13,17 @@ format ``FORMAT_VERSION``): class names, dataset, temporal type, arch, segments,
 size, mean/std, channel order, flip map, the training flags (``args``) and the code version, so
 predict.py, CAM.py, the Recognizer, torch.hub and tools/export.py need only the file.
 
+Every reader gets the same dict from ``read_checkpoint``: the ``module.`` prefixes stripped
+(repeated ones too: a DataParallel of a DataParallel) and the training flags ``args`` as a
+plain dict whether the file stored a dict or an ``argparse.Namespace`` (TSM-era files): see
+``checkpoint_args``. ImageNet weights and the other weight files a model starts from are read
+by ``backbone_state_dict``; building the model and loading them is ops/models.py's job.
+
+The model description records the hyper-parameters of the temporal modules (``{class name:
+{attribute: value}}``, from the classes that declare ``hyperparameters``), so a checkpoint
+evaluated or resumed under other values (e.g. MAM.alpha changed in the code) says so
+(``hyperparameter_differences``); ``code_version`` is compared only for a one-line note.
+
 Reading never runs code from a file: it unpickles with ``weights_only=True`` and allows only
 the globals of SAFE_GLOBALS beside tensors and plain Python values. A file needing anything
 else (e.g. a payload calling ``os.system``) is refused in one line naming the global and the
@@ -30,11 +41,12 @@ import subprocess
 import numpy as np
 import torch
 
-from ops.download import DownloadError, imagenet_weights
 from ops.errors import UserError
 from ops.files import atomic_write
 
 WRAPPER_PREFIXES = ('module.',)
+# the first bytes of what torch.save writes: a zip archive, or a pickle (the legacy format)
+TORCH_FILE_MAGIC = (b'PK\x03\x04', b'\x80')
 # the prefix of the state_dict keys this code writes: DataParallel's, as in the release's files
 SAVED_PREFIX = 'module.'
 # 1: type/arch/num_segments/input_size only (this project's earlier files); 2: model_description
@@ -97,16 +109,31 @@ def _load_weights_only(path, map_location, trust):
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
+def _not_a_checkpoint(path):
+    """Why the file at `path` cannot be a torch.save file (empty, other first bytes), or None."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if not head:
+        return 'is not a checkpoint: empty file'
+    if not head.startswith(TORCH_FILE_MAGIC):
+        return f'is not a PyTorch checkpoint (it starts with {head!r})'
+    return None
+
+
 def read_checkpoint(path, map_location='cpu', trust=False):
     """Read a checkpoint file into a dict that always has a ``state_dict`` entry.
 
     Accepts the release layout (dict with ``state_dict``), a bare state dict, and
-    torchvision-style weight files. Raises CheckpointError for a missing, truncated or
-    non-PyTorch file, and for one needing globals beyond SAFE_GLOBALS unless `trust`
-    (``--trust_checkpoint``).
+    torchvision-style weight files; the result is normalised as every reader expects (state
+    dict without wrapper prefixes, ``args`` a dict: ``normalise_checkpoint``). Raises
+    CheckpointError for a missing, empty, truncated or non-PyTorch file, and for one needing
+    globals beyond SAFE_GLOBALS unless `trust` (``--trust_checkpoint``).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
+    problem = _not_a_checkpoint(path)
+    if problem:
+        raise CheckpointError(f"checkpoint '{path}' {problem}")
     try:
         data = _load_weights_only(path, map_location, trust)
     except CheckpointError:
@@ -122,8 +149,25 @@ def read_checkpoint(path, map_location='cpu', trust=False):
             raise CheckpointError(f"checkpoint '{path}' has no 'state_dict' entry "
                                   f"(keys: {', '.join(list(data)[:8])})")
         data = {'state_dict': data}
-    data['state_dict'] = strip_wrapper_prefix(data['state_dict'])
-    return data
+    return normalise_checkpoint(data)
+
+
+def normalise_checkpoint(checkpoint):
+    """`checkpoint` as every reader expects it: state-dict keys without wrapper prefixes and
+    ``args`` a plain dict (``checkpoint_args``); returns the same dict."""
+    checkpoint['state_dict'] = strip_wrapper_prefix(checkpoint['state_dict'])
+    if 'args' in checkpoint:
+        checkpoint['args'] = checkpoint_args(checkpoint)
+    return checkpoint
+
+
+def checkpoint_args(checkpoint):
+    """The training flags a checkpoint records, as a dict: its ``args`` entry whether a dict
+    (this project's files) or an ``argparse.Namespace`` (TSM-era files); {} when it has none."""
+    recorded = checkpoint.get('args')
+    if isinstance(recorded, argparse.Namespace):
+        return dict(vars(recorded))
+    return dict(recorded) if isinstance(recorded, dict) else {}
 
 
 def non_finite_entries(state):
@@ -183,7 +227,74 @@ def model_description(model, categories, dataset=None, flip=None, mirror_map=Non
             'num_segments': model.num_segments, 'input_size': model.input_size,
             'scale_size': model.scale_size, 'input_mean': [float(m) for m in model.input_mean],
             'input_std': [float(s) for s in model.input_std], 'channel_order': CHANNEL_ORDER,
-            'flip': flip, 'mirror_map': {int(k): int(v) for k, v in (mirror_map or {}).items()}}
+            'flip': flip, 'mirror_map': {int(k): int(v) for k, v in (mirror_map or {}).items()},
+            'hyperparameters': module_hyperparameters(model)}
+
+
+def _plain(value):
+    """A hyper-parameter value as the checkpoint stores it: plain Python (what a weights-only
+    load and JSON read back), tuples as lists, anything else as its repr."""
+    if torch.is_tensor(value) or isinstance(value, np.generic):
+        value = value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+
+
+def _declared_hyperparameters(model):
+    """[(module path, class name, {attr: value})] of the modules of `model` whose class
+    declares ``hyperparameters`` (names of instance attributes that change its function)."""
+    found = []
+    for path, module in model.named_modules():
+        names = getattr(type(module), 'hyperparameters', None)
+        if isinstance(names, (tuple, list)) and names:
+            found.append((path, type(module).__name__,
+                          {name: _plain(getattr(module, name)) for name in names}))
+    return found
+
+
+def module_hyperparameters(model):
+    """``{class name: {attr: value}}`` of the temporal modules of `model` (e.g. ``{'MAM':
+    {'alpha': 0.5}}``), from the classes that declare a ``hyperparameters`` tuple; a class whose
+    instances disagree is recorded per instance, keyed by module path instead."""
+    by_class = {}
+    for path, name, values in _declared_hyperparameters(model):
+        by_class.setdefault(name, []).append((path, values))
+    record = {}
+    for name, instances in by_class.items():
+        if all(values == instances[0][1] for _, values in instances):
+            record[name] = instances[0][1]
+        else:
+            record.update({path: values for path, values in instances})
+    return record
+
+
+def hyperparameter_differences(checkpoint, model):
+    """Lines such as ``MAM.alpha 0.5 in the checkpoint, 0.8 in the code`` for each module
+    hyper-parameter the checkpoint records with another value than `model` has. Checkpoints
+    that record none (the release's, earlier ones) give []."""
+    recorded = checkpoint.get('hyperparameters')
+    if not isinstance(recorded, dict):
+        return []
+    lines = []
+    for path, name, values in _declared_hyperparameters(model):
+        label, trained = (path, recorded[path]) if path in recorded else (name, recorded.get(name))
+        for attr, value in values.items():
+            if isinstance(trained, dict) and attr in trained and _plain(trained[attr]) != value:
+                line = f'{label}.{attr} {trained[attr]} in the checkpoint, {value} in the code'
+                if line not in lines:
+                    lines.append(line)
+    return lines
+
+
+def code_version_note(checkpoint, path):
+    """A line saying that `checkpoint` was written by another version of the code (None when
+    it records none or the same). Only a note: the recorded hyper-parameters are what is
+    checked."""
+    recorded = checkpoint.get('code_version')
+    if recorded is None or recorded == code_version():
+        return None
+    return f"checkpoint '{path}' was written by code {recorded}, this is {code_version()}"
 
 
 def training_checkpoint(epoch, model, optimizer, settings, prec1=None, best_prec1=0.0,
@@ -261,12 +372,12 @@ def check_finite(checkpoint, path, keys=('state_dict',), source=None):
 
 
 def strip_wrapper_prefix(state_dict):
-    """Drop the ``module.`` prefix DataParallel/DDP add to every parameter name."""
+    """Drop the ``module.`` prefixes DataParallel/DDP add to every parameter name, repeated
+    ones too (``module.module.``: a wrapped model wrapped again)."""
     stripped = {}
     for key, value in state_dict.items():
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key[len(next(p for p in WRAPPER_PREFIXES if key.startswith(p))):]
         stripped[key] = value
     return stripped
 
@@ -342,35 +453,13 @@ def unwrap_model(model):
     return model
 
 
-def load_pretrained_backbone(backbone, arch, pretrain, offline=None, trust=False):
-    """Initialise `backbone` (a ResNet of `arch`) non-strictly from pretrained weights.
-
-    pretrain: 'imagenet' (torchvision's file in the torch hub cache, downloaded and verified
-    there when missing: ops.download.imagenet_weights; `offline` True, or None with
-    MASNET_OFFLINE set, refuses to download), 'none' / '' / None, or the path of a weight file
-    (torchvision layout or a TemporalModel checkpoint, whose new_fc is ignored); `trust` as in
-    read_checkpoint. Returns the names of the tensors loaded.
-    """
-    if pretrain in (None, '', 'none'):
-        return []
-    if pretrain == 'imagenet':
-        try:
-            path = imagenet_weights(arch, offline)
-        except DownloadError as exc:
-            raise CheckpointError(str(exc)) from None
-    else:
-        path = pretrain
+def backbone_state_dict(path, trust=False):
+    """The backbone weights of a weight file a model starts from (``--pretrain``: torchvision's
+    ImageNet file, another torchvision-layout file, or a TemporalModel checkpoint): its state
+    dict without classifier (``fc.``, ``new_fc.``) and without the ``base_model.`` prefix,
+    refused when not finite. `trust` as in read_checkpoint."""
     checkpoint = read_checkpoint(path, trust=trust)
     check_finite(checkpoint, path, source=f"--pretrain weights '{path}'")
-    state_dict = checkpoint['state_dict']
-    state_dict = {k[len('base_model.'):] if k.startswith('base_model.') else k: v
-                  for k, v in state_dict.items()
-                  if not k.startswith(('new_fc.', 'fc.', 'base_model.fc.'))}
-    loaded = load_state_dict_checked(backbone, state_dict, source=f"pretrained weights '{path}'",
-                                     allow_missing=True)
-    if not loaded:
-        raise CheckpointError(f"pretrained weights '{path}' share no parameter name with "
-                              f"{arch}; is it a ResNet weight file?")
-    logger.info('loaded %d/%d backbone tensors from %s', len(loaded),
-                len(backbone.state_dict()), path)
-    return loaded
+    return {k[len('base_model.'):] if k.startswith('base_model.') else k: v
+            for k, v in checkpoint['state_dict'].items()
+            if not k.startswith(('new_fc.', 'fc.', 'base_model.fc.'))}

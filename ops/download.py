@@ -12,6 +12,9 @@ downloaded into ``<torch hub dir>/checkpoints/`` on first use and read from ther
   fetched again once; a second failure is a one-line error;
 - offline (``main.py --offline`` or ``MASNET_OFFLINE=1``) nothing is downloaded: a missing file
   is a one-line error saying where to put it, a file failing the check is used with a warning;
+- a cache that already holds the file the release fetched (``RELEASE_IMAGENET_FILES``, the
+  same weights in torch's legacy serialisation) uses it, checked against its own name's prefix,
+  before anything is downloaded;
 - the address is ``IMAGENET_URL`` (torchvision's) unless ``MASNET_WEIGHTS_URL`` names another
   base (a mirror, or the local server of the tests); a progress bar shows on a terminal.
 """
@@ -32,6 +35,13 @@ from ops.logs import progress
 IMAGENET_URL = 'https://download.pytorch.org/models/'
 URL_ENV = 'MASNET_WEIGHTS_URL'
 OFFLINE_ENV = 'MASNET_OFFLINE'
+# the files the release's model_zoo.load_url fetches: torchvision's IMAGENET1K_V1 weights as
+# first published; torchvision re-saved them in the zip format under archs.IMAGENET_WEIGHT_FILES'
+# names (pytorch/vision issue 2068), the files this code fetches
+RELEASE_IMAGENET_FILES = {
+    'resnet50': 'resnet50-19c8e357.pth',
+    'resnet101': 'resnet101-5d3b4d8f.pth',
+}
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 
@@ -45,6 +55,26 @@ class DownloadError(UserError):
 def imagenet_weight_path(arch):
     """Where torchvision keeps the IMAGENET1K_V1 weights of `arch` (the torch hub cache)."""
     return os.path.join(torch.hub.get_dir(), 'checkpoints', IMAGENET_WEIGHT_FILES[arch])
+
+
+def release_weight_path(arch):
+    """Where the release's model_zoo call keeps `arch`'s weights (None: it fetches none)."""
+    name = RELEASE_IMAGENET_FILES.get(arch)
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', name) if name else None
+
+
+def cached_release_weights(arch):
+    """The release's file for `arch` when the torch hub cache holds it and it passes its own
+    sha256 check, else None (a failing copy is named in a warning and not used)."""
+    path = release_weight_path(arch)
+    if path is None or not os.path.isfile(path):
+        return None
+    if not hash_matches(path):
+        logger.warning("'%s' (the release's ImageNet file) does not match the sha256 prefix in "
+                       "its name: not used", path)
+        return None
+    logger.info("using the release's ImageNet file '%s'", path)
+    return path
 
 
 def imagenet_weight_url(arch):
@@ -109,7 +139,8 @@ def download(url, path):
 
 def imagenet_weights(arch, offline=None):
     """The path of `arch`'s verified ImageNet weights in the torch hub cache, downloading them
-    when missing or failing their checksum (see the module docstring).
+    when missing or failing their checksum, unless the release's file is there (see the module
+    docstring).
 
     offline: True refuses to download; None reads MASNET_OFFLINE.
     """
@@ -118,9 +149,12 @@ def imagenet_weights(arch, offline=None):
                             f"pass --pretrain none or a weight file")
     offline = offline_from_env() if offline is None else offline
     path, url = imagenet_weight_path(arch), imagenet_weight_url(arch)
+    if os.path.isfile(path) and hash_matches(path):
+        return path
+    release = cached_release_weights(arch)
+    if release:
+        return release
     if os.path.isfile(path):
-        if hash_matches(path):
-            return path
         if offline:
             logger.warning("'%s' does not match the sha256 prefix in its name (a partial or "
                            "modified copy?); offline, so it is used as it is", path)

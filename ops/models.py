@@ -1,12 +1,16 @@
-"""TSN-style video classifier around a (temporal) ResNet backbone.
+"""TSN-style video classifier around a (temporal) ResNet backbone, and its builders.
 
 ``TemporalModel`` runs the backbone on every sampled frame, applies dropout and a new
 classifier (``new_fc``) per frame and averages the T frame scores (the segmental consensus
 of TSN). Its ``state_dict`` names (``base_model.*``, ``new_fc.*``) are those of the MAS-Net
-release.
+release. The module computes and reads no file; as with torchvision's ``resnet50(weights=...)``,
+the builders create it and load weights: ``build_model`` (random, ImageNet or a weight file
+for the backbone), ``model_from_checkpoint`` (the model a checkpoint was trained as, with its
+weights) and ``load_classifier`` (that, plus the checkpoint's class names). Files are read and
+written by ops/checkpoint.py; the temporal types come from the registry in ops/temporal.py.
 """
 import logging
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -14,16 +18,20 @@ import torch.nn as nn
 from archs import ARCHS
 from ops.checkpoint import (
     CheckpointError,
+    backbone_state_dict,
     check_finite,
     check_trained_settings,
     checkpoint_categories,
-    load_pretrained_backbone,
+    code_version_note,
+    hyperparameter_differences,
     load_state_dict_checked,
+    normalise_checkpoint,
     read_checkpoint,
     trained_settings,
 )
+from ops.download import imagenet_weights
 from ops.optim import optim_policies
-from ops.temporal import TEMPORAL_TYPES, build_backbone
+from ops.temporal import build_backbone, temporal_module
 from ops.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 logger = logging.getLogger('masnet.model')
@@ -38,22 +46,22 @@ class TemporalModel(nn.Module):
     Args:
         num_class: number of action classes.
         num_segments: frames sampled per clip (T).
-        base_model: the temporal type (the release's name for it; ``--type``, a checkpoint's
-            'type', ``self.temporal_type``), one of ``TEMPORAL_TYPES`` ('MASNet', 'TSM', 'TSN').
+        temporal_type: the registered temporal type (``--type``, a checkpoint's 'type';
+            ops/temporal.py: 'MASNet' (default), 'TSM', 'TSN', ...). ``base_model=`` is the
+            release's keyword for it and is still accepted; ``self.base_model`` is the backbone.
         backbone: ResNet arch (``archs.ARCHS``).
         dropout: dropout before new_fc (the backbone's fc becomes this Dropout).
         consensus_type: 'avg' (the only consensus the release uses).
         partial_bn: TSN/TSM's partial BN (off in the release and by default): while
-            training, every BatchNorm after the first whose weights came from initialisation
-            (``pretrain`` here, ``init_norms_from`` after a --tune_from load) keeps its
-            statistics and affine parameters frozen. BatchNorms that no weight file set (MAM
-            ``bn1``, MSM ``bn_fc1`` under ImageNet init) always train.
-        pretrain: 'imagenet' (torchvision weights from the local torch hub cache),
-            'none', or the path of a weight file.
+            training, every BatchNorm after the first whose weights came from a weight file
+            (``initialised_norms``: set by ``build_model``'s --pretrain, or by
+            ``init_norms_from`` after a --tune_from load) keeps its statistics and affine
+            parameters frozen. BatchNorms that no weight file set (MAM ``bn1``, MSM ``bn_fc1``
+            under ImageNet init) always train.
         input_size: side of the square network input (224 in the paper).
         full_res: evaluate on larger crops (input_size * 256/224) as in 3-crop testing.
-        trust_checkpoint: unpickle a ``pretrain`` file in full (``--trust_checkpoint``).
 
+    The weights are random (``build_model`` loads ImageNet or file weights into the backbone).
     Input ``(N, T*3, H, W)``, output ``(N, num_class)``.
 
     MAS-Net's blocks compute their modules in a form chosen by ``ops.MASNet.set_form(form,
@@ -61,33 +69,32 @@ class TemporalModel(nn.Module):
     'reference', the paper's readable math (ops/MASNet.py, docs/fused_block.md).
     """
 
-    def __init__(self, num_class: int, num_segments: int, base_model: str = 'MASNet',
+    def __init__(self, num_class: int, num_segments: int, temporal_type: Optional[str] = None,
                  backbone: str = 'resnet50', dropout: float = 0.5, consensus_type: str = 'avg',
-                 partial_bn: bool = False, pretrain: Optional[str] = 'imagenet',
-                 input_size: int = 224, full_res: bool = False, trust_checkpoint: bool = False):
+                 partial_bn: bool = False, input_size: int = 224, full_res: bool = False,
+                 base_model: Optional[str] = None):
         super().__init__()
-        if base_model not in TEMPORAL_TYPES:
-            raise ValueError(f"unknown model type '{base_model}' "
-                             f"(choose from {', '.join(TEMPORAL_TYPES)})")
+        if temporal_type and base_model and temporal_type != base_model:
+            raise ValueError(f"temporal_type '{temporal_type}' and base_model '{base_model}' "
+                             f"name the same thing: give one")
+        temporal_type = temporal_type or base_model or 'MASNet'
+        temporal_module(temporal_type)  # an unknown type is a ValueError naming the choices
         if backbone not in ARCHS:
             raise ValueError(f"unknown arch '{backbone}' (choose from {', '.join(ARCHS)})")
         if consensus_type != 'avg':
             raise ValueError(f"unknown consensus '{consensus_type}' (only 'avg' is supported)")
         self.num_class = num_class
         self.num_segments = num_segments
-        self.temporal_type = base_model
+        self.temporal_type = temporal_type
         self.arch = backbone
         self.dropout = dropout
         self.input_size = input_size
         self.full_res = full_res
         self._enable_pbn = partial_bn
         self.initialised_norms = set()  # names of BatchNorms in base_model set by weight files
+        self.num_pretrained_tensors = 0  # backbone tensors build_model loaded from --pretrain
 
-        self.base_model = build_backbone(backbone, base_model, num_segments)
-        loaded = load_pretrained_backbone(self.base_model, backbone, pretrain,
-                                          trust=trust_checkpoint)
-        self.num_pretrained_tensors = len(loaded)
-        self.init_norms_from(loaded)
+        self.base_model = build_backbone(backbone, temporal_type, num_segments)
         feature_dim = self.base_model.fc.in_features
         self.base_model.fc = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
         self.new_fc = nn.Linear(feature_dim, num_class)
@@ -152,23 +159,77 @@ class TemporalModel(nn.Module):
         return optim_policies(self)
 
 
-def model_from_checkpoint(checkpoint: Dict, path: str, num_class: Optional[int] = None,
-                          num_segments: Optional[int] = None,
+def build_model(num_class: int, num_segments: int, temporal_type: Optional[str] = None,
+                backbone: str = 'resnet50', pretrain: Optional[str] = 'imagenet', *,
+                offline: Optional[bool] = None, trust_checkpoint: bool = False,
+                **settings) -> TemporalModel:
+    """A new TemporalModel whose backbone starts from `pretrain`, as main.py trains it.
+
+    pretrain: 'imagenet' (torchvision's weights from the torch hub cache, fetched and verified
+        there when missing: ops.download.imagenet_weights; `offline` True, or None with
+        MASNET_OFFLINE set, never downloads), 'none' / '' / None (random), or the path of a
+        weight file (torchvision layout or a TemporalModel checkpoint, whose classifier is
+        ignored); the BatchNorms it sets are the model's ``initialised_norms`` (partial BN).
+    trust_checkpoint: unpickle a `pretrain` file in full (``--trust_checkpoint``).
+    settings: TemporalModel's other arguments (dropout, partial_bn, input_size, full_res,
+        consensus_type, base_model).
+    """
+    model = TemporalModel(num_class, num_segments, temporal_type, backbone, **settings)
+    if pretrain not in (None, '', 'none'):
+        path = imagenet_weights(backbone, offline) if pretrain == 'imagenet' else pretrain
+        load_backbone_weights(model, path, trust_checkpoint)
+    return model
+
+
+def load_backbone_weights(model: TemporalModel, path: str, trust: bool = False) -> List[str]:
+    """Initialise ``model.base_model`` non-strictly from the weight file at `path` (shapes must
+    fit; names it lacks keep their values); returns the names of the tensors loaded."""
+    loaded = load_state_dict_checked(model.base_model, backbone_state_dict(path, trust),
+                                     source=f"pretrained weights '{path}'", allow_missing=True)
+    if not loaded:
+        raise CheckpointError(f"pretrained weights '{path}' share no parameter name with "
+                              f"{model.arch}; is it a ResNet weight file?")
+    logger.info('loaded %d/%d backbone tensors from %s', len(loaded),
+                len(model.base_model.state_dict()), path)
+    model.num_pretrained_tensors = len(loaded)
+    model.init_norms_from(loaded)
+    return loaded
+
+
+def hyperparameter_line(checkpoint: Dict, model: nn.Module, path: str) -> Optional[str]:
+    """One line naming the module hyper-parameters `checkpoint` records with other values than
+    `model` has (e.g. MAM.alpha changed in the code since training), or None."""
+    differences = hyperparameter_differences(checkpoint, model)
+    if not differences:
+        return None
+    return (f"checkpoint '{path}' was trained with other module hyper-parameters "
+            f"({'; '.join(differences)})")
+
+
+def model_from_checkpoint(checkpoint: Union[str, Dict], path: Optional[str] = None,
+                          num_class: Optional[int] = None, num_segments: Optional[int] = None,
                           temporal_type: Optional[str] = None,
                           arch: Optional[str] = None, input_size: Optional[int] = None,
                           full_res: bool = False,
-                          default_segments: int = RELEASE_TEST_SEGMENTS) -> TemporalModel:
-    """Rebuild the TemporalModel a checkpoint was trained as, and load its weights.
+                          default_segments: int = RELEASE_TEST_SEGMENTS,
+                          trust: bool = False) -> TemporalModel:
+    """The TemporalModel a checkpoint was trained as, with its weights.
 
-    The model's settings come from the flags given here, then from the checkpoint's
-    metadata ('type', 'arch', 'num_segments', 'input_size'; the release stores only
-    'arch'), then from the defaults (MASNet, resnet50, `default_segments` = the release's
-    test.py default 16, 224 px); a segment count taken from the defaults is logged.
-    num_class: the classes the caller expects (None: the checkpoint's).
+    checkpoint: a checkpoint file (read with `trust` as in read_checkpoint) or its dict;
+    path: how the file is named in messages (default: the file). The model's settings come from
+    the flags given here, then from the checkpoint's metadata ('type', 'arch', 'num_segments',
+    'input_size'; the release stores only 'arch'), then from the defaults (MASNet, resnet50,
+    `default_segments` = the release's test.py default 16, 224 px); a segment count taken from
+    the defaults is logged, and so are module hyper-parameters recorded with other values than
+    the code's (a warning: the model computes with the code's). num_class: the classes the
+    caller expects (None: the checkpoint's).
     Raises CheckpointError when the class count, segment count, type or arch does not fit.
     """
-    state_dict = checkpoint['state_dict']
-    fc_weight = state_dict.get('new_fc.weight')
+    if isinstance(checkpoint, str):
+        path = path or checkpoint
+        checkpoint = read_checkpoint(checkpoint, trust=trust)
+    checkpoint = normalise_checkpoint(dict(checkpoint))
+    fc_weight = checkpoint['state_dict'].get('new_fc.weight')
     if fc_weight is None:
         raise CheckpointError(f"checkpoint '{path}' has no new_fc.weight: not a TemporalModel")
     num_class = fc_weight.shape[0] if num_class is None else num_class
@@ -177,23 +238,33 @@ def model_from_checkpoint(checkpoint: Dict, path: str, num_class: Optional[int] 
                               f"the dataset has {num_class}")
     check_finite(checkpoint, path)
     trained = trained_settings(checkpoint)
-    trained_segments = trained['num_segments']
     check_trained_settings(checkpoint, path, num_segments=num_segments, type=temporal_type,
                            arch=arch)
     arch = arch or trained['arch'] or 'resnet50'
     if arch not in ARCHS:
         raise CheckpointError(f"checkpoint '{path}' names arch '{arch}', not one of "
                               f"{', '.join(ARCHS)}; pass --arch")
-    if not (num_segments or trained_segments):
+    if not (num_segments or trained['num_segments']):
         logger.info(f"'{path}' records no segment count: using {default_segments} "
                     f"(pass --test_segments to change it)")
-    model = TemporalModel(num_class, num_segments or trained_segments or default_segments,
+    model = TemporalModel(num_class, num_segments or trained['num_segments'] or default_segments,
                           temporal_type or trained['type'] or 'MASNet', arch,
-                          partial_bn=False, pretrain='none',
                           input_size=input_size or trained['input_size'] or 224,
                           full_res=full_res)
-    load_state_dict_checked(model, state_dict, source=f"checkpoint '{path}'")
+    load_state_dict_checked(model, checkpoint['state_dict'], source=f"checkpoint '{path}'")
+    report_differences(checkpoint, model, path)
     return model
+
+
+def report_differences(checkpoint: Dict, model: nn.Module, path: str) -> None:
+    """Log, in one line each, module hyper-parameters that differ from the checkpoint's (a
+    warning) and another code version (a note)."""
+    line = hyperparameter_line(checkpoint, model, path)
+    if line:
+        logger.warning(f"{line}: it runs with the code's values")
+    note = code_version_note(checkpoint, path)
+    if note:
+        logger.info(note)
 
 
 def load_classifier(path: str, categories: Optional[Sequence[str]] = None,

@@ -15,10 +15,12 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from ops import models
 from ops.checkpoint import (
     CheckpointError,
     check_finite,
     check_trained_settings,
+    checkpoint_args,
     load_state_dict_checked,
     model_description,
     non_finite_entries,
@@ -28,14 +30,12 @@ from ops.checkpoint import (
 )
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.download import imagenet_weights
 from ops.engine import TrainingDiverged, train_one_epoch, validate
 from ops.files import remove_stale_temp_files
 from ops.logs import setup_logging
 from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.MASNet import set_form
 from ops.meters import format_duration
-from ops.models import TemporalModel
 from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
 from ops.run_folder import (
     RunLockedError,
@@ -110,12 +110,10 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
 def build_model(args, num_class):
     """The TemporalModel main.py trains for `args` (before any --resume / --tune_from);
     --pretrain imagenet fetches the weights when missing, unless --offline (or MASNET_OFFLINE)."""
-    pretrain = args.pretrain
-    if pretrain == 'imagenet':
-        pretrain = imagenet_weights(args.arch, offline=args.offline or None)
-    return TemporalModel(num_class, args.num_segments, args.type, args.arch,
-                         dropout=args.dropout, partial_bn=args.partialbn, pretrain=pretrain,
-                         input_size=args.input_size, trust_checkpoint=args.trust_checkpoint)
+    return models.build_model(num_class, args.num_segments, args.type, args.arch, args.pretrain,
+                              offline=args.offline or None,
+                              trust_checkpoint=args.trust_checkpoint, dropout=args.dropout,
+                              partial_bn=args.partialbn, input_size=args.input_size)
 
 
 def run_eta(start, epochs_done, epochs_left):
@@ -159,7 +157,7 @@ def check_resume_flags(checkpoint, path, args):
     """Refuse to resume `checkpoint` under other network-shaping flags (always) or another
     recipe (unless --resume_changed; --epochs may grow). Checkpoints that record no flags
     resume as they are; --evaluate compares only the network-shaping flags."""
-    shaping, recipe, _ = flag_differences(checkpoint.get('args') or {}, vars(args))
+    shaping, recipe, _ = flag_differences(checkpoint_args(checkpoint), vars(args))
     if shaping:
         raise CheckpointError(f"checkpoint '{path}' was trained with other network-shaping flags "
                               f"({'; '.join(shaping)}): resuming never changes them; start a new "
@@ -168,6 +166,17 @@ def check_resume_flags(checkpoint, path, args):
         raise CheckpointError(f"checkpoint '{path}' was trained with another recipe "
                               f"({'; '.join(recipe)}): pass --resume_changed to continue with "
                               f"the new flags, or another --store_name to start afresh")
+
+
+def check_resume_hyperparameters(checkpoint, path, model, args):
+    """Refuse to resume `checkpoint` when the code's module hyper-parameters (e.g. MAM.alpha)
+    differ from those it records, unless --resume_changed (then a warning); --evaluate warns."""
+    line = models.hyperparameter_line(checkpoint, model, path)
+    if line and not (args.resume_changed or args.evaluate):
+        raise CheckpointError(f"{line}: pass --resume_changed to continue with the code's "
+                              f"values, or another --store_name to start afresh")
+    if line:
+        logger.warning(f"{line}: it runs with the code's values")
 
 
 def find_resume(args, latest):
@@ -289,6 +298,8 @@ def _train(args, runtime):
     resume, checkpoint = find_resume(args, latest)
     # weight files too: --pretrain (fetched if need be) and --tune_from are read and checked here
     model = build_model(args, cfg.num_class)
+    if resume:
+        check_resume_hyperparameters(checkpoint, resume, model, args)
     tune = read_tune_from(args) if args.tune_from and not resume else None
 
     locks = lock_run(args, runtime)
@@ -360,7 +371,7 @@ def _run_locked(args, runtime, *, cfg, model, train_records, val_records, resume
                            f"but other clips")
         logger.info(f"resumed '{resume}' at epoch {start_epoch}{within} "
                     f"(best top-1 {best_prec1:.2f})")
-        _, recipe, grown = flag_differences(checkpoint.get('args') or {}, vars(args))
+        _, recipe, grown = flag_differences(checkpoint_args(checkpoint), vars(args))
         for line in grown:
             logger.info(f'training longer: {line}')
         for line in recipe:

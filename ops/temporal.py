@@ -1,12 +1,17 @@
-"""The temporal module types a ResNet backbone can carry, one entry each (``--type``).
+"""The registry of temporal types a ResNet backbone can carry (``--type``): one entry each.
 
 A type is a pair of block classes (archs.resnet's BasicBlock / Bottleneck with their hooks
-overridden) and, for FLOP counting, the multiply-adds of its modules that fvcore cannot see
-(operations it does not count, e.g. TIM's depthwise temporal conv computed as adds). A new
-temporal module is one file with its blocks plus one entry in ``TEMPORAL_MODULES``.
+overridden), a few words for ``--type``'s help and, for FLOP counting, the multiply-adds of its
+modules that fvcore cannot see (e.g. TIM's depthwise temporal conv computed as adds).
+
+Everything that lists the types reads this registry when it runs: ``--type``'s choices and help
+(opts.py), the torch.hub entry points (hubconf.py), tools/flops.py, tools/bench_export.py,
+tools/ablation_table.py and the tests. A new temporal module is one file with its blocks plus
+one entry in ``TEMPORAL_MODULES`` (or a ``register_temporal_type`` call, e.g. from a plugin);
+docs/contributing.md walks through it.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import torch.nn as nn
 
@@ -18,27 +23,52 @@ from ops.temporal_shift import TSM_BLOCKS
 
 @dataclass(frozen=True)
 class TemporalModule:
-    """blocks: ``{'basic': cls, 'bottleneck': cls}``; uncounted_macs: ``{module class:
-    fn(module, input shape) -> multiply-adds fvcore misses in one call of that module}``."""
+    """blocks: ``{'basic': cls, 'bottleneck': cls}``; description: what the type adds, for
+    ``--type``'s help; uncounted_macs: ``{module class: fn(module, input shape) -> multiply-adds
+    fvcore misses in one call of that module}``."""
     blocks: Dict[str, type]
+    description: str = ''
     uncounted_macs: Dict[type, Callable] = field(default_factory=dict)
 
 
-TEMPORAL_MODULES = {
-    'MASNet': TemporalModule(MAS_BLOCKS, MAS_UNCOUNTED_MACS),
-    'TSM': TemporalModule(TSM_BLOCKS),
-    'TSN': TemporalModule(PLAIN_BLOCKS),
+# the paper's model first (the default --type), then its baselines
+TEMPORAL_MODULES: Dict[str, TemporalModule] = {
+    'MASNet': TemporalModule(MAS_BLOCKS, 'MAM+MSM+TIM', MAS_UNCOUNTED_MACS),
+    'TSM': TemporalModule(TSM_BLOCKS, 'shift'),
+    'TSN': TemporalModule(PLAIN_BLOCKS, 'none'),
 }
-TEMPORAL_TYPES = tuple(TEMPORAL_MODULES)
+
+
+def register_temporal_type(name: str, blocks: Dict[str, type], description: str = '',
+                           uncounted_macs: Optional[Dict[type, Callable]] = None
+                           ) -> TemporalModule:
+    """Add (or replace) the temporal type `name` at run time; returns its entry."""
+    if set(blocks) != {'basic', 'bottleneck'}:
+        raise ValueError(f"temporal type '{name}': blocks must be {{'basic': cls, "
+                         f"'bottleneck': cls}}, not keys {sorted(blocks)}")
+    entry = TemporalModule(dict(blocks), description, dict(uncounted_macs or {}))
+    TEMPORAL_MODULES[name] = entry
+    return entry
+
+
+def temporal_types() -> Tuple[str, ...]:
+    """The registered type names, in registration order."""
+    return tuple(TEMPORAL_MODULES)
+
+
+def temporal_types_help() -> str:
+    """``--type``'s help: each type with what it adds, e.g. 'MASNet (MAM+MSM+TIM), TSM (shift)'."""
+    return ', '.join(f'{name} ({entry.description})' if entry.description else name
+                     for name, entry in TEMPORAL_MODULES.items())
 
 
 def temporal_module(temporal_type: str) -> TemporalModule:
     if temporal_type not in TEMPORAL_MODULES:
         raise ValueError(f"unknown --type '{temporal_type}' "
-                         f"(choose from {', '.join(TEMPORAL_TYPES)})")
+                         f"(choose from {', '.join(temporal_types())})")
     return TEMPORAL_MODULES[temporal_type]
 
 
 def build_backbone(arch: str, temporal_type: str, num_segments: int) -> nn.Module:
-    """ResNet `arch` with the blocks of `temporal_type` ('MASNet', 'TSM' or 'TSN')."""
+    """ResNet `arch` with the blocks of the registered `temporal_type` (e.g. 'MASNet')."""
     return build_resnet(arch, temporal_module(temporal_type).blocks, num_segments=num_segments)

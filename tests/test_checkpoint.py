@@ -10,7 +10,7 @@ from ops.models import TemporalModel, model_from_checkpoint
 
 def small_model(num_class=5, seed=0):
     torch.manual_seed(seed)
-    return TemporalModel(num_class, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64).eval()
+    return TemporalModel(num_class, 4, 'MASNet', 'resnet10', input_size=64).eval()
 
 
 def release_checkpoint(model, path):
@@ -123,3 +123,28 @@ def test_tune_from_loads_the_backbone_but_not_the_head(tmp_path):
     # without the skip: a named mismatch
     with pytest.raises(C.CheckpointError, match='new_fc.weight'):
         C.load_model_weights(small_model(num_class=5), str(tmp_path / 'sthv1.pth.tar'))
+
+
+def test_nested_dataparallel_prefixes_load(tmp_path):
+    """``module.module.`` keys (a DataParallel model wrapped again) load like ``module.``."""
+    model = small_model()
+    path = str(tmp_path / 'twice_wrapped.pth.tar')
+    torch.save({'type': 'MASNet', 'arch': 'resnet10', 'num_segments': 4, 'input_size': 64,
+                'state_dict': {'module.module.' + k: v for k, v in model.state_dict().items()}},
+               path)
+    assert set(C.read_checkpoint(path)['state_dict']) == set(model.state_dict())
+    loaded = model_from_checkpoint(path)  # a path: the builder reads the file
+    assert loaded.num_class == 5
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize('content,problem', [
+    (b'', "is not a checkpoint: empty file"),
+    (b'epoch,top1\n1,20.5\n', "is not a PyTorch checkpoint (it starts with b'epoc')")])
+def test_empty_and_text_files_are_one_line_naming_the_file(tmp_path, content, problem):
+    path = tmp_path / 'ckpt.pth.tar'
+    path.write_bytes(content)
+    with pytest.raises(C.CheckpointError) as err:
+        model_from_checkpoint(str(path))
+    assert str(err.value) == f"checkpoint '{path}' {problem}"

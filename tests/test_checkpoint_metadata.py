@@ -1,5 +1,6 @@
 """Self-describing checkpoints and exports, the release's checkpoint layout, resume that knows
 its recipe: a checkpoint written by main.py is usable with nothing but the file."""
+import argparse
 import json
 import os
 
@@ -15,6 +16,10 @@ from ops.checkpoint import (
     CODE_VERSION,
     FORMAT_VERSION,
     CheckpointError,
+    code_version,
+    code_version_note,
+    hyperparameter_differences,
+    module_hyperparameters,
     read_checkpoint,
     save_checkpoint,
 )
@@ -89,12 +94,11 @@ def test_checkpoint_describes_itself(trained):
 def test_release_test_py_loads_the_checkpoint(trained):
     """The release's test.py: a DataParallel-wrapped TemporalModel, torch.load, strict
     load_state_dict of checkpoint['state_dict'] (a reference written from its behaviour)."""
-    net = torch.nn.DataParallel(TemporalModel(8, T, 'MASNet', 'resnet10', pretrain='none',
-                                              input_size=SIZE))
+    net = torch.nn.DataParallel(TemporalModel(8, T, 'MASNet', 'resnet10', input_size=SIZE))
     checkpoint = torch.load(trained[0])
     assert checkpoint['epoch'] == 1
     net.load_state_dict(checkpoint['state_dict'])  # strict: every key, every shape
-    ours = TemporalModel(8, T, 'MASNet', 'resnet10', pretrain='none', input_size=SIZE)
+    ours = TemporalModel(8, T, 'MASNet', 'resnet10', input_size=SIZE)
     ours.load_state_dict(read_checkpoint(trained[0])['state_dict'])  # and this code reads it
     for name, value in ours.state_dict().items():
         assert torch.equal(net.module.state_dict()[name], value)
@@ -217,6 +221,67 @@ def test_checkpoint_without_recorded_flags_resumes(trained, tmp_path):
     save_checkpoint(checkpoint, bare)
     args = parse_args(train_args(dataset, str(tmp_path), '--lr', '0.5', '--resume', bare))
     assert find_resume(args, str(tmp_path / 'none'))[0] == bare
+
+
+@pytest.mark.slow
+def test_tsm_era_namespace_args_resume_and_cam(trained, tmp_path, capsys):
+    """A checkpoint whose ``args`` is an argparse.Namespace (TSM-era files): --resume compares
+    its flags, CAM.py finds the video in the dataset it names."""
+    weights, dataset, _, _ = trained
+    raw = torch.load(weights, map_location='cpu', weights_only=True)
+    raw['args'] = argparse.Namespace(**raw['args'])
+    tsm_era = str(tmp_path / 'tsm_era.pth.tar')
+    torch.save(raw, tsm_era)
+    out = str(tmp_path / 'runs')
+    with pytest.raises(SystemExit):
+        train_main.main(train_args(dataset, out, '--lr', '0.02', '--resume', tsm_era))
+    assert '--lr 0.01 in the checkpoint, 0.02 now' in stderr_line(capsys)
+    assert not os.path.exists(out)  # refused before anything was created
+    _, probabilities, _ = CAM.main(['--weights', tsm_era, '--output', str(tmp_path / 'cam.png')])
+    assert probabilities.shape == (len(NAMES),) and os.path.isfile(tmp_path / 'cam.png')
+
+
+class Toy(torch.nn.Module):
+    """A module declaring the attributes that change what it computes."""
+    hyperparameters = ('alpha', 'taps', 'dtype')
+
+    def __init__(self, alpha):
+        super().__init__()
+        self.alpha, self.taps, self.dtype = alpha, (1, 2), torch.float16
+
+
+def toy_model(*alphas):
+    """Toy modules with these alphas beside modules that declare nothing (a conv, a block)."""
+    return torch.nn.Sequential(*[Toy(alpha) for alpha in alphas], torch.nn.Conv2d(1, 1, 1),
+                               torch.nn.Sequential(torch.nn.ReLU()))
+
+
+def test_module_hyperparameters_by_class_or_by_path():
+    toy = {'taps': [1, 2], 'dtype': 'torch.float16'}  # plain values: a weights-only load reads them
+    assert module_hyperparameters(toy_model(0.5, 0.5)) == {'Toy': {'alpha': 0.5, **toy}}
+    assert module_hyperparameters(toy_model(0.5, 0.8)) == {
+        '0': {'alpha': 0.5, **toy}, '1': {'alpha': 0.8, **toy}}
+    assert module_hyperparameters(torch.nn.Conv2d(1, 1, 1)) == {}
+
+
+def test_hyperparameter_differences_name_class_attribute_and_both_values():
+    by_class = {'hyperparameters': module_hyperparameters(toy_model(0.5, 0.5))}
+    assert hyperparameter_differences(by_class, toy_model(0.5, 0.5)) == []
+    assert hyperparameter_differences(by_class, toy_model(0.8, 0.8)) == [
+        'Toy.alpha 0.5 in the checkpoint, 0.8 in the code']
+    by_path = {'hyperparameters': module_hyperparameters(toy_model(0.5, 0.8))}
+    assert hyperparameter_differences(by_path, toy_model(0.5, 0.5)) == [
+        '1.alpha 0.8 in the checkpoint, 0.5 in the code']
+    assert hyperparameter_differences({'arch': 'resnet50'}, toy_model(0.8)) == []  # release's
+    renamed = {'hyperparameters': {'OldToy': {'alpha': 0.5}}}
+    assert hyperparameter_differences(renamed, toy_model(0.8)) == []
+
+
+def test_code_version_is_a_note_only_when_it_differs():
+    assert code_version_note({}, 'a.pth') is None
+    assert code_version_note({'code_version': code_version()}, 'a.pth') is None
+    assert code_version_note({'code_version': 'git 0123abc'}, 'a.pth') == (
+        f"checkpoint 'a.pth' was written by code git 0123abc, this is {code_version()}")
 
 
 # ---- exported models describe themselves -----------------------------------------------------

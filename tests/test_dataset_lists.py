@@ -12,8 +12,8 @@ import test as test_entry
 from ops import dataset as D
 from ops import video_readers as V
 from ops.dataset_config import get_dataset_config
+from ops.gradcam import find_video
 from ops.recognizer import collect_inputs
-from ops.run_cam import find_video
 from ops.scores import load_scores
 from tests.test_video_readers import write_mp4
 

@@ -3,6 +3,7 @@ fresh fetch, checksum mismatch, partial file at the final path, offline, server 
 import hashlib
 import http.server
 import io
+import logging
 import os
 import threading
 
@@ -10,9 +11,7 @@ import pytest
 import torch
 
 from archs import IMAGENET_WEIGHT_FILES
-from ops import download
-from ops.checkpoint import CheckpointError
-from ops.models import TemporalModel
+from ops import download, models
 from ops.run_train import build_model
 from opts import parse_args
 from tests.conftest import free_port
@@ -105,7 +104,7 @@ def test_missing_file_is_fetched_verified_and_loads(weights, serve):
     assert folder_files(path) == [name]  # no temporary file left beside it
     with open(path, 'rb') as f:
         assert f.read() == data
-    model = TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')
+    model = models.build_model(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')
     own = model.state_dict()
     for key in ('conv1.weight', 'bn1.weight', 'bn1.running_var'):
         assert torch.equal(own['base_model.' + key], state[key]), key
@@ -136,8 +135,8 @@ def test_partial_file_at_the_final_path_is_fetched_again_once(weights, serve, se
         with open(path, 'rb') as f:
             assert f.read() == data
     else:
-        with pytest.raises(CheckpointError, match='does not start with') as err:
-            TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')
+        with pytest.raises(download.DownloadError, match='does not start with') as err:
+            models.build_model(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')
         assert '\n' not in str(err.value)
         assert folder_files(path) == []
     assert server.requests == ['/' + name]  # once, not in a loop
@@ -152,8 +151,8 @@ def test_offline_flag_and_variable_make_no_request(weights, serve, monkeypatch):
     message = str(err.value)
     assert '\n' not in message and path in message and '--pretrain none' in message
     monkeypatch.setenv(download.OFFLINE_ENV, '1')
-    with pytest.raises(CheckpointError, match='offline'):
-        TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')
+    with pytest.raises(download.DownloadError, match='offline'):
+        models.build_model(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')
     assert server.requests == []
     assert folder_files(path) == []
     # without --offline, main.py's model fetches the file
@@ -178,3 +177,32 @@ def test_file_names_carry_the_sha256_prefix():
     assert download.expected_hash_prefix('/x/my_weights.pth') is None
     for arch, name in IMAGENET_WEIGHT_FILES.items():
         assert download.imagenet_weight_url(arch).endswith('/' + name)
+
+
+def test_the_release_file_in_the_cache_is_used_before_downloading(weights, serve, monkeypatch,
+                                                                   caplog):
+    """The release's model_zoo file (another name, its own sha256 prefix) already in the cache
+    is used as it is; one failing its own check is named and skipped."""
+    _, data, name, path = weights
+    release_state, release_data = stem_weights(seed=1)
+    release_name = f'resnet10-{hashlib.sha256(release_data).hexdigest()[:8]}.pth'
+    monkeypatch.setitem(download.RELEASE_IMAGENET_FILES, 'resnet10', release_name)
+    release_path = os.path.join(os.path.dirname(path), release_name)
+    os.makedirs(os.path.dirname(path))
+    with open(release_path, 'wb') as f:
+        f.write(release_data)
+    server = serve({name: data})
+    assert download.imagenet_weights('resnet10', offline=True) == release_path
+    model = models.build_model(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')
+    assert torch.equal(model.state_dict()['base_model.conv1.weight'],
+                       release_state['conv1.weight'])
+    assert server.requests == []
+    with open(release_path, 'wb') as f:
+        f.write(release_data[:-1] + b'x')  # a modified copy
+    with caplog.at_level(logging.WARNING, logger='masnet.model'):
+        assert download.imagenet_weights('resnet10') == path
+    assert f"'{release_path}' (the release's ImageNet file) does not match" in caplog.text
+    assert server.requests == ['/' + name]
+    with open(release_path, 'wb') as f:
+        f.write(release_data)
+    assert download.imagenet_weights('resnet10') == path  # torchvision's file, once present

@@ -7,6 +7,7 @@ import torch
 
 from ops.export import example_input, export_and_check, load_runner
 from ops.models import TemporalModel
+from ops.temporal import temporal_types
 from tests.conftest import randomize_bn
 from tools.export import main as export_main
 
@@ -22,11 +23,11 @@ def randomize_tim(model, seed=0):
     return model
 
 
-@pytest.mark.parametrize('temporal_type', ['MASNet', 'TSM', 'TSN'])
+@pytest.mark.parametrize('temporal_type', temporal_types())
 @pytest.mark.slow
 def test_onnx_and_torchscript_match_eager(temporal_type, tmp_path):
     torch.manual_seed(0)
-    model = TemporalModel(10, 8, temporal_type, 'resnet10', pretrain='none', input_size=64)
+    model = TemporalModel(10, 8, temporal_type, 'resnet10', input_size=64)
     model = randomize_tim(randomize_bn(model)).eval()
     torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)  # logits of a useful size
     real = example_input(model, seed=5).clamp(-2, 2)
@@ -54,7 +55,7 @@ def test_export_keeps_eager_inference_in_place(tmp_path):
     with torch.no_grad():
         assert MASNet.reuse_buffers() is True
         traced = []
-        model = TemporalModel(4, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32).eval()
+        model = TemporalModel(4, 4, 'MASNet', 'resnet10', input_size=32).eval()
         model.base_model.layer1[0].TIM.register_forward_hook(
             lambda m, i, o: traced.append(MASNet.reuse_buffers()))
         torch.jit.trace(model, example_input(model), check_trace=False)
@@ -65,8 +66,7 @@ def test_export_keeps_eager_inference_in_place(tmp_path):
 @pytest.mark.slow
 def test_export_command_on_a_checkpoint(tiny_data_root, tmp_path, capsys):
     torch.manual_seed(0)
-    model = randomize_bn(TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none',
-                                       input_size=64))
+    model = randomize_bn(TemporalModel(8, 4, 'MASNet', 'resnet10', input_size=64))
     weights = str(tmp_path / 'model.pth.tar')
     torch.save({'state_dict': model.state_dict(), 'type': 'MASNet', 'arch': 'resnet10',
                 'num_segments': 4, 'input_size': 64}, weights)

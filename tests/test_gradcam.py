@@ -21,8 +21,8 @@ def red_detector(num_segments=4):
     branch carries channel 0 on through a 3x3 box filter (MSM halves it, TIM is the identity);
     all other weights are zero and BatchNorm is the identity; new_fc reads channel 0.
     """
-    model = TemporalModel(2, num_segments, 'MASNet', 'resnet10', dropout=0, pretrain='none',
-                          partial_bn=False, input_size=64).eval()
+    model = TemporalModel(2, num_segments, 'MASNet', 'resnet10', dropout=0, partial_bn=False,
+                          input_size=64).eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
@@ -95,7 +95,7 @@ def test_overlay_blends_heat_over_frame():
 @pytest.mark.slow
 def test_cam_cli_on_video_id_and_folder(tiny_data_root, tmp_path):
     torch.manual_seed(0)
-    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet10', input_size=64)
     weights = str(tmp_path / 'w.pth.tar')
     save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,
                      'input_size': 64, 'best_prec1': 0.0, 'state_dict': model.state_dict()},

@@ -17,8 +17,8 @@ FLOORS = [
     # runs, schedules, transforms, the fused MAS arithmetic, the synthetic generator
     ['archs', 'ops.files', 'ops.meters', 'ops.seeding', 'ops.logs', 'ops.runtime', 'ops.optim',
      'ops.lr_schedule', 'ops.transforms', 'ops.mas_fused', 'ops.synthetic'],
-    # 2: command-line plumbing, run folders and their lock, ImageNet downloads, Grad-CAM
-    ['ops.cli', 'ops.run_folder', 'ops.download', 'ops.gradcam'],
+    # 2: command-line plumbing, run folders and their lock, ImageNet downloads
+    ['ops.cli', 'ops.run_folder', 'ops.download'],
     # 3: temporal blocks, data layouts and readers, checkpoint I/O, the epoch loops, score files
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
      'ops.checkpoint', 'ops.engine', 'ops.export', 'ops.preemption', 'ops.scores'],
@@ -28,8 +28,8 @@ FLOORS = [
     # 5: the model; the command-line flags
     ['ops.models', 'opts'],
     # 6: what uses a model: the Recognizer API (inputs, predictions) and the runs behind
-    # main.py and CAM.py
-    ['ops.recognizer', 'ops.run_train', 'ops.run_cam'],
+    # main.py and CAM.py (Grad-CAM)
+    ['ops.recognizer', 'ops.run_train', 'ops.gradcam'],
     # 7: the runs over a Recognizer's pieces: the evaluation behind test.py, the prediction run
     # (and its sliding windows) behind predict.py
     ['ops.run_eval', 'ops.run_predict'],

@@ -73,7 +73,7 @@ def test_reference_form_runs_the_module_forwards():
 
 def test_whole_model_in_reference_form_equals_eager_form():
     torch.manual_seed(0)
-    model = TemporalModel(5, T, 'MASNet', 'resnet10', pretrain='none', input_size=32, dropout=0)
+    model = TemporalModel(5, T, 'MASNet', 'resnet10', input_size=32, dropout=0)
     model = randomize_tim(randomize_bn(model)).double().eval()
     torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)
     x = torch.randn(2, 3 * T, 32, 32, dtype=torch.float64)

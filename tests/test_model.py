@@ -9,8 +9,9 @@ import torch.nn as nn
 
 from ops import reference as ref
 from ops.checkpoint import CheckpointError
+from ops.download import DownloadError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
-from ops.models import TemporalModel
+from ops.models import TemporalModel, build_model
 from ops.runtime import to_channels_last
 from ops.temporal_shift import temporal_shift
 from tests.conftest import randomize_bn
@@ -40,7 +41,7 @@ def test_bottleneck_matches_reference(T):
 @pytest.mark.slow
 def test_model_matches_reference(arch, T):
     torch.manual_seed(0)
-    model = TemporalModel(10, T, 'MASNet', arch, pretrain='none', input_size=64)
+    model = TemporalModel(10, T, 'MASNet', arch, input_size=64)
     randomize_tim(randomize_bn(model)).eval()
     nn.init.normal_(model.new_fc.weight, 0, 0.1)
     # float64: 16 random blocks amplify rounding differences of equivalent formulas a lot
@@ -157,7 +158,7 @@ KEY_PATTERN = re.compile(
 
 
 def test_state_dict_has_release_layout():
-    model = TemporalModel(174, 8, 'MASNet', 'resnet50', pretrain='none')
+    model = TemporalModel(174, 8, 'MASNet', 'resnet50')
     sd = model.state_dict()
     for key, shape in RELEASE_SHAPES.items():
         assert tuple(sd[key].shape) == shape, key
@@ -169,7 +170,7 @@ def test_state_dict_has_release_layout():
 
 
 def test_optim_policies_cover_every_parameter_once():
-    model = TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    model = TemporalModel(5, 4, 'MASNet', 'resnet10', input_size=64)
     groups = {g['name']: g for g in model.get_optim_policies()}
     ids = [id(p) for g in groups.values() for p in g['params']]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
@@ -196,7 +197,7 @@ def test_optim_policies_cover_every_parameter_once():
 
 def _fake_torchvision_resnet18():
     """A torchvision-layout resnet18 state dict (no conv biases), random values."""
-    plain = TemporalModel(1000, 1, 'TSN', 'resnet18', dropout=0, pretrain='none').base_model
+    plain = TemporalModel(1000, 1, 'TSN', 'resnet18', dropout=0).base_model
     g = torch.Generator().manual_seed(3)
     sd = {}
     for k, v in plain.state_dict().items():
@@ -210,13 +211,13 @@ def _fake_torchvision_resnet18():
 
 def test_imagenet_pretrain_loads_from_torch_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
-    with pytest.raises(CheckpointError, match='--pretrain none'):
-        TemporalModel(5, 4, 'MASNet', 'resnet18', pretrain='imagenet')
+    with pytest.raises(DownloadError, match='--pretrain none'):
+        build_model(5, 4, 'MASNet', 'resnet18', pretrain='imagenet')
 
     sd = _fake_torchvision_resnet18()
     os.makedirs(tmp_path / 'hub' / 'checkpoints')
     torch.save(sd, tmp_path / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth')
-    model = TemporalModel(5, 4, 'MASNet', 'resnet18', pretrain='imagenet')
+    model = build_model(5, 4, 'MASNet', 'resnet18', pretrain='imagenet')
     own = model.state_dict()
     for k in ('conv1.weight', 'layer2.0.downsample.0.weight', 'layer4.1.bn2.running_var',
               'layer3.1.conv2.weight'):
@@ -230,14 +231,14 @@ def test_pretrain_path_with_wrong_arch_names_shapes(tmp_path):
     path = tmp_path / 'r18.pth'
     torch.save(_fake_torchvision_resnet18(), path)
     with pytest.raises(CheckpointError, match='shape mismatch'):
-        TemporalModel(5, 4, 'MASNet', 'resnet50', pretrain=str(path))
+        build_model(5, 4, 'MASNet', 'resnet50', pretrain=str(path))
 
 
 @pytest.mark.slow
 def test_mixed_precision_runs_and_stays_close():
     """--amp: the MAS modules accept autocast's mixed dtypes, forward and backward."""
     torch.manual_seed(0)
-    model = TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    model = TemporalModel(5, 4, 'MASNet', 'resnet10', input_size=64)
     randomize_tim(randomize_bn(model))
     nn.init.normal_(model.new_fc.weight, 0, 0.1)
     x = torch.randn(2, 12, 64, 64)
@@ -343,7 +344,7 @@ def test_channels_last_model_computes_the_same(train):
     """A channels-last (NHWC) model runs MAS's element-wise work on NHWC views and its 1x1
     convs as NHWC matmuls; outputs and gradients equal the NCHW model's in float64."""
     torch.manual_seed(0)
-    model = TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64, dropout=0)
+    model = TemporalModel(5, 4, 'MASNet', 'resnet10', input_size=64, dropout=0)
     model = randomize_tim(randomize_bn(model)).double().train(train)
     nn.init.normal_(model.new_fc.weight, 0, 0.1)
     nhwc = to_channels_last(copy.deepcopy(model))
@@ -363,3 +364,36 @@ def test_channels_last_model_computes_the_same(train):
         (got * upstream).sum().backward()
         for (name, p), q in zip(model.named_parameters(), nhwc.parameters()):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_the_model_reads_no_file_and_the_builder_loads_the_backbone(tmp_path, monkeypatch):
+    with pytest.raises(TypeError):
+        TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='imagenet')  # no paths, no loading
+    stem = {'conv1.weight': torch.randn(64, 3, 7, 7), 'fc.weight': torch.randn(1000, 512)}
+    path = str(tmp_path / 'stem.pth')
+    torch.save(stem, path)
+    torch.manual_seed(0)
+    built = build_model(5, 4, 'MASNet', 'resnet10', pretrain=path, input_size=64)
+    assert torch.equal(built.base_model.conv1.weight, stem['conv1.weight'])
+    assert built.num_pretrained_tensors == 1 and built.initialised_norms == set()
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError('a file was read')
+
+    monkeypatch.setattr(torch, 'load', no_reading)
+    torch.manual_seed(0)
+    plain = TemporalModel(5, 4, 'MASNet', 'resnet10', input_size=64)
+    torch.manual_seed(0)
+    random = build_model(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    for key, value in plain.state_dict().items():  # loading draws no random number
+        assert torch.equal(random.state_dict()[key], value), key
+        if key != 'base_model.conv1.weight':
+            assert torch.equal(built.state_dict()[key], value), key
+
+
+def test_base_model_is_still_the_temporal_type_keyword():
+    model = TemporalModel(5, 4, base_model='TSM', backbone='resnet10', input_size=64)
+    assert model.temporal_type == 'TSM' and isinstance(model.base_model, nn.Module)
+    assert TemporalModel(5, 4, backbone='resnet10').temporal_type == 'MASNet'
+    with pytest.raises(ValueError, match='name the same thing'):
+        TemporalModel(5, 4, 'TSN', base_model='TSM', backbone='resnet10')

@@ -39,7 +39,7 @@ SEED_TRAIN_FLAGS = shlex.split(
 
 def _torchvision_style_resnet50(seed=0):
     """A state dict in torchvision's resnet50 layout (no conv biases), random values."""
-    plain = TemporalModel(1000, 1, 'TSN', 'resnet50', dropout=0, pretrain='none').base_model
+    plain = TemporalModel(1000, 1, 'TSN', 'resnet50', dropout=0).base_model
     convs = {name for name, m in plain.named_modules() if isinstance(m, nn.Conv2d)}
     g = torch.Generator().manual_seed(seed)
     sd = {}
@@ -66,7 +66,7 @@ def _release_training_network(model, imagenet):
     BatchNorm training and every parameter trainable. The remaining random
     initialisations (MAM, MSM, new_fc) are taken from `model` so the two can be compared.
     """
-    release = TemporalModel(174, 8, 'MASNet', 'resnet50', dropout=0.5, pretrain='none')
+    release = TemporalModel(174, 8, 'MASNet', 'resnet50', dropout=0.5)
     missing, _ = release.base_model.load_state_dict(imagenet, strict=False)
     own = model.state_dict()
     with torch.no_grad():
@@ -141,8 +141,7 @@ def test_partial_bn_is_opt_in_and_spares_untrained_norms(tmp_path, monkeypatch):
     assert named['layer1.0.MAM.bn1'].weight.requires_grad
     assert named['layer1.0.MSM.bn_fc1'].training
 
-    scratch = TemporalModel(5, 4, 'MASNet', 'resnet10', partial_bn=True, pretrain='none',
-                            input_size=64).train()
+    scratch = TemporalModel(5, 4, 'MASNet', 'resnet10', partial_bn=True, input_size=64).train()
     assert scratch.partial_bn_norms() == []  # nothing initialised: nothing frozen
     scratch.init_norms_from(['base_model.layer1.0.bn2.weight', 'base_model.bn1.weight'])
     scratch.train()
@@ -195,7 +194,7 @@ def test_dense_test_sampling_of_short_videos_and_the_numpy_version():
 def test_training_batches_per_epoch_are_the_releases(tiny_data_root, caplog):
     # the release's training loader has drop_last=True: floor(N / B) batches of B videos
     cfg = get_dataset_config('synthetic', tiny_data_root)
-    model = TemporalModel(cfg.num_class, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    model = TemporalModel(cfg.num_class, 4, 'MASNet', 'resnet10', input_size=64)
     records = parse_list_file(cfg.train_list)
     runtime = Runtime(torch.device('cpu'))
     for videos, batch in ((24, 5), (24, 8), (10, 3), (7, 7)):
@@ -342,7 +341,7 @@ def test_gpus_default_is_the_releases_four(monkeypatch):
 
 
 def test_release_checkpoint_without_segments_uses_16(tmp_path, caplog):
-    model = TemporalModel(5, 16, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    model = TemporalModel(5, 16, 'MASNet', 'resnet10', input_size=64)
     path = str(tmp_path / 'release.pth.tar')
     torch.save({'epoch': 3, 'arch': 'resnet10', 'best_prec1': 1.0,
                 'state_dict': {'module.' + k: v for k, v in model.state_dict().items()}}, path)

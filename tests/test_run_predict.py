@@ -57,8 +57,7 @@ def fitted(tiny_data_root, tmp_path_factory):
     videos also written as mp4 files."""
     tmp = tmp_path_factory.mktemp('predict')
     torch.manual_seed(0)
-    model = randomize_bn(TemporalModel(8, T, 'MASNet', 'resnet10', pretrain='none',
-                                       input_size=SIZE))
+    model = randomize_bn(TemporalModel(8, T, 'MASNet', 'resnet10', input_size=SIZE))
     frames_root = os.path.join(tiny_data_root, 'synthetic', 'frames')
     val_list = os.path.join(tiny_data_root, 'synthetic', 'valid.txt')
     transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
@@ -260,8 +259,7 @@ def test_sliding_window_switches_class_at_the_boundary(tmp_path):
     assert starts == [1, 41]
     window, stride, boundary = 16, 4, 40
     torch.manual_seed(1)
-    model = randomize_bn(TemporalModel(8, T, 'MASNet', 'resnet10', pretrain='none',
-                                       input_size=SIZE))
+    model = randomize_bn(TemporalModel(8, T, 'MASNet', 'resnet10', input_size=SIZE))
     recognizer = Recognizer(model, SYNTHETIC_CLASSES)
     capture = cv2.VideoCapture(str(video))
     decoded = []
@@ -314,8 +312,8 @@ def test_annotated_video_appears_only_when_complete(tmp_path, monkeypatch):
     frames = [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(12)]
     video, out = str(tmp_path / 'in.avi'), tmp_path / 'out' / 'annotated.mp4'
     write_video(video, frames, fps=10)
-    recognizer = Recognizer(TemporalModel(8, 4, 'TSN', 'resnet10', pretrain='none',
-                                          input_size=32).eval(), SYNTHETIC_CLASSES)
+    recognizer = Recognizer(TemporalModel(8, 4, 'TSN', 'resnet10', input_size=32).eval(),
+                            SYNTHETIC_CLASSES)
     done = list(sliding_window(recognizer, video, 8, 2, annotate=str(out)))
     assert len(done) == 3 and int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     before = out.read_bytes()
@@ -338,7 +336,7 @@ def test_annotated_video_appears_only_when_complete(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_hubconf_builds_the_model_from_a_local_weight_file(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    model = randomize_bn(TemporalModel(5, 4, 'MASNet', 'resnet50', pretrain='none')).eval()
+    model = randomize_bn(TemporalModel(5, 4, 'MASNet', 'resnet50')).eval()
     path = tmp_path / 'weights.pth'
     torch.save({'state_dict': model.state_dict()}, path)
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))  # set_dir would outlive the test

@@ -42,7 +42,7 @@ def test_step_and_cosine_lr_values():
 
 
 def test_group_multipliers_applied():
-    model = TemporalModel(4, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64)
+    model = TemporalModel(4, 4, 'MASNet', 'resnet10', input_size=64)
     optimizer = torch.optim.SGD(model.get_optim_policies(), 0.1, momentum=0.9)
     apply_lr(optimizer, 0.01, 5e-4)
     by_name = {g['name']: (g['lr'], g['weight_decay']) for g in optimizer.param_groups}
@@ -199,7 +199,7 @@ def test_test_py_views_scores_and_average(tiny_data_root, trained, tmp_path):
 @pytest.mark.slow
 def test_release_checkpoint_evaluates(tiny_data_root, tmp_path):
     torch.manual_seed(0)
-    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet10', input_size=32)
     path = str(tmp_path / 'release.pth.tar')
     save_checkpoint({'epoch': 70, 'arch': 'resnet10', 'best_prec1': 0.0,
                      'state_dict': {'module.' + k: v for k, v in model.state_dict().items()}}, path)
@@ -261,7 +261,7 @@ def test_diverged_training_stops_before_the_update():
     from ops.runtime import setup_runtime
 
     torch.manual_seed(0)
-    model = TemporalModel(4, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    model = TemporalModel(4, 4, 'MASNet', 'resnet10', input_size=32)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), 0.1)
     scaler = torch.amp.GradScaler('cuda', enabled=False)
@@ -311,7 +311,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tiny_data
 def scores_without_and_with(flag, data_root, tmp_path):
     """test.py's scores of a random MAS-ResNet-10 checkpoint, run as is and with `flag`."""
     torch.manual_seed(0)
-    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet10', input_size=32)
     torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)  # logits of a useful size
     path = str(tmp_path / 'model.pth.tar')
     save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,

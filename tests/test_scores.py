@@ -26,7 +26,7 @@ def setup(tiny_data_root, tmp_path_factory):
     """(checkpoint, val list relabelled so that the model gets 10 of its 16 videos right)."""
     tmp = tmp_path_factory.mktemp('scores')
     torch.manual_seed(0)
-    model = TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet10', input_size=32)
     torch.nn.init.normal_(model.new_fc.weight, 0, 0.1)  # logits of a useful size
     weights = str(tmp / 'model.pth.tar')
     save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': 'MASNet', 'num_segments': 4,

@@ -162,7 +162,7 @@ def test_flops_count_tim_as_a_depthwise_temporal_conv():
     """TIM's handler adds 3 multiply-adds per output element of every TIM the model runs."""
     from ops.MASNet import TIM
     from ops.models import TemporalModel
-    model = TemporalModel(5, 4, 'MASNet', 'resnet10', pretrain='none', input_size=64).eval()
+    model = TemporalModel(5, 4, 'MASNet', 'resnet10', input_size=64).eval()
     clip = torch.zeros(1, 12, 64, 64)
     added = flops.uncounted_macs(model, clip, {TIM: lambda m, shape: 3 * np.prod(shape)})
     # resnet10 at 64 px: one block per stage, 4 frames of 64/128/256/512 channels at 16/8/4/2 px

@@ -42,8 +42,7 @@ class Payload:
 
 def tiny_state():
     torch.manual_seed(0)
-    return TemporalModel(NUM_CLASS, T, 'MASNet', 'resnet10', pretrain='none',
-                         input_size=SIZE).state_dict()
+    return TemporalModel(NUM_CLASS, T, 'MASNet', 'resnet10', input_size=SIZE).state_dict()
 
 
 def save(path, state_dict, **extra):
@@ -145,8 +144,8 @@ def test_a_trusted_legacy_file_loads_with_the_flag_only(tiny_data_root, tmp_path
     assert 0 <= top1 <= 100
     assert f"--trust_checkpoint: unpickling '{weights}' in full" in capsys.readouterr().out
     with pytest.raises(C.CheckpointError, match='datetime'):
-        C.load_model_weights(TemporalModel(NUM_CLASS, T, 'MASNet', 'resnet10', pretrain='none',
-                                           input_size=SIZE), weights)
+        C.load_model_weights(TemporalModel(NUM_CLASS, T, 'MASNet', 'resnet10', input_size=SIZE),
+                             weights)
     assert Recognizer.from_checkpoint(weights, list(SYNTHETIC_CLASSES),
                                       trust_checkpoint=True).num_segments == T
 
@@ -166,7 +165,7 @@ def test_the_release_layout_loads_without_the_flag(tmp_path):
     open(path, 'wb').write(pickled.replace(b'numpy._core.multiarray\nscalar',
                                            b'numpy.core.multiarray\nscalar'))
     data = C.read_checkpoint(path)
-    assert data['best_prec1'] == 49.2 and data['args'].lr_steps == [30, 40]
+    assert data['best_prec1'] == 49.2 and data['args'] == {'lr': 0.01, 'lr_steps': [30, 40]}
     model = model_from_checkpoint(data, path, NUM_CLASS, T, input_size=SIZE)
     for key, value in state.items():
         assert torch.equal(model.state_dict()[key], value), key
@@ -179,7 +178,7 @@ def test_nan_momentum_is_refused_before_the_best_file_is_touched(tiny_data_root,
                             'checkpoint')
     os.makedirs(ckpt_dir)
     torch.manual_seed(0)
-    model = TemporalModel(NUM_CLASS, T, 'MASNet', 'resnet10', pretrain='none', input_size=SIZE)
+    model = TemporalModel(NUM_CLASS, T, 'MASNet', 'resnet10', input_size=SIZE)
     optimizer = torch.optim.SGD(model.get_optim_policies(), 0.01, momentum=0.9)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)

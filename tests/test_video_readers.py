@@ -148,7 +148,7 @@ def test_both_list_formats_and_folders_without_count(video_tree):
 
 @pytest.mark.parametrize('backend', BACKENDS)
 def test_memory_is_bounded_by_the_sampled_frames(tmp_path, backend):
-    from ops.run_cam import find_video
+    from ops.gradcam import find_video
     path = tmp_path / 'long.mp4'
     write_mp4(path, 150, 320, 240)
     root, record = find_video(str(path), None)  # as CAM.py reads a video file: count unknown
@@ -285,7 +285,7 @@ def test_test_py_under_torchrun_gives_the_numbers_and_scores_of_one_process(tiny
     from tests.conftest import randomize_bn
 
     torch.manual_seed(0)
-    model = randomize_bn(TemporalModel(8, 4, 'MASNet', 'resnet10', pretrain='none', input_size=32))
+    model = randomize_bn(TemporalModel(8, 4, 'MASNet', 'resnet10', input_size=32))
     weights = str(tmp_path / 'model.pth.tar')
     save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'num_segments': 4,
                      'state_dict': model.state_dict()}, weights)

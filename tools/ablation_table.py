@@ -5,7 +5,9 @@
 Per score file: top-1 over the 8 classes, and for each pair of time-reversed classes the
 accuracy of telling its two classes apart (argmax over the pair's two scores, on the pair's
 videos); a model without temporal modelling sits at 50% on every pair. Files of the same model
-type (several seeds) are averaged: mean +- sample standard deviation.
+type (several seeds) are averaged: mean +- sample standard deviation. Rows follow the registry
+of temporal types (ops/temporal.py) backwards, baselines first, the paper's model last; a type
+it does not know comes after them.
 """
 import argparse
 import os
@@ -14,11 +16,11 @@ import numpy as np
 
 from ops.cli import HelpFormatter
 from ops.scores import load_scores, summarize
+from ops.temporal import temporal_types
 
 # the synthetic classes 2k and 2k+1 are each other played backwards (ops/synthetic.py)
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7)]
 PAIR_NAMES = ['left/right', 'down/up', 'grow/shrink', 'cw/ccw']
-ROW_ORDER = ('TSN', 'TSM', 'MASNet')
 
 
 def pair_accuracy(scores, labels, pair):
@@ -45,7 +47,8 @@ def table(paths):
         runs.setdefault(temporal_type, []).append(metrics)
     rows = ['| model | runs | top-1 (8 classes) | ' + ' | '.join(PAIR_NAMES) + ' |',
             '|' + ' --- |' * (3 + len(PAIRS))]
-    for temporal_type in sorted(runs, key=lambda t: ROW_ORDER.index(t) if t in ROW_ORDER else 99):
+    order = temporal_types()[::-1]  # the registry lists the paper's model first
+    for temporal_type in sorted(runs, key=lambda t: order.index(t) if t in order else len(order)):
         values = np.array(runs[temporal_type])
         spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
         cells = ' | '.join(f'{m:.1f} ± {s:.1f}' for m, s in zip(values.mean(axis=0), spread))

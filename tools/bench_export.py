@@ -19,8 +19,8 @@ import torch
 from archs import ARCHS
 from ops.cli import HelpFormatter
 from ops.export import example_input, export_and_check
-from ops.models import TemporalModel
-from ops.temporal import TEMPORAL_TYPES
+from ops.models import build_model
+from ops.temporal import temporal_types
 
 
 def timed(fn, x):
@@ -32,7 +32,7 @@ def timed(fn, x):
 def main(argv=None):
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
                                      description=__doc__.splitlines()[0])
-    parser.add_argument('--type', default='MASNet', choices=TEMPORAL_TYPES)
+    parser.add_argument('--type', default='MASNet', choices=temporal_types())
     parser.add_argument('--arch', default='resnet50', choices=ARCHS)
     parser.add_argument('--num_segments', default=8, type=int)
     parser.add_argument('--size', default=224, type=int)
@@ -42,8 +42,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     import onnxruntime
     torch.manual_seed(0)
-    model = TemporalModel(174, args.num_segments, args.type, args.arch, pretrain='none',
-                          input_size=args.size).eval()
+    model = build_model(174, args.num_segments, args.type, args.arch, pretrain='none',
+                        input_size=args.size).eval()
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         prefix = os.path.join(tmp, 'model')
         diffs = export_and_check(model, prefix, formats=('onnx',))['onnx']

@@ -36,7 +36,7 @@ from archs.resnet import PLAIN_BLOCKS, build_resnet
 from ops.cli import HelpFormatter
 from ops.files import atomic_write
 from ops.MASNet import set_form
-from ops.models import TemporalModel
+from ops.models import build_model
 from ops.reference import ReleaseStyleModel
 from ops.runtime import to_channels_last
 
@@ -59,7 +59,7 @@ def plain_resnet50():
 def build(name, num_segments):
     if name == 'plain':
         return plain_resnet50()
-    model = TemporalModel(1000, num_segments, 'MASNet', 'resnet50', dropout=0, pretrain='none')
+    model = build_model(1000, num_segments, 'MASNet', 'resnet50', pretrain='none', dropout=0)
     if name == 'regional':
         return set_form('compiled', model)
     return ReleaseStyleModel(model) if name == 'release' else set_form('eager', model)

@@ -14,8 +14,8 @@ import torch
 
 from archs import ARCHS
 from ops.cli import HelpFormatter
-from ops.models import TemporalModel
-from ops.temporal import TEMPORAL_TYPES, temporal_module
+from ops.models import build_model
+from ops.temporal import temporal_module, temporal_types
 
 
 def uncounted_macs(model, clip, handlers):
@@ -40,8 +40,8 @@ def count(temporal_type='MASNet', arch='resnet50', num_segments=8, input_size=22
     """(parameters, GFLOPs) of one clip of `num_segments` frames at `input_size` px."""
     from fvcore.nn import FlopCountAnalysis
 
-    model = TemporalModel(num_class, num_segments, temporal_type, arch, pretrain='none',
-                          input_size=input_size).eval()
+    model = build_model(num_class, num_segments, temporal_type, arch, pretrain='none',
+                        input_size=input_size).eval()
     params = sum(p.numel() for p in model.parameters())
     clip = torch.zeros(1, num_segments * 3, input_size, input_size)
     analysis = FlopCountAnalysis(model, clip)
@@ -56,7 +56,7 @@ def count(temporal_type='MASNet', arch='resnet50', num_segments=8, input_size=22
 def main(argv=None):
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter,
                                      description=__doc__.splitlines()[0])
-    parser.add_argument('--type', default='MASNet', choices=TEMPORAL_TYPES)
+    parser.add_argument('--type', default='MASNet', choices=temporal_types())
     parser.add_argument('--arch', default='resnet50', choices=ARCHS)
     parser.add_argument('--num_segments', type=int, default=8)
     parser.add_argument('--input_size', type=int, default=224)

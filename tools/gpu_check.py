@@ -27,7 +27,7 @@ import torch
 
 from ops.cli import HelpFormatter
 from ops.files import atomic_write
-from ops.models import TemporalModel
+from ops.models import build_model
 from ops.traffic import DEFAULT_GPU, GPUS, gpu_named, predict
 from tools import bench_model
 
@@ -41,7 +41,7 @@ def training_steps(steps=5, num_segments=8, size=224, clips_per_gpu=2):
     """DataParallel + AMP + GradScaler training steps on random clips: losses and scales."""
     gpus = torch.cuda.device_count()
     device = torch.device('cuda', 0)
-    model = TemporalModel(174, num_segments, 'MASNet', 'resnet50', pretrain='none').to(device)
+    model = build_model(174, num_segments, 'MASNet', 'resnet50', pretrain='none').to(device)
     net = torch.nn.DataParallel(model, device_ids=list(range(gpus)))
     optimizer = torch.optim.SGD(model.get_optim_policies(), 0.01, momentum=0.9)
     scaler = torch.amp.GradScaler('cuda')
