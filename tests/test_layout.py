@@ -22,10 +22,8 @@ FLOORS = [
     # 3: temporal blocks, data layouts and readers, checkpoint I/O, the epoch loops, score files
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
      'ops.checkpoint', 'ops.engine', 'ops.export', 'ops.preemption', 'ops.scores'],
-    # 4: the registry of temporal types, the dataset, multi-view evaluation, error analysis,
-    # the test reference
-    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.analysis', 'ops.reference',
-      'ops.traffic'],
+    # 4: the registry of temporal types, the dataset, multi-view evaluation, error analysis
+    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.analysis'],
     # 5: the model; the command-line flags; the API's inputs and prediction records
     ['ops.models', 'opts', 'ops.inputs', 'ops.predictions'],
     # 6: what uses a model: the Recognizer API and the runs behind main.py, test.py and CAM.py

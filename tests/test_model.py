@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ops import reference as ref
+from tools import release_formulation as ref
 from ops.checkpoint import CheckpointError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
 from ops.models import TemporalModel
@@ -86,13 +86,13 @@ def test_inference_path_equals_autograd_path():
 
 
 def test_tim_gradients_match_conv1d():
-    """TIM's hand-written backward equals autograd through the release's permute + Conv1d."""
+    """TIM's fast form (three taps) and its gradients equal the release's permute + Conv1d."""
     T = 4
     torch.manual_seed(0)
     tim = randomize_tim(TIM(32, T))
     x = torch.randn(2 * T, 32, 5, 5, requires_grad=True)
     upstream = torch.randn(2 * T, 32, 5, 5)
-    grads = torch.autograd.grad((tim(x) * upstream).sum(), [x, tim.conv.weight])
+    grads = torch.autograd.grad((tim.interact(x) * upstream).sum(), [x, tim.conv.weight])
     expected = torch.autograd.grad((ref.tim(tim, x, T) * upstream).sum(), [x, tim.conv.weight])
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -123,6 +123,7 @@ def test_tim_initialised_as_shift():
     assert torch.equal(w[16:, 0], torch.tensor([0., 1., 0.]).expand(48, 3))
     x = torch.randn(2 * T, C, 5, 5)
     torch.testing.assert_close(tim(x), hand_shift(x, T))
+    torch.testing.assert_close(tim.interact(x), hand_shift(x, T))
     torch.testing.assert_close(temporal_shift(x, T), hand_shift(x, T))
 
 

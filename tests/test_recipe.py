@@ -17,7 +17,7 @@ import torch.nn as nn
 
 import average_scores
 import test as test_main
-from ops import reference
+from tools import release_formulation as reference
 from ops.checkpoint import read_checkpoint
 from ops.dataset import parse_list_file, sample_dense_test_indices
 from ops.dataset_config import get_dataset_config

@@ -1,11 +1,11 @@
-"""The memory-traffic account (ops/traffic.py): its formulas against torch.profiler, the roofline,
+"""The memory-traffic account (tools/traffic.py): its formulas against torch.profiler, the roofline,
 and the tool and the GPU check on a CPU."""
 import pytest
 import torch
 
 from archs.resnet import Bottleneck
 from ops.errors import UserError
-from ops.traffic import (
+from tools.traffic import (
     GPUS,
     Block,
     Op,

@@ -10,7 +10,7 @@ Networks on the same 8 frames: a plain ResNet-50 (torchvision's resnet50 when to
 installed, otherwise archs/'s copy of its exact structure: no conv biases, no temporal modules)
 and MAS-ResNet-50 in the forms of ops/MASNet.py: ``eager`` (the default form), ``regional``
 (the block form ``'compiled'``: only the element-wise core is torch.compile'd), the release's
-operations (ops/reference.py: Conv3d over one time step, avg_pool3d, permute + Conv1d), and
+operations (tools/release_formulation.py: Conv3d over one time step, avg_pool3d, permute + Conv1d), and
 ``compiled``: the whole MAS-ResNet-50 torch.compile'd, against the whole plain network
 compiled. Runs are interleaved and the ratios are medians over rounds of per-round ratios,
 so they are robust to the machine's load. Peak memory of a training step
@@ -37,7 +37,7 @@ from ops.cli import HelpFormatter
 from ops.files import atomic_write
 from ops.MASNet import set_form
 from ops.models import TemporalModel
-from ops.reference import ReleaseStyleModel
+from tools.release_formulation import ReleaseStyleModel
 from ops.runtime import to_channels_last
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
