@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from ops import MASNet, mas_fused
-from tools import release_formulation as ref
 from ops.errors import UserError
 from ops.models import TemporalModel
 from tests.conftest import ROOT, randomize_bn
 from tests.test_model import randomize_tim
+from tools import release_formulation as ref
 
 T = 4
 
@@ -276,7 +276,7 @@ def test_the_check_runs_once_and_leaves_the_model_alone(monkeypatch, fresh_check
     MASNet.check_forms(model)
     model(torch.randn(2, 3 * T, 32, 32)).sum().backward()
     assert len(calls) == 4  # checked already
-    model.base_model.layer1[0].MAM.alpha = 0.8  # another function: checked again
+    model.base_model.layer1[0].MAM.alpha += 0.25  # another function: checked again
     MASNet.check_forms(model)
     assert len(calls) == 5
     MASNet.check_forms(MASNet.set_form('readable', model))
@@ -368,3 +368,19 @@ def test_an_edit_of_the_readable_module_is_never_ignored(tmp_path, name):
                                f'{name}.forward (the readable {name}) and its fast form differ')
         assert '--mas_form readable' in line
     assert lines[2] == 'readable torch.Size([2, 5])'
+
+
+def test_mas_form_flag_shows_the_new_names_and_takes_the_old(capsys):
+    import argparse
+
+    import opts
+    parser = argparse.ArgumentParser()
+    opts.add_speed_args(parser)
+    for name, form in (('readable', 'readable'), ('reference', 'readable'), ('fast', 'fast'),
+                       ('eager', 'fast'), ('compiled', 'compiled')):
+        assert parser.parse_args(['--mas_form', name]).mas_form == form
+    assert parser.parse_args([]).mas_form is None  # then $MASNET_FORM, else fast
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--mas_form', 'fused'])
+    assert "invalid choice: 'fused'" in capsys.readouterr().err
+    assert '{readable,fast,compiled}' in parser.format_help()

@@ -5,6 +5,7 @@ import torch
 
 from archs.resnet import Bottleneck
 from ops.errors import UserError
+from tools import gpu_check, memory_traffic
 from tools.traffic import (
     GPUS,
     Block,
@@ -21,7 +22,6 @@ from tools.traffic import (
     run_seconds,
     traffic,
 )
-from tools import gpu_check, memory_traffic
 
 
 @pytest.mark.parametrize('train', [False, True])

@@ -28,8 +28,8 @@ import torch
 from ops.cli import HelpFormatter
 from ops.files import atomic_write
 from ops.models import TemporalModel
-from tools.traffic import DEFAULT_GPU, GPUS, gpu_named, predict
 from tools import bench_model
+from tools.traffic import DEFAULT_GPU, GPUS, gpu_named, predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
