@@ -12,7 +12,7 @@ from ops.cli import HelpFormatter
 from ops.dataset import TEST_SAMPLINGS
 from ops.dataset_config import DATASETS
 from ops.lr_schedule import LR_TYPES
-from ops.MASNet import FORMS
+from ops.MASNet import FORMS, form_name
 from ops.temporal import temporal_types, temporal_types_help
 from ops.video_readers import VIDEO_BACKENDS
 
@@ -107,11 +107,13 @@ def add_speed_args(parser):
     parser.add_argument('--channels_last', action='store_true',
                         help='run the convolutions, and MAS-Net\'s blocks, in NHWC memory '
                              '(same results; faster on AVX-512 CPUs: docs/speed.md)')
-    parser.add_argument('--mas_form', default=None, choices=FORMS,
-                        help="how MAS blocks compute: eager (the fast eager ops), compiled (their "
+    parser.add_argument('--mas_form', default=None, choices=FORMS, type=form_name,
+                        help="how MAS blocks compute: fast (cheaper equivalent ops, checked "
+                             "against the readable modules when first run), compiled (their "
                              "element-wise core torch.compile'd: faster steps after a compile of "
-                             "up to a minute), reference (the paper's readable math, for "
-                             "debugging); default: $MASNET_FORM, else eager (docs/fused_block.md)")
+                             "up to a minute), readable (MAM/MSM/TIM.forward: the paper's math, "
+                             "and what runs an edited module); old names eager, reference; "
+                             "default: $MASNET_FORM, else fast (docs/fused_block.md)")
 
 
 def add_view_args(parser):

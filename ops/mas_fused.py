@@ -7,7 +7,7 @@ arithmetic they share:
 - ``temporal_conv``: TIM's depthwise temporal conv (kernel 3, zero padding) as three
   channel-scaled adds of neighbouring frames, optionally into a given buffer;
 - ``SelectInteract``: for training, MSM's blend of motion and appearance followed by TIM, as one
-  autograd function that saves only its small inputs (the block's ``'eager'`` form). Autograd
+  autograd function that saves only its small inputs (the block's ``'fast'`` form). Autograd
   through the plain ops keeps two extra full-size activations per block alive until backward
   (the projected motion, saved by the blend, and the blend, saved by TIM); here backward
   recomputes the motion from the reduced C/64-channel features (one thin matmul) and the blend
@@ -280,12 +280,12 @@ class _Compiled:
 def run_compiled(math, *args):
     """``math(*args)`` with `math` torch.compile'd (at its first call). Where compiling fails
     (no C++ compiler, no Triton, an unsupported platform) it warns once and runs `math`
-    uncompiled; callers then use the eager form (``_Compiled.failed``)."""
+    uncompiled; callers then use the fast form (``_Compiled.failed``)."""
     if not _Compiled.failed:
         if math not in _Compiled.functions:
             # dynamic shapes: one graph serves every block of a network (static shapes made 14
             # graphs for MAS-ResNet-50's 7 block shapes, past dynamo's limit of 8, beyond which
-            # it runs the uncompiled function: far slower than the eager form)
+            # it runs the uncompiled function: far slower than the fast form)
             _Compiled.functions[math] = torch.compile(math, dynamic=True)
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
@@ -294,8 +294,14 @@ def run_compiled(math, *args):
             _Compiled.failed = True
             reason = (str(error).splitlines() or [''])[0]
             warnings.warn(f"MAS block form 'compiled': torch.compile failed "
-                          f"({type(error).__name__}: {reason}); running the eager form instead",
+                          f"({type(error).__name__}: {reason}); running the fast form instead",
                           RuntimeWarning)
+    return math(*args)
+
+
+def run_uncompiled(math, *args):
+    """``math(*args)``: ``FusedSelectInteract``'s `run` for checking the compiled core's math
+    without compiling it (ops.MASNet.check_forms, the tests)."""
     return math(*args)
 
 

@@ -65,8 +65,9 @@ class TemporalModel(nn.Module):
     Input ``(N, T*3, H, W)``, output ``(N, num_class)``.
 
     MAS-Net's blocks compute their modules in a form chosen by ``ops.MASNet.set_form(form,
-    model)``, ``$MASNET_FORM`` or ``--mas_form``: 'eager' (default), 'compiled', or
-    'reference', the paper's readable math (ops/MASNet.py, docs/fused_block.md).
+    model)``, ``$MASNET_FORM`` or ``--mas_form``: 'fast' (default), 'compiled', or
+    'readable', the modules' forwards (the paper's math; the fast forms are checked against
+    them: ops/MASNet.py, docs/fused_block.md).
     """
 
     def __init__(self, num_class: int, num_segments: int, temporal_type: Optional[str] = None,

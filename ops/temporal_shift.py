@@ -23,14 +23,20 @@ def temporal_shift(x, num_segments, fold_div=8):
 
 
 class _ShiftMixin:
-    """TSM's residual shift: a temporal shift at the start of the residual branch."""
+    """TSM's residual shift: a temporal shift at the start of the residual branch.
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, bias=True, num_segments=8):
+    ``hyperparameters``: the attributes that change the block's function (builders record them
+    in the checkpoint's model description)."""
+    hyperparameters = ('fold_div',)
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, bias=True, num_segments=8,
+                 fold_div=8):
         super().__init__(inplanes, planes, stride, downsample, bias)
         self.num_segments = num_segments
+        self.fold_div = fold_div
 
     def shift_input(self, x):
-        return temporal_shift(x, self.num_segments)
+        return temporal_shift(x, self.num_segments, self.fold_div)
 
 
 class TSMBasicBlock(_ShiftMixin, BasicBlock):

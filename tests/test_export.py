@@ -56,7 +56,7 @@ def test_export_keeps_eager_inference_in_place(tmp_path):
         assert MASNet.reuse_buffers() is True
         traced = []
         model = TemporalModel(4, 4, 'MASNet', 'resnet10', input_size=32).eval()
-        model.base_model.layer1[0].TIM.register_forward_hook(
+        model.base_model.layer1[0].register_forward_hook(
             lambda m, i, o: traced.append(MASNet.reuse_buffers()))
         torch.jit.trace(model, example_input(model), check_trace=False)
         model(example_input(model))

@@ -23,8 +23,8 @@ FLOORS = [
     ['ops.MASNet', 'ops.temporal_shift', 'ops.dataset_config', 'ops.video_readers',
      'ops.checkpoint', 'ops.engine', 'ops.export', 'ops.preemption', 'ops.scores'],
     # 4: the registry of temporal types, the dataset and its view protocol, multi-view
-    # evaluation and its error analysis, the test reference
-    ['ops.temporal', 'ops.dataset', 'ops.evaluation', 'ops.reference', 'ops.traffic'],
+    # evaluation and its error analysis
+    ['ops.temporal', 'ops.dataset', 'ops.evaluation'],
     # 5: the model; the command-line flags
     ['ops.models', 'opts'],
     # 6: what uses a model: the Recognizer API (inputs, predictions) and the runs behind

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ops import reference as ref
 from ops.checkpoint import CheckpointError
 from ops.download import DownloadError
 from ops.MASNet import MAM, MSM, TIM, MASBottleneck
@@ -15,6 +14,7 @@ from ops.models import TemporalModel, build_model
 from ops.runtime import to_channels_last
 from ops.temporal_shift import temporal_shift
 from tests.conftest import randomize_bn
+from tools import release_formulation as ref
 
 
 def randomize_tim(model, seed=1):
@@ -87,13 +87,13 @@ def test_inference_path_equals_autograd_path():
 
 
 def test_tim_gradients_match_conv1d():
-    """TIM's hand-written backward equals autograd through the release's permute + Conv1d."""
+    """TIM's fast form (three taps) and its gradients equal the release's permute + Conv1d."""
     T = 4
     torch.manual_seed(0)
     tim = randomize_tim(TIM(32, T))
     x = torch.randn(2 * T, 32, 5, 5, requires_grad=True)
     upstream = torch.randn(2 * T, 32, 5, 5)
-    grads = torch.autograd.grad((tim(x) * upstream).sum(), [x, tim.conv.weight])
+    grads = torch.autograd.grad((tim.interact(x) * upstream).sum(), [x, tim.conv.weight])
     expected = torch.autograd.grad((ref.tim(tim, x, T) * upstream).sum(), [x, tim.conv.weight])
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -124,6 +124,7 @@ def test_tim_initialised_as_shift():
     assert torch.equal(w[16:, 0], torch.tensor([0., 1., 0.]).expand(48, 3))
     x = torch.randn(2 * T, C, 5, 5)
     torch.testing.assert_close(tim(x), hand_shift(x, T))
+    torch.testing.assert_close(tim.interact(x), hand_shift(x, T))
     torch.testing.assert_close(temporal_shift(x, T), hand_shift(x, T))
 
 
@@ -350,14 +351,14 @@ def test_channels_last_model_computes_the_same(train):
     nhwc = to_channels_last(copy.deepcopy(model))
     block = nhwc.base_model.layer1[0]
     seen = []
-    block.TIM.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous()))
+    block.conv2.register_forward_pre_hook(lambda m, i: seen.append(i[0].is_contiguous()))
     block.register_forward_hook(
         lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
     x = torch.randn(2, 12, 64, 64, dtype=torch.float64)
     with torch.set_grad_enabled(train):
         expected, got = model(x), nhwc(x)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-    assert seen[-1] and (train or seen[0] is False)  # NHWC through the block (and TIM)
+    assert seen[-1] and (train or seen[0] is False)  # NHWC through the block (and TIM's out)
     if train:
         upstream = torch.randn(expected.shape, dtype=torch.float64)
         (expected * upstream).sum().backward()

@@ -17,7 +17,6 @@ import torch.nn as nn
 
 import average_scores
 import test as test_main
-from ops import reference
 from ops.checkpoint import read_checkpoint
 from ops.dataset import parse_list_file, sample_dense_test_indices
 from ops.dataset_config import get_dataset_config
@@ -29,6 +28,7 @@ from ops.run_train import build_loaders, build_model
 from ops.runtime import Runtime, setup_runtime
 from opts import parse_args
 from tests.conftest import ROOT
+from tools import release_formulation as reference
 
 SEED_TRAIN_FLAGS = shlex.split(
     '--lr 0.01 --epochs 70 --dataset_path ../../datasets/ --dataset somethingv1 '

@@ -1,11 +1,12 @@
-"""The memory-traffic account (ops/traffic.py): its formulas against torch.profiler, the roofline,
+"""The memory-traffic account (tools/traffic.py): its formulas against torch.profiler, the roofline,
 and the tool and the GPU check on a CPU."""
 import pytest
 import torch
 
 from archs.resnet import Bottleneck
 from ops.errors import UserError
-from ops.traffic import (
+from tools import gpu_check, memory_traffic
+from tools.traffic import (
     GPUS,
     Block,
     Op,
@@ -21,7 +22,6 @@ from ops.traffic import (
     run_seconds,
     traffic,
 )
-from tools import gpu_check, memory_traffic
 
 
 @pytest.mark.parametrize('train', [False, True])

@@ -3,19 +3,22 @@
     python tools/bench_model.py                    # 8 x 3 x 224 x 224: every form,
                                                    # inference + training step, 15 rounds
     python tools/bench_model.py --modes eager --profile   # + where MAS-Net's extra time goes
+    python tools/bench_model.py --modes eager autograd    # + the hand-written backward's worth
     python tools/bench_model.py --size 112 --repeats 3 --modes eager
     python tools/bench_model.py --device cuda --amp bf16 --channels_last
 
 Networks on the same 8 frames: a plain ResNet-50 (torchvision's resnet50 when torchvision is
 installed, otherwise archs/'s copy of its exact structure: no conv biases, no temporal modules)
-and MAS-ResNet-50 in the forms of ops/MASNet.py: ``eager`` (the default form), ``regional``
-(the block form ``'compiled'``: only the element-wise core is torch.compile'd), the release's
-operations (ops/reference.py: Conv3d over one time step, avg_pool3d, permute + Conv1d), and
+and MAS-ResNet-50 in the forms of ops/MASNet.py: ``masnet`` (the default form, ``'fast'``),
+``regional`` (the block form ``'compiled'``: only the element-wise core is torch.compile'd),
+``autograd`` (the fast form with plain autograd through its blend and TIM instead of the
+hand-written backward of ``SelectInteract``), the release's operations
+(tools/release_formulation.py: Conv3d over one time step, avg_pool3d, permute + Conv1d), and
 ``compiled``: the whole MAS-ResNet-50 torch.compile'd, against the whole plain network
-compiled. Runs are interleaved and the ratios are medians over rounds of per-round ratios,
-so they are robust to the machine's load. Peak memory of a training step
-(the second: the first compiles, where something does) is measured in a fresh subprocess per
-network: max_memory_allocated on GPUs; on Linux CPUs the
+compiled. Every mode but ``compiled`` runs eager networks. Runs are interleaved and the
+ratios are medians over rounds of per-round ratios, so they are robust to the machine's load.
+Peak memory of a training step (the second: the first compiles, where something does) is
+measured in a fresh subprocess per network: max_memory_allocated on GPUs; on Linux CPUs the
 growth of the peak resident set, with glibc told to return every freed block above 64 KiB to
 the system at once (MALLOC_MMAP_THRESHOLD_), so that the peak counts live tensors, not blocks
 the allocator kept. ``--profile`` prints, per operator, the self time MAS-ResNet-50 spends
@@ -35,16 +38,18 @@ import torch
 from archs.resnet import PLAIN_BLOCKS, build_resnet
 from ops.cli import HelpFormatter
 from ops.files import atomic_write
-from ops.MASNet import set_form
+from ops.MASNet import check_forms, fast_temporal, set_form
 from ops.models import build_model
-from ops.reference import ReleaseStyleModel
 from ops.runtime import to_channels_last
+from tools.release_formulation import ReleaseStyleModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NETWORKS = ('plain', 'masnet', 'release')  # --modes eager; 'regional' joins their rounds
-LABELS = {'masnet': 'MAS-ResNet-50 eager', 'regional': 'MAS-ResNet-50 regional',
-          'release': 'release-style eager', 'compiled': 'MAS-ResNet-50 compiled'}
+NETWORKS = ('plain', 'masnet', 'release')  # --modes eager; 'regional', 'autograd' join them
+EXTRA_NETWORKS = ('regional', 'autograd')
+LABELS = {'masnet': 'MAS-ResNet-50 fast', 'regional': 'MAS-ResNet-50 regional',
+          'autograd': 'MAS-ResNet-50 fast, plain autograd', 'release': 'release-style eager',
+          'compiled': 'MAS-ResNet-50 compiled'}
 
 
 def plain_resnet50():
@@ -62,7 +67,29 @@ def build(name, num_segments):
     model = build_model(1000, num_segments, 'MASNet', 'resnet50', pretrain='none', dropout=0)
     if name == 'regional':
         return set_form('compiled', model)
-    return ReleaseStyleModel(model) if name == 'release' else set_form('eager', model)
+    if name == 'autograd':
+        return with_plain_autograd(check_forms(set_form('fast', model)))
+    return ReleaseStyleModel(model) if name == 'release' else set_form('fast', model)
+
+
+def with_plain_autograd(model):
+    """`model` whose MAS blocks train with autograd through the fast form's own blend and TIM
+    (``MSM.blend``, ``TIM.interact``) instead of ``SelectInteract``'s hand-written backward."""
+    for block in model.modules():
+        if hasattr(block, 'TIM'):
+            block.temporal = plain_autograd_temporal(block)
+    return model
+
+
+def plain_autograd_temporal(block):
+    def core(appearance, reduced, projection, w_motion, taps, channels_last):
+        motion = block.MAM.project(reduced, channels_last)  # (N*T, C, H, W)
+        return block.TIM.interact(block.MSM.blend(motion, appearance, w_motion))
+
+    def temporal(x):
+        return fast_temporal(block.MAM, block.MSM, block.TIM, x,
+                             core if torch.is_grad_enabled() else None)
+    return temporal
 
 
 def make_input(name, num_segments, size, device):
@@ -178,12 +205,12 @@ def rss_kib(field):
 
 
 def benchmark(num_segments=8, size=224, repeats=5, device=torch.device('cpu'), amp='none',
-              channels_last=False, compile=False, regional=False):
+              channels_last=False, compile=False, extra=()):
     """Inference and training-step times and ratios to the plain ResNet-50, as a dict.
 
     Compiled runs compare the compiled MAS-ResNet-50 with the compiled plain ResNet-50 (the
-    release-style network is left out); eager runs add the regional form if `regional`."""
-    networks = ('plain', 'masnet') if compile else NETWORKS + (('regional',) if regional else ())
+    release-style network is left out); eager runs add the `extra` networks (EXTRA_NETWORKS)."""
+    networks = ('plain', 'masnet') if compile else NETWORKS + tuple(extra)
     results = {'num_segments': num_segments, 'size': size, 'device': str(device), 'amp': amp,
                'channels_last': channels_last, 'compile': compile, 'repeats': repeats}
     for train in (False, True):
@@ -226,13 +253,18 @@ def extra_time_profile(num_segments, size, device, rows=12):
 def measure_memory(args):
     """Peak training-step memory of each network, MiB, each in a fresh subprocess."""
     memory = {}
-    for name in NETWORKS + (('regional',) if 'regional' in args.modes else ()):
+    for name in NETWORKS + extra_networks(args.modes):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), '--memory_of', name,
                               '--num_segments', str(args.num_segments), '--size', str(args.size),
                               '--device', args.device], env={**os.environ, **MEMORY_ENV},
                              capture_output=True, text=True, check=True)
         memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
     return memory
+
+
+def extra_networks(modes):
+    """The networks of EXTRA_NETWORKS that `modes` (--modes) ask for."""
+    return tuple(name for name in EXTRA_NETWORKS if name in modes)
 
 
 def print_table(results):
@@ -281,11 +313,13 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=15, help='timed rounds (medians over them)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--modes', nargs='+', default=['eager', 'regional', 'compiled'],
-                        choices=['eager', 'regional', 'compiled'],
+                        choices=['eager', 'regional', 'autograd', 'compiled'],
                         help='eager networks; regional: also MAS-ResNet-50 with its blocks\' '
                              'element-wise core compiled (MASNET_FORM=compiled), in the same '
-                             'rounds; compiled: both whole networks torch.compile\'d (the '
-                             'first, compiling step is reported apart)')
+                             'rounds; autograd: also the fast form trained with plain autograd '
+                             'instead of its hand-written backward; compiled: both whole '
+                             'networks torch.compile\'d (the first, compiling step is reported '
+                             'apart)')
     parser.add_argument('--amp', default='none', choices=AMP_DTYPES,
                         help='autocast dtype (fp16: GPUs; bf16: GPUs and CPUs)')
     parser.add_argument('--channels_last', action='store_true', help='NHWC memory format')
@@ -296,7 +330,7 @@ def main(argv=None):
     parser.add_argument('--profile', action='store_true',
                         help='also print the operators behind MAS-Net\'s extra time (eager)')
     parser.add_argument('--json', default=None, help='also write the results to this file')
-    parser.add_argument('--memory_of', choices=NETWORKS + ('regional',), help=argparse.SUPPRESS)
+    parser.add_argument('--memory_of', choices=NETWORKS + EXTRA_NETWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -313,10 +347,10 @@ def main(argv=None):
           f'{torch.get_num_threads()} threads, {options}, medians of {args.repeats} rounds')
     results = {}
     for mode in ('eager', 'compiled'):
-        if mode in args.modes or (mode == 'eager' and 'regional' in args.modes):
+        if mode in args.modes or (mode == 'eager' and extra_networks(args.modes)):
             results[mode] = benchmark(args.num_segments, args.size, args.repeats, device,
                                       args.amp, args.channels_last, compile=mode == 'compiled',
-                                      regional='regional' in args.modes)
+                                      extra=extra_networks(args.modes))
     if not args.no_memory:
         results['train_peak_memory_mib'] = measure_memory(args)
     print_table(results)

@@ -10,7 +10,7 @@ recorded and the next step runs):
      AMP + GradScaler: the losses must be finite and the scaler's scale must have been updated;
   3. main.py for one epoch on the synthetic dataset on the GPU, then test.py on its checkpoint.
 After the benchmark it prints the measured eager MAS / plain time ratios (fp32, AMP fp16, AMP
-bf16) beside those ops/traffic.py predicts for the GPU (by its name; H100 for one it does not
+bf16) beside those tools/traffic.py predicts for the GPU (by its name; H100 for one it does not
 know): docs/memory_traffic.md. Without CUDA it says so in one line and exits 0 (``--predict
 [A100|H100|H200]``: then prints the predictions). Exits 1 when a step failed.
 """
@@ -28,8 +28,8 @@ import torch
 from ops.cli import HelpFormatter
 from ops.files import atomic_write
 from ops.models import build_model
-from ops.traffic import DEFAULT_GPU, GPUS, gpu_named, predict
 from tools import bench_model
+from tools.traffic import DEFAULT_GPU, GPUS, gpu_named, predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +97,7 @@ PREDICTED_VARIANTS = {'fp32': 'fp32', 'amp_fp16': 'fp16', 'amp_bf16': 'bf16'}
 
 def traffic_comparison(report, gpu_key):
     """Measured (the benchmark's eager runs, in `report`) and predicted MAS / plain time
-    ratios on the GPU `gpu_key` of ops.traffic.GPUS, one clip of 8 x 224 px as benchmarked:
+    ratios on the GPU `gpu_key` of tools.traffic.GPUS, one clip of 8 x 224 px as benchmarked:
     {variant: {mode: {'measured', 'predicted', 'roofline', 'fused'}}}; prints a line each."""
     comparison = {}
     for variant, dtype in PREDICTED_VARIANTS.items():

@@ -7,14 +7,14 @@
 Per block: the MB the plain block moves, what MAS-Net's conv biases and its MAM -> MSM -> TIM
 chain add (eager as implemented, and fused), and the chain's full-size passes; then the
 network's totals and, per GPU and dtype, the predicted MAS / plain time ratio (a roofline with
-a host cost per eager operator; ops/traffic.py states the model). Markdown on stdout.
+a host cost per eager operator; tools/traffic.py states the model). Markdown on stdout.
 """
 import argparse
 import json
 
 from ops.cli import HelpFormatter
 from ops.files import atomic_write
-from ops.traffic import (
+from tools.traffic import (
     DTYPE_BYTES,
     GPUS,
     HOST_US,

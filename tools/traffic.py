@@ -526,10 +526,11 @@ def profile_mas_block(planes=64, height=8, clips=2, segments=8, train=False, see
     chain on a random ``(clips * segments, planes, height, height)`` activation (CPU)."""
     import torch
 
-    from ops.MASNet import MASBottleneck
+    from ops.MASNet import MASBottleneck, check_forms
 
     torch.manual_seed(seed)
     block = MASBottleneck(4 * planes, planes, num_segments=segments).train(train)
+    check_forms(block)  # before the profile: its float64 checks are no part of the block
     x = torch.randn(clips * segments, planes, height, height, requires_grad=train)
     grad = torch.randn_like(x)
 

@@ -1,9 +1,10 @@
-"""The straightforward formulation of the MAS modules, as the release computes them.
+"""The release's formulation of the MAS modules, written independently of ops/MASNet.py.
 
 MSM's (1,3,3) Conv3d over one time step, avg_pool3d for the temporal mean, a 2-way softmax,
-MAM's per-frame loop, and TIM as permute + Conv1d. ops/MASNet.py computes the same function
-with cheaper operations; the tests check the two agree and tools/bench_model.py measures both.
-The functions take the fast modules (for their parameters) and an input ``(N*T, C, H, W)``.
+MAM's per-frame loop, and TIM as permute + Conv1d: the tests' oracle for every form of
+ops/MASNet.py, and tools/bench_model.py's release-style network. The functions take the
+modules (for their parameters and hyper-parameters, e.g. MAM's ``alpha``) and an input
+``(N*T, C, H, W)``.
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -12,13 +13,13 @@ from ops.MASNet import MASBottleneck
 
 
 def mam(mod, x, T):
-    """MAM with a loop over frames."""
+    """MAM with a loop over frames (frame t blended with t+1 by ``mod.alpha``)."""
     b = mod.bn1(mod.conv1(x))
     nt, c, h, w = b.shape
     b = b.view(nt // T, T, c, h, w)
     a = b.clone()
     for t in range(T - 1):
-        a[:, t] = (b[:, t] + 0.5 * b[:, t + 1]) / 1.5
+        a[:, t] = (b[:, t] + mod.alpha * b[:, t + 1]) / (1 + mod.alpha)
     return mod.conv3(a.view(nt, c, h, w))
 
 
@@ -45,7 +46,7 @@ def tim(mod, x, T):
 
 
 def bottleneck(block, x, T):
-    """A MASBottleneck's forward with the reference modules."""
+    """A MASBottleneck's forward with the release's modules."""
     identity = x if block.downsample is None else block.downsample(x)
     out = F.relu(block.bn1(block.conv1(x)))
     out = tim(block.TIM, msm(block.MSM, mam(block.MAM, out, T), out, T), T)
@@ -55,7 +56,7 @@ def bottleneck(block, x, T):
 
 
 def basic_block(block, x, T):
-    """A MASBasicBlock's forward with the reference modules."""
+    """A MASBasicBlock's forward with the release's modules."""
     identity = x if block.downsample is None else block.downsample(x)
     out = F.relu(block.bn1(block.conv1(x)))
     out = tim(block.TIM, msm(block.MSM, mam(block.MAM, out, T), out, T), T)
@@ -64,7 +65,7 @@ def basic_block(block, x, T):
 
 
 def temporal_model(model, x):
-    """A MASNet TemporalModel's forward with the reference modules."""
+    """A MASNet TemporalModel's forward with the release's modules."""
     T = model.num_segments
     net = model.base_model
     y = x.view(-1, 3, *x.shape[-2:])
