@@ -74,3 +74,75 @@ def test_calibration_of_a_score_file_of_logits_and_of_probabilities(tmp_path, ca
         calibration.main([release, '--probabilities'])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'not (row sums' in err and release in err
+
+
+def write_run(folder, temporal_type, val_lines):
+    """A run folder of main.py: log/log.txt with its validation lines, log/args.json."""
+    (folder / 'log').mkdir(parents=True)
+    lines = ['2026-01-01 00:00:00 synthetic: 8 classes; TSM resnet10, 8 segments, 64px']
+    best = 0.0
+    for epoch, prec1 in val_lines:
+        best = max(best, prec1)
+        lines += [f'2026-01-01 00:00:0{epoch} Epoch {epoch} train: Loss 1.0 Prec@1 50.000',
+                  f'2026-01-01 00:00:0{epoch} Epoch {epoch} val: Loss 1.00000 Prec@1 '
+                  f'{prec1:.3f} Prec@5 100.000 (best Prec@1 {best:.3f})']
+    (folder / 'log' / 'log.txt').write_text('\n'.join(lines) + '\n')
+    (folder / 'log' / 'args.json').write_text(json.dumps({'type': temporal_type}))
+    return str(folder)
+
+
+def test_summary_of_run_folders_and_score_files(tmp_path, capsys):
+    from tools import summarize_runs
+    runs = [write_run(tmp_path / 'seed0', 'TSM', [(0, 40.0), (4, 70.0), (9, 68.0)]),
+            write_run(tmp_path / 'seed1', 'TSM', [(4, 60.0), (9, 74.0)]),
+            write_run(tmp_path / 'seed2', 'TSM', [(9, 80.0)])]
+    groups = summarize_runs.main(runs)
+    last, best = groups['all']['last_val'], groups['all']['best_val']
+    assert last['n'] == 3 and last['mean'] == pytest.approx((68 + 74 + 80) / 3)
+    assert last['std'] == pytest.approx(6.0) and last['spread'] == 12.0  # 68, 74, 80
+    assert (best['min'], best['max'], best['mean']) == (70.0, 80.0, pytest.approx(224 / 3))
+    assert '| all | last_val | 3 | 74.00 ± 6.00 | 68.00 | 80.00 | 12.00 |' in \
+        capsys.readouterr().out
+    # score files: top-1 of each (2 of 4 and 4 of 4 right), grouped by type with --by_type
+    labels = [0, 1, 2, 3]
+    half = str(tmp_path / 'synthetic_TSN_resnet10_8f_1crop_1clip_64px.npz')
+    save_scores(half, np.eye(4)[[0, 1, 3, 2]], labels, list('abcd'))
+    full = str(tmp_path / 'full.npz')
+    save_scores(full, np.eye(4)[labels], labels, list('abcd'), temporal_type='TSN')
+    out = tmp_path / 'out' / 'seeds.json'
+    groups = summarize_runs.main(runs[:2] + [half, full, '--by_type', '--json', str(out)])
+    assert sorted(groups) == ['TSM', 'TSN'] and groups['TSM']['last_val']['n'] == 2
+    top1 = groups['TSN']['top1']
+    assert (top1['n'], top1['mean'], top1['std']) == (2, 75.0, pytest.approx(2 ** 0.5 * 25))
+    assert json.loads(out.read_text())['TSN']['top1']['spread'] == 50.0
+    single = summarize_runs.main([full])['all']['top1']
+    assert single['std'] is None and summarize_runs.mean_std(single) == '100.0'
+
+
+def test_summary_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys):
+    from tools import summarize_runs
+    empty = write_run(tmp_path / 'fresh', 'TSM', [])
+    for path, problem in ((empty, 'no validation line'), (str(tmp_path), 'neither a score file')):
+        with pytest.raises(SystemExit):
+            summarize_runs.main([path])
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and problem in err and path in err, err
+
+
+@pytest.mark.slow
+def test_summary_reads_the_log_main_py_writes(tiny_data_root, tmp_path):
+    """The validation lines of a real run (2 epochs), against its TensorBoard scalars."""
+    import main as train_main
+    from ops.logs import read_scalars
+    from tools import summarize_runs
+    out = str(tmp_path)
+    best = train_main.main(['--dataset', 'synthetic', '--dataset_path', tiny_data_root, '--arch',
+                            'resnet10', '--num_segments', '4', '--input_size', '32', '--pretrain',
+                            'none', '-b', '8', '-j', '0', '--lr', '0.01', '--epochs', '2',
+                            '--root_log', out, '--root_checkpoint', out, '--store_name', 'run'])
+    folder = str(tmp_path / 'synthetic' / 'MASNet' / 'resnet10' / 'num_segments_4' / 'run')
+    temporal_type, metrics = summarize_runs.run_folder_metrics(folder)
+    validation = read_scalars(f'{folder}/tensorboardX')['acc/test_top1']
+    assert temporal_type == 'MASNet' and metrics['epoch'] == 1
+    assert metrics['best_val'] == pytest.approx(best, abs=1e-3)
+    assert metrics['last_val'] == pytest.approx(validation[-1][1], abs=1e-3)

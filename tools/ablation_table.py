@@ -5,7 +5,8 @@
 Per score file: top-1 over the 8 classes, and for each pair of time-reversed classes the
 accuracy of telling its two classes apart (argmax over the pair's two scores, on the pair's
 videos); a model without temporal modelling sits at 50% on every pair. Files of the same model
-type (several seeds) are averaged: mean +- sample standard deviation.
+type (several seeds) are averaged: mean +- sample standard deviation (the mean alone for a
+single run), as tools/summarize_runs.py summarises any runs.
 """
 import argparse
 import os
@@ -14,6 +15,7 @@ import numpy as np
 
 from ops.cli import HelpFormatter
 from ops.scores import load_scores, summarize
+from tools.summarize_runs import mean_std, spread
 
 # the synthetic classes 2k and 2k+1 are each other played backwards (ops/synthetic.py)
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7)]
@@ -46,9 +48,8 @@ def table(paths):
     rows = ['| model | runs | top-1 (8 classes) | ' + ' | '.join(PAIR_NAMES) + ' |',
             '|' + ' --- |' * (3 + len(PAIRS))]
     for temporal_type in sorted(runs, key=lambda t: ROW_ORDER.index(t) if t in ROW_ORDER else 99):
-        values = np.array(runs[temporal_type])
-        spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
-        cells = ' | '.join(f'{m:.1f} ± {s:.1f}' for m, s in zip(values.mean(axis=0), spread))
+        values = np.array(runs[temporal_type])  # (runs, metrics)
+        cells = ' | '.join(mean_std(spread(column)) for column in values.T)
         rows.append(f'| {temporal_type} | {len(values)} | {cells} |')
     return '\n'.join(rows)
 
