@@ -8,18 +8,20 @@
 Without files, the folder's score files must be of one evaluation group (same dataset, list,
 classes and videos); a folder holding several is refused with the groups listed. Score files
 of an unlabelled list (label -1) are ensembled without accuracy (--csv_file writes the
-predictions).
+predictions). A file holding NaN or inf scores is refused, and so are weights that are not
+finite, sum to zero or (without --allow_negative_weights) are negative.
 """
 import argparse
 import glob
 import os
 
 from ops.cli import HelpFormatter, exit_on_user_error
-from ops.files import atomic_write
+from ops.files import atomic_write, prepare_output
 from ops.scores import (
     DEFAULT_SCORE_DIR,
     ScoreFileError,
     check_same_videos,
+    check_weights,
     describe_group,
     describe_labels,
     ensemble,
@@ -56,7 +58,9 @@ def build_parser():
     parser.add_argument('--weights', '--ensemble_weights', '--coeff', dest='weights', nargs='+',
                         action=FloatList, default=None,
                         help='ensemble weights, one per file, space- or comma-separated (test.py '
-                             'spells them --coeff 1,0.5)')
+                             'spells them --coeff 1,0.5); finite, not summing to zero')
+    parser.add_argument('--allow_negative_weights', action='store_true',
+                        help='accept negative --weights (default: refuse them)')
     parser.add_argument('--softmax', action='store_true', help='softmax each file before averaging')
     parser.add_argument('--csv_file', default=None,
                         help="write the ensemble's 'video_id;predicted class' lines")
@@ -113,6 +117,10 @@ def line(name, width, result):
 @exit_on_user_error
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.csv_file:
+        prepare_output(args.csv_file, '--csv_file')
+    if args.weights is not None:
+        check_weights(args.weights, '--weights', args.allow_negative_weights)
     if args.files:
         files = args.files
         score_sets = [load_scores(f) for f in files]

@@ -14,9 +14,12 @@ top-5 per video. test.py writes these beside each score file ``<name>.npz``, in 
     per_class.csv    class, videos, correct, accuracy (%)
     top5.csv         video, label, then the 5 best classes with their probabilities
     confusion.png    the matrix (row-normalised) and the most-confused pairs, named
+    calibration.json expected calibration error and the confidence bins (write_calibration)
+    reliability.png  the reliability diagram of those bins
 """
 import csv
 import io
+import json
 import logging
 import os
 import time
@@ -224,3 +227,99 @@ def write_error_analysis(score_file: str, scores: np.ndarray, labels: np.ndarray
     save_confusion_figure(paths['confusion.png'], matrix, categories, most_confused(matrix),
                           f'{os.path.basename(score_file)}: {correct}/{int(known.sum())} correct')
     return paths
+
+
+# Calibration: how far a model's confidence is from its accuracy. The confidence of a video is
+# its largest class probability: the softmax of its view-averaged logits (a score file holds
+# those logits unless test.py ran with --softmax, when it holds that softmax already).
+# write_calibration adds to the analysis folder of a score file:
+#     calibration.json  expected calibration error (ece, in [0, 1]) and the confidence bins
+#     reliability.png   accuracy against confidence per bin, and the share of videos per bin
+CALIBRATION_BINS = 15  # equal-width confidence bins over [0, 1], as Guo et al. (2017)
+
+
+def calibration_bins(probabilities: np.ndarray, labels: np.ndarray,
+                     num_bins: int = CALIBRATION_BINS) -> List[Dict]:
+    """Per confidence bin ``(k / num_bins, (k + 1) / num_bins]``: {'low', 'high', 'videos',
+    'confidence' (mean), 'accuracy'} (the last two None for an empty bin).
+
+    probabilities: (N, C) rows summing to 1; labels: (N,) true classes.
+    """
+    confidence = probabilities.max(axis=1)
+    right = probabilities.argmax(axis=1) == labels
+    index = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    bins = []
+    for k in range(num_bins):
+        members = index == k
+        count = int(members.sum())
+        bins.append({'low': k / num_bins, 'high': (k + 1) / num_bins, 'videos': count,
+                     'confidence': float(confidence[members].mean()) if count else None,
+                     'accuracy': float(right[members].mean()) if count else None})
+    return bins
+
+
+def expected_calibration_error(bins: List[Dict]) -> float:
+    """ECE in [0, 1]: the video-weighted mean over bins of |accuracy - mean confidence|."""
+    total = sum(b['videos'] for b in bins)
+    return sum(b['videos'] / total * abs(b['accuracy'] - b['confidence'])
+               for b in bins if b['videos'])
+
+
+def save_reliability_diagram(path: str, bins: List[Dict], ece: float, title: str = '') -> None:
+    """Accuracy against confidence per bin (bars) beside the diagonal of a calibrated model,
+    with the share of videos per bin below."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    width = bins[0]['high'] - bins[0]['low']
+    centres = [(b['low'] + b['high']) / 2 for b in bins]
+    accuracy = [b['accuracy'] or 0.0 for b in bins]
+    total = max(sum(b['videos'] for b in bins), 1)
+    fig, (ax, count_ax) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                       gridspec_kw={'height_ratios': [3, 1]})
+    ax.bar(centres, accuracy, width=width, edgecolor='black', color='tab:blue', label='accuracy')
+    gaps = [(c, b['confidence'], b['accuracy']) for c, b in zip(centres, bins) if b['videos']]
+    ax.bar([c for c, _, _ in gaps], [conf - acc for _, conf, acc in gaps], width=width,
+           bottom=[acc for _, _, acc in gaps], color='tab:red', alpha=0.3,
+           label='gap to mean confidence')
+    ax.plot([0, 1], [0, 1], '--', color='gray', label='calibrated')
+    ax.set_ylim(0, 1)
+    ax.set_ylabel('accuracy')
+    ax.legend(loc='upper left', fontsize=8)
+    ax.set_title(f'{title}\nECE {100 * ece:.2f}% ({len(bins)} bins)', fontsize=9)
+    count_ax.bar(centres, [b['videos'] / total for b in bins], width=width, color='gray')
+    count_ax.set_xlim(0, 1)
+    count_ax.set_xlabel('confidence (largest class probability)')
+    count_ax.set_ylabel('share of videos')
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=110, format='png', bbox_inches='tight')
+    plt.close(fig)
+
+
+def write_calibration(score_file: str, scores: np.ndarray, labels: np.ndarray,
+                      scores_are_probabilities: bool = False,
+                      num_bins: int = CALIBRATION_BINS) -> Dict:
+    """Write ``calibration.json`` (ECE, the bins) and ``reliability.png`` into the analysis
+    folder of `score_file`, over its labelled videos (labels 0..C-1); returns {'ece', 'bins',
+    'videos', 'json', 'png'}. `scores`: (N, C) view-averaged logits, or their softmax when
+    `scores_are_probabilities` (test.py --softmax)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    known = (labels >= 0) & (labels < scores.shape[1])
+    probabilities = scores if scores_are_probabilities else softmax(scores)
+    bins = calibration_bins(probabilities[known], labels[known], num_bins)
+    ece = expected_calibration_error(bins)
+    folder = os.path.splitext(score_file)[0] + '_analysis'
+    paths = {'json': os.path.join(folder, 'calibration.json'),
+             'png': os.path.join(folder, 'reliability.png')}
+    record = {'ece': ece, 'num_bins': num_bins, 'videos': int(known.sum()),
+              'confidence': 'largest class probability: ' + (
+                  "the score file's scores (test.py --softmax)" if scores_are_probabilities
+                  else "softmax of the score file's view-averaged logits"),
+              'bins': bins}
+    with atomic_write(paths['json'], 'w') as f:
+        json.dump(record, f, indent=1)
+    save_reliability_diagram(paths['png'], bins, ece, os.path.basename(score_file))
+    return {**record, **paths}

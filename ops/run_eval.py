@@ -19,6 +19,7 @@ from ops.evaluation import (
     check_finite_scores,
     check_view_memory,
     evaluate_models,
+    write_calibration,
     write_error_analysis,
 )
 from ops.files import atomic_write, prepare_output
@@ -41,6 +42,7 @@ from ops.runtime import (
 from ops.scores import (
     ScoreFileError,
     check_score_file_free,
+    check_weights,
     describe_labels,
     ensemble,
     lock_score_file,
@@ -130,6 +132,8 @@ def _evaluate(args, runtime):
     weights = [w for w in args.weights.split(',') if w]
     segments = split_per_model(args.test_segments, int, len(weights), '--test_segments')
     coeffs = split_per_model(args.coeff, float, len(weights), '--coeff') if args.coeff else None
+    if coeffs is not None:
+        check_weights(coeffs, '--coeff')
     views = ViewProtocol.from_args(args)
     limit = video_limit(args)
     list_file = args.test_list or cfg.val_list
@@ -225,8 +229,11 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
                 analysis = write_error_analysis(out, model_scores, labels, video_ids,
                                                 cfg.categories,
                                                 scores_are_probabilities=views.softmax)
+                calibration = write_calibration(out, model_scores, labels,
+                                                scores_are_probabilities=views.softmax)
                 logger.info(f"error analysis written to "
-                            f"{os.path.dirname(analysis['confusion.npz'])}")
+                            f"{os.path.dirname(analysis['confusion.npz'])} (expected "
+                            f"calibration error {100 * calibration['ece']:.2f}%)")
     final = ensemble(scores, coeffs) / len(scores)  # the release's mean of weighted scores
     result = summarize(final, labels)
     if len(weights) > 1 and result is not None:

@@ -10,7 +10,8 @@ and the settings that produced it (``weights``, ``list_file``, ``dataset``, view
 no accuracy. load_scores also reads this project's earlier files (scores (N, num_class)).
 Its name says dataset, model, frames, crops, clips and size; test.py replaces a score file only
 with the scores of the same evaluation (check_score_file_free) and holds the file's lock
-(lock_score_file) from that check to the write. Ensembles, accuracies and softmax of score
+(lock_score_file) from that check to the write. load_scores refuses non-finite scores and
+check_weights ensemble weights outside their domain. Ensembles, accuracies and softmax of score
 arrays are here too.
 """
 import hashlib
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ops.errors import UserError
+from ops.errors import FlagError, UserError
 from ops.files import atomic_write
 from ops.meters import accuracy, class_accuracy
 from ops.run_folder import LockBusy, hold_lock
@@ -104,6 +105,11 @@ def load_scores(path: str) -> Dict:
     if scores.ndim != 2 or scores.shape[0] != len(loaded['labels']):
         raise ScoreFileError(f"score file '{path}': scores of shape {loaded['scores'].shape} "
                              f"for {len(loaded['labels'])} labels")
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise ScoreFileError(f"score file '{path}' holds {int(bad.sum())} non-finite score "
+                             f"value(s) (NaN or inf) in {int(bad.any(axis=1).sum())} of "
+                             f"{len(scores)} video(s): no accuracy or ensemble is made of them")
     loaded['scores'] = scores
     loaded.setdefault('video_ids', None)
     return loaded
@@ -201,6 +207,25 @@ def check_same_videos(score_sets, paths):
             raise ScoreFileError(f"score files '{ref_path}' and '{path}' list different videos")
         if not np.array_equal(data['labels'], ref['labels']):
             raise ScoreFileError(f"score files '{ref_path}' and '{path}' disagree in labels")
+
+
+def check_weights(weights, flag='--weights', allow_negative=False):
+    """Refuse ensemble weights outside their domain, naming `flag`: a NaN or inf, a sum of
+    zero (the ensemble would be all zeros, its argmax class 0) and, unless `allow_negative`,
+    a negative weight."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(weights).all():
+        raise FlagError(f'{flag} {_listed(weights)}: every weight must be a finite number')
+    if weights.sum() == 0:
+        raise FlagError(f'{flag} {_listed(weights)}: the weights sum to zero, which leaves no '
+                        f'ensemble')
+    if not allow_negative and (weights < 0).any():
+        raise FlagError(f'{flag} {_listed(weights)}: a negative weight subtracts a model\'s '
+                        f'scores; pass --allow_negative_weights if that is meant')
+
+
+def _listed(weights):
+    return ' '.join(f'{w:g}' for w in weights)
 
 
 def ensemble(score_list: List[np.ndarray], weights: Optional[List[float]] = None,

@@ -9,9 +9,10 @@ from ops.cli import HelpFormatter
 
 ENTRY_POINTS = ['main', 'test', 'predict', 'CAM', 'average_scores'] + [
     f'tools.{name}' for name in (
-        'ablation_table', 'bench_data', 'bench_export', 'bench_model', 'check_videos',
-        'draw_architecture', 'export', 'extract_frames', 'fault_injection', 'flops',
-        'frames_to_video', 'gen_label', 'gpu_check', 'plot_curves')]
+        'ablation_table', 'bench_data', 'bench_export', 'bench_model', 'calibration',
+        'check_videos', 'compare_scores', 'draw_architecture', 'export', 'extract_frames',
+        'fault_injection', 'flops', 'frames_to_video', 'gen_label', 'gpu_check', 'plot_curves',
+        'summarize_runs')]
 
 
 class Captured(Exception):

@@ -306,3 +306,57 @@ def test_release_score_names_run_the_release_average_scores(tiny_data_root, setu
     name = 'synthetic' + '_segment' + '4' + '_crops' + '3' + '_clips' + '2' + '_shape' + '36.npz'
     assert sorted(os.listdir(out)) == sorted([name, name + '.lock', name[:-4] + '_analysis'])
     assert release_top1([str(out / name)]) == pytest.approx(top1)
+
+
+def quarter_right(folder, name='a.npz'):
+    """A score file of 8 videos of 4 classes, 2 of them right (top-1 25%); video 0 is wrong."""
+    labels = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    predictions = np.array([1, 2, 2, 3, 1, 2, 3, 0])  # right: videos 2 and 3
+    scores = np.eye(4, dtype=np.float32)[predictions] + 0.1
+    path = str(folder / name)
+    save_scores(path, scores, labels, [f'v{k}' for k in range(8)])
+    return path, scores, labels
+
+
+def test_non_finite_scores_are_refused_in_one_line(tmp_path, capsys):
+    path, scores, labels = quarter_right(tmp_path)
+    _, (top1, _, _) = average_scores.main([path])
+    assert top1 == 25.0
+    scores[0, labels[0]] = np.nan
+    # what average_scores reported before it looked: the NaN at the label ranks first, so the
+    # wrong video 0 counts as right (issue 28: 25.00 -> 37.50)
+    from ops.scores import summarize
+    assert summarize(scores, labels)[0] == 37.5
+    save_scores(path, scores, labels, [f'v{k}' for k in range(8)])
+    err = one_line_error(capsys, lambda: average_scores.main([path]))
+    assert f"'{path}' holds 1 non-finite score value(s)" in err and '1 of 8 video(s)' in err
+    scores[:] = np.inf
+    save_scores(path, scores, labels, [f'v{k}' for k in range(8)])
+    err = one_line_error(capsys, lambda: average_scores.main([path, path]))
+    assert 'holds 32 non-finite score value(s)' in err and '8 of 8 video(s)' in err
+
+
+def test_ensemble_weights_outside_their_domain_are_refused(tmp_path, capsys):
+    first, scores, labels = quarter_right(tmp_path)
+    second = str(tmp_path / 'b.npz')
+    save_scores(second, np.eye(4, dtype=np.float32)[labels], labels, [f'v{k}' for k in range(8)])
+    for weights, problem in ((['1', 'nan'], 'finite'), (['1', 'inf'], 'finite'),
+                             (['0', '0'], 'sum to zero'), (['1', '-0.5'], 'negative')):
+        err = one_line_error(capsys, lambda: average_scores.main([first, second, '--weights',
+                                                                  *weights]))
+        assert err.count('--weights') >= 1 and problem in err, err
+    assert '--allow_negative_weights' in err
+    # asked for: a negative weight subtracts; 2 * right - wrong picks the label everywhere
+    combined, (top1, _, _) = average_scores.main([first, second, '--weights', '-1', '2',
+                                                  '--allow_negative_weights'])
+    np.testing.assert_allclose(combined, 2 * np.eye(4)[labels] - scores, rtol=1e-6)
+    assert top1 == 100.0
+
+
+def test_csv_file_of_a_folder_names_the_flag(tmp_path, capsys):
+    path, _, _ = quarter_right(tmp_path)
+    (tmp_path / 'out').mkdir()
+    err = one_line_error(capsys, lambda: average_scores.main([path, '--csv_file',
+                                                              str(tmp_path / 'out')]))
+    assert err.endswith(f"--csv_file '{tmp_path / 'out'}' is a folder, not a file"), err
+    assert '.tmp' not in err and not os.listdir(tmp_path / 'out')

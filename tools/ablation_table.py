@@ -7,7 +7,8 @@ accuracy of telling its two classes apart (argmax over the pair's two scores, on
 videos); a model without temporal modelling sits at 50% on every pair. Files of the same model
 type (several seeds) are averaged: mean +- sample standard deviation. Rows follow the registry
 of temporal types (ops/temporal.py) backwards, baselines first, the paper's model last; a type
-it does not know comes after them.
+it does not know comes after them. Mean +- std as
+tools/summarize_runs.py summarises any runs (the mean alone for a single run).
 """
 import argparse
 import os
@@ -17,6 +18,7 @@ import numpy as np
 from ops.cli import HelpFormatter
 from ops.scores import load_scores, summarize
 from ops.temporal import temporal_types
+from tools.summarize_runs import mean_std, spread
 
 # the synthetic classes 2k and 2k+1 are each other played backwards (ops/synthetic.py)
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7)]
@@ -49,9 +51,8 @@ def table(paths):
             '|' + ' --- |' * (3 + len(PAIRS))]
     order = temporal_types()[::-1]  # the registry lists the paper's model first
     for temporal_type in sorted(runs, key=lambda t: order.index(t) if t in order else len(order)):
-        values = np.array(runs[temporal_type])
-        spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
-        cells = ' | '.join(f'{m:.1f} ± {s:.1f}' for m, s in zip(values.mean(axis=0), spread))
+        values = np.array(runs[temporal_type])  # (runs, metrics)
+        cells = ' | '.join(mean_std(spread(column)) for column in values.T)
         rows.append(f'| {temporal_type} | {len(values)} | {cells} |')
     return '\n'.join(rows)
 
