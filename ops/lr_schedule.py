@@ -6,7 +6,7 @@ iterations)``. The release's schedules (step_lr, cos_lr, MAS_lr, --warmup) chang
 boundaries only: they read the epoch's integer part, so their lr is constant within an epoch,
 as the release's. A new schedule is one function registered under its name (the --lr_type
 choices are this registry); it may use the fraction, e.g. a per-iteration warm-up or a
-polynomial decay (docs/contributing.md shows the steps).
+polynomial decay (docs/training.md shows the steps).
 """
 import math
 from typing import Callable, Dict, Optional, Sequence
