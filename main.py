@@ -15,8 +15,7 @@ from ops.run_train import (
     read_data,
     run_paths,
 )
-from ops.runtime import one_line_failures, setup_runtime
-from ops.seeding import set_seed
+from ops.runtime import one_line_failures, set_seed, setup_runtime
 from opts import parse_args
 
 logger = logging.getLogger('masnet')

@@ -15,8 +15,8 @@ import os
 from archs import ARCHS
 from ops.cli import HelpFormatter
 from ops.dataset_config import DATASETS
-from ops.lr_schedule import LR_SCHEDULES
 from ops.MASNet import FORMS
+from ops.optim import LR_SCHEDULES
 from ops.temporal import TEMPORAL_TYPES
 from ops.video_readers import VIDEO_BACKENDS
 

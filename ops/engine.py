@@ -9,8 +9,7 @@ import torch
 from ops.errors import UserError
 from ops.logs import progress
 from ops.meters import AverageMeter, accuracy, throughput
-from ops.runtime import all_reduce_sum
-from ops.seeding import restore_rng_state
+from ops.runtime import all_reduce_sum, restore_rng_state
 
 logger = logging.getLogger('masnet')
 
@@ -56,7 +55,7 @@ def train_one_epoch(step: TrainStep, loader, runtime, epoch: int, set_lr: Callab
     """Train for one epoch; returns (loss, top1, top5) averaged over all processes.
 
     set_lr: called before every step with the fractional epoch (epoch + iterations done /
-    iterations of the epoch); it sets the optimiser's lr and returns it (ops.lr_schedule).
+    iterations of the epoch); it sets the optimiser's lr and returns it (ops.optim).
     print_freq: log a line every that many iterations.
     progress_state: the 'progress' entry of a mid-epoch checkpoint, to finish its epoch: the
     loader already skips its `clips` (ops.preemption.ResumableSampler), the iterations count on

@@ -39,10 +39,10 @@ from ops.download import imagenet_weights
 from ops.engine import TrainingDiverged, TrainStep, train_one_epoch, validate
 from ops.files import remove_stale_temp_files, storage_error
 from ops.logs import setup_logging
-from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.MASNet import set_form
 from ops.meters import format_duration
 from ops.models import TemporalModel
+from ops.optim import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
 from ops.run_folder import (
     LOCK_NAME,
@@ -58,10 +58,11 @@ from ops.runtime import (
     barrier,
     cleanup,
     compile_model,
+    rng_state,
+    set_seed,
     to_channels_last,
     wrap_model,
 )
-from ops.seeding import rng_state, set_seed
 from ops.transforms import build_transform
 from opts import recipe_flags
 

@@ -194,7 +194,7 @@ def test_unsorted_lr_steps_are_refused_before_anything_is_created(tmp_path, caps
     after epoch 50 than `30 40 50 60` (docs/differences.md): a typo, refused for every
     schedule in one line."""
     import main as train_main
-    from ops.lr_schedule import LR_SCHEDULES
+    from ops.optim import LR_SCHEDULES
     for lr_type in LR_SCHEDULES:
         with pytest.raises(SystemExit) as stop:
             train_main.main(['--lr_type', lr_type, '--lr_steps', '30', '40', '60', '50',

@@ -22,9 +22,8 @@ from ops.checkpoint import read_checkpoint
 from ops.dataset import parse_list_file, sample_dense_test_indices
 from ops.dataset_config import get_dataset_config
 from ops.evaluation import evaluate_models
-from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.models import TemporalModel, model_from_checkpoint
-from ops.optim import optim_policies
+from ops.optim import apply_lr, lr_at_epoch, optim_policies
 from ops.run_train import TrainingData, build_loaders, build_model
 from ops.runtime import Runtime, setup_runtime
 from opts import parse_args

@@ -17,9 +17,9 @@ import main as train_main
 import test as test_main
 from ops.checkpoint import read_checkpoint, save_checkpoint
 from ops.logs import read_scalars
-from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.meters import format_duration, throughput
 from ops.models import TemporalModel
+from ops.optim import apply_lr, lr_at_epoch
 from ops.runtime import to_channels_last
 from ops.scores import load_scores, save_scores, summarize
 from tests.conftest import ROOT
@@ -60,8 +60,7 @@ def test_release_schedules_are_constant_within_an_epoch(lr_type):
 def _recorded_lrs(progress_state=None):
     """The fractional epochs and lrs train_one_epoch sets for 4 iterations of epoch 2."""
     from ops.engine import TrainStep, train_one_epoch
-    from ops.runtime import setup_runtime
-    from ops.seeding import rng_state
+    from ops.runtime import rng_state, setup_runtime
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
@@ -96,12 +95,12 @@ def test_the_lr_is_set_per_iteration_from_the_fractional_epoch():
 
 
 def test_a_new_schedule_is_one_function_and_one_name(monkeypatch):
-    from ops import lr_schedule
+    from ops import optim
     from opts import parse_args
-    monkeypatch.setattr(lr_schedule, 'LR_SCHEDULES', dict(lr_schedule.LR_SCHEDULES))
-    monkeypatch.setattr('opts.LR_SCHEDULES', lr_schedule.LR_SCHEDULES)
+    monkeypatch.setattr(optim, 'LR_SCHEDULES', dict(optim.LR_SCHEDULES))
+    monkeypatch.setattr('opts.LR_SCHEDULES', optim.LR_SCHEDULES)
 
-    @lr_schedule.lr_schedule('linear_lr')
+    @optim.lr_schedule('linear_lr')
     def linear_lr(epoch, base_lr, lr_steps, epochs):
         return base_lr * (1 - epoch / epochs)
     args = parse_args(['--lr_type', 'linear_lr', '--epochs', '4', '--lr', '0.1'])
