@@ -2,7 +2,12 @@
 
 Every numeric flag is checked against its domain by argparse (exit 2, the flag named) before
 anything is created. A release spelling whose word means something else in another script
-has a clearer alias beside it (e.g. --dense_sample / --dense_window); see docs/glossary.md."""
+has a clearer alias beside it (e.g. --dense_sample / --dense_window); see docs/glossary.md.
+
+A resume compares the flags marked where they are defined: `shaping_flag(...)` (they shape the
+network: a resume never changes them) and `recipe_flag(...)` (the training recipe: changed only
+with --resume_changed); recipe_flags() lists them from the parser, so a new flag of the recipe
+is one marked definition."""
 import argparse
 import math
 import os
@@ -11,8 +16,8 @@ from archs import ARCHS
 from ops.cli import HelpFormatter
 from ops.dataset import TEST_SAMPLINGS
 from ops.dataset_config import DATASETS
-from ops.lr_schedule import LR_TYPES
 from ops.MASNet import FORMS, form_name
+from ops.optim import LR_SCHEDULES
 from ops.temporal import temporal_types, temporal_types_help
 from ops.video_readers import VIDEO_BACKENDS
 
@@ -58,6 +63,33 @@ def run_name(text):
     return text
 
 
+def recipe_flag(action):
+    """Mark the argparse `action` (what parser.add_argument returns) as a flag of the training
+    recipe: resume refuses a change of it without --resume_changed (--epochs may grow)."""
+    action.recipe = 'recipe'
+    return action
+
+
+def shaping_flag(action):
+    """Mark the argparse `action` as a flag that shapes the network or what it learns: a resume
+    never changes it."""
+    action.recipe = 'shaping'
+    return action
+
+
+def recipe_flags(parser=None):
+    """``{dest: (kind, spelling)}`` of the flags marked recipe_flag / shaping_flag in `parser`
+    (default: main.py's), kind 'recipe' or 'shaping', spelling the first long option."""
+    parser = parser or build_parser()
+    marked = {}
+    for action in parser._actions:
+        kind = getattr(action, 'recipe', None)
+        if kind:
+            spelling = next(o for o in action.option_strings if o.startswith('--'))
+            marked[action.dest] = (kind, spelling)
+    return marked
+
+
 def add_trust_arg(parser):
     """--trust_checkpoint, on every command that reads a checkpoint."""
     parser.add_argument('--trust_checkpoint', action='store_true',
@@ -69,10 +101,11 @@ def add_trust_arg(parser):
 def add_data_args(parser, default_dataset='synthetic', loader=True):
     """--dataset/--dataset_path/--video_backend, and -j/--workers when the command runs a data
     loader."""
-    parser.add_argument('--dataset', default=default_dataset,
+    shaping_flag(parser.add_argument(
+        '--dataset', default=default_dataset,
                         help=f"{', '.join(DATASETS)} (synthetic: generated on first use), or a "
                              f".json dataset file" + ('' if default_dataset else
-                                                     " (default: the checkpoint's)"))
+                                                     " (default: the checkpoint's)")))
     parser.add_argument('--dataset_path', default=None,
                         help="folder holding the dataset folders (default: data/ for synthetic; "
                              "else the release's ../, or ../../datasets/ (the README's training "
@@ -89,12 +122,14 @@ def add_model_args(parser, defaults_from_checkpoint=False):
     """--type/--arch/--input_size; with defaults_from_checkpoint they default to None (= read
     from the checkpoint, then to MASNet/resnet50/224)."""
     ckpt = defaults_from_checkpoint
-    parser.add_argument('--type', default=None if ckpt else 'MASNet', choices=temporal_types(),
-                        help=f'temporal modules (ops/temporal.py): {temporal_types_help()}')
-    parser.add_argument('--arch', default=None if ckpt else 'resnet50', choices=ARCHS,
-                        help='backbone')
-    parser.add_argument('--input_size', default=None if ckpt else 224, type=int_at_least(1),
-                        help='network input side in pixels (224 in the paper)')
+    shaping_flag(parser.add_argument(
+        '--type', default=None if ckpt else 'MASNet', choices=temporal_types(),
+        help=f'temporal modules (ops/temporal.py): {temporal_types_help()}'))
+    shaping_flag(parser.add_argument('--arch', default=None if ckpt else 'resnet50', choices=ARCHS,
+                                     help='backbone'))
+    shaping_flag(parser.add_argument('--input_size', default=None if ckpt else 224,
+                                     type=int_at_least(1),
+                                     help='network input side in pixels (224 in the paper)'))
     parser.add_argument('--gpus', nargs='+', type=int_at_least(0), default=None,
                         help='GPU ids for DataParallel (default: 0 1 2 3 as the release, or as '
                              'many of them as are visible; the CPU without CUDA)')
@@ -155,10 +190,10 @@ def build_parser():
     add_data_args(parser)
     add_model_args(parser)
     add_speed_args(parser)
-    parser.add_argument('--num_segments', type=int_at_least(1), default=8,
-                        help='frames sampled per clip (T)')
-    parser.add_argument('--dropout', '--do', default=0.5, type=float_in(0, 1),
-                        help='dropout before new_fc')
+    shaping_flag(parser.add_argument('--num_segments', type=int_at_least(1), default=8,
+                                     help='frames sampled per clip (T)'))
+    recipe_flag(parser.add_argument('--dropout', '--dp', '--do', default=0.5, type=float_in(0, 1),
+                                    help='dropout before new_fc (--dp: the release\'s spelling)'))
     parser.add_argument('--pretrain', default='imagenet',
                         help="backbone initialisation: 'imagenet' (torchvision's weights in the "
                              "torch hub cache, or the release's file there, downloaded and "
@@ -168,39 +203,43 @@ def build_parser():
                         help='never download (--pretrain imagenet then needs the file in the '
                              'torch hub cache); the environment variable MASNET_OFFLINE=1 does '
                              'the same')
-    parser.add_argument('--partialbn', '--pbn', dest='partialbn', action='store_true',
-                        help="TSN/TSM's partial BN: freeze every pretrained BatchNorm but the "
-                             "first (off by default, as in the release)")
+    recipe_flag(parser.add_argument(
+        '--partialbn', '--pbn', dest='partialbn', action='store_true',
+        help="TSN/TSM's partial BN: freeze every pretrained BatchNorm but the first (off by "
+             "default, as in the release)"))
     parser.add_argument('--no_partialbn', '--npb', dest='partialbn', action='store_false',
                         help='train every BatchNorm (the default; TSM\'s flag, accepted)')
-    parser.add_argument('--dense_sample', '--dense_window', dest='dense_sample',
-                        action='store_true',
-                        help='I3D-style dense sampling: T frames at stride 64/T in a 64-frame '
-                             'window (random in training, centered in validation; not the '
-                             'clips of test.py --dense_sample)')
+    recipe_flag(parser.add_argument(
+        '--dense_sample', '--dense_window', dest='dense_sample', action='store_true',
+        help='I3D-style dense sampling: T frames at stride 64/T in a 64-frame window (random in '
+             'training, centered in validation; not the clips of test.py --dense_sample)'))
 
-    parser.add_argument('--epochs', default=70, type=int_at_least(1))
-    parser.add_argument('-b', '--batch-size', '--batch_size', default=32, type=int_at_least(1),
-                        help='clips per batch (all GPUs)')
-    parser.add_argument('--lr', '--learning-rate', default=0.01, type=float_in(0, low_open=True),
-                        help='base learning rate')
-    parser.add_argument('--lr_type', default='MAS_lr', choices=LR_TYPES,
-                        help='step_lr: x0.1 at each step; MAS_lr: x0.1, x0.1, x0.5, x0.2 at 4 '
-                             'steps; cos_lr: half cosine')
-    parser.add_argument('--lr_steps', default=[30, 40, 50, 60], type=float_in(0), nargs='+',
-                        help='epochs at which the lr decays (MAS_lr with other than 4 steps '
-                             'decays x0.1 at each, as step_lr, like the release)')
-    parser.add_argument('--warmup', default=0, type=int_at_least(0),
-                        help='epochs of linear lr warm-up: epoch e < N uses --lr x (e+1)/N '
-                             'in place of the schedule, as the release (0: none)')
-    parser.add_argument('--momentum', default=0.9, type=float_in(0, 1))
-    parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float_in(0))
-    parser.add_argument('--clip-gradient', '--gd', default=20, type=float_in(0),
-                        help='clip gradients to this global norm (0: off)')
-    parser.add_argument('--amp', action='store_true',
-                        help='mixed precision (autocast + GradScaler)')
-    parser.add_argument('--seed', default=0, type=int_at_least(0),
-                        help='seed of sampling, augmentation, init')
+    recipe_flag(parser.add_argument('--epochs', default=70, type=int_at_least(1)))
+    recipe_flag(parser.add_argument('-b', '--batch-size', '--batch_size', default=32,
+                                    type=int_at_least(1), help='clips per batch (all GPUs)'))
+    recipe_flag(parser.add_argument('--lr', '--learning-rate', default=0.01,
+                                    type=float_in(0, low_open=True), help='base learning rate'))
+    recipe_flag(parser.add_argument(
+        '--lr_type', default='MAS_lr', choices=LR_SCHEDULES,
+        help='step_lr: x0.1 at each step; MAS_lr: x0.1, x0.1, x0.5, x0.2 at 4 steps; cos_lr: '
+             'half cosine (each constant within an epoch, as the release; a new schedule: '
+             'docs/contributing.md)'))
+    recipe_flag(parser.add_argument(
+        '--lr_steps', default=[30, 40, 50, 60], type=float_in(0), nargs='+',
+        help='epochs at which the lr decays, in increasing order (MAS_lr with other than 4 '
+             'steps decays x0.1 at each, as step_lr, like the release)'))
+    recipe_flag(parser.add_argument(
+        '--warmup', default=0, type=int_at_least(0),
+        help='epochs of linear lr warm-up: epoch e < N uses --lr x (e+1)/N in place of the '
+             'schedule, as the release (0: none)'))
+    recipe_flag(parser.add_argument('--momentum', default=0.9, type=float_in(0, 1)))
+    recipe_flag(parser.add_argument('--weight_decay', '--wd', default=5e-4, type=float_in(0)))
+    recipe_flag(parser.add_argument('--clip-gradient', '--gd', default=20, type=float_in(0),
+                                    help='clip gradients to this global norm (0: off)'))
+    recipe_flag(parser.add_argument('--amp', action='store_true',
+                                    help='mixed precision (autocast + GradScaler)'))
+    recipe_flag(parser.add_argument('--seed', default=0, type=int_at_least(0),
+                                    help='seed of sampling, augmentation, init'))
 
     parser.add_argument('--print-freq', '-p', default=20, type=int_at_least(1),
                         help='log every N iterations')
@@ -239,4 +278,11 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    return build_parser().parse_args(argv)
+    """main.py's flags; argparse's one-line error (exit 2) for values out of their domain, and
+    for --lr_steps out of increasing order (a typo: the schedule would silently differ)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if list(args.lr_steps) != sorted(args.lr_steps):
+        parser.error(f"argument --lr_steps: must be in increasing order, got "
+                     f"{' '.join(f'{s:g}' for s in args.lr_steps)}")
+    return args

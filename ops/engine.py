@@ -1,15 +1,15 @@
 """One training epoch and one validation pass, on any device / process layout."""
 import logging
 import time
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Callable, Tuple
 
 import torch
 
 from ops.errors import UserError
 from ops.logs import progress
 from ops.meters import AverageMeter, accuracy, throughput
-from ops.runtime import all_reduce_sum
-from ops.seeding import restore_rng_state
+from ops.runtime import all_reduce_sum, restore_rng_state
 
 logger = logging.getLogger('masnet')
 
@@ -18,30 +18,62 @@ class TrainingDiverged(UserError):
     """The training loss became NaN or infinite (without a gradient scaler to absorb it)."""
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, runtime, lr: float,
-                    amp: bool = False, clip_gradient: float = 0.0,
+@dataclass
+class TrainStep:
+    """One optimiser step on a batch: forward (autocast with `amp`), loss, backward, gradient
+    clipping to the global norm `clip_gradient` (0: off), update through the GradScaler."""
+    model: torch.nn.Module
+    criterion: Callable
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp: bool = False
+    clip_gradient: float = 0.0
+
+    def __call__(self, clips, labels, epoch, iteration):
+        """The step on `clips` (N, T*3, H, W); returns (output (N, num_class), loss)."""
+        with torch.autocast(device_type=clips.device.type, enabled=self.amp):
+            output = self.model(clips)  # (N, num_class)
+            loss = self.criterion(output, labels)
+        if not torch.isfinite(loss) and not self.scaler.is_enabled():
+            # stop before the update: the checkpoint of the last epoch stays the good one
+            raise TrainingDiverged(f'training diverged: the loss is {loss.item()} '
+                                   f'at epoch {epoch}, iteration {iteration}; resume from the '
+                                   f'last checkpoint with a lower --lr or a --clip-gradient')
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_gradient:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_gradient)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return output, loss
+
+
+def train_one_epoch(step: TrainStep, loader, runtime, epoch: int, set_lr: Callable[[float], float],
                     print_freq: int = 20, progress_state=None,
                     after_iteration=None) -> Tuple[float, float, float]:
     """Train for one epoch; returns (loss, top1, top5) averaged over all processes.
 
-    amp: autocast the forward pass; clip_gradient: clip the global gradient norm to it (0: off);
-    print_freq: log a line every that many iterations; lr: the epoch's lr, for the log lines.
+    set_lr: called before every step with the fractional epoch (epoch + iterations done /
+    iterations of the epoch); it sets the optimiser's lr and returns it (ops.optim).
+    print_freq: log a line every that many iterations.
     progress_state: the 'progress' entry of a mid-epoch checkpoint, to finish its epoch: the
-    loader already skips its `iteration` batches (ops.preemption.ResumableSampler), the RNGs
-    continue from its states and rank 0's meters from its (all-process) sums.
-    after_iteration: called as after_iteration(done, sums) after every iteration, with the
-    iterations done in this epoch and this process's meter sums (meter_sums); it may write a
-    checkpoint and end the run (ops.preemption.Preempted).
+    loader already skips its `clips` (ops.preemption.ResumableSampler), the iterations count on
+    from its `iteration`, the RNGs continue from its states and rank 0's meters from its
+    (all-process) sums.
+    after_iteration: called as after_iteration(done, clips, sums) after every iteration, with
+    the iterations and this process's clips done in this epoch and its meter sums
+    (meter_sums); it may write a checkpoint and end the run (ops.preemption.Preempted).
     """
     batch_time, data_time = AverageMeter(), AverageMeter()
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
-    model.train()
+    step.model.train()
     device = runtime.device
     # iter() draws the workers' base seed from torch's RNG: before the RNG states are restored
     batches = iter(loader)
-    first = 0
+    first, clips_done = 0, 0
     if progress_state is not None:
-        first = progress_state['iteration']
+        first, clips_done = progress_state['iteration'], progress_state['clips']
         restore_rng_state(progress_state['rng'], device)
         if runtime.is_main:
             loss_sum, count, top1_sum, top5_sum = progress_state['meters']
@@ -56,23 +88,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
     # a log file (and on the console when there is no bar)
     for i, (clips, labels) in enumerate(bar, start=first):
         data_time.update(time.time() - end)
+        lr = set_lr(epoch + i / total)
         clips = clips.to(device, non_blocking=True)  # (N, T*3, H, W)
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, enabled=amp):
-            output = model(clips)  # (N, num_class)
-            loss = criterion(output, labels)
-        if not torch.isfinite(loss) and not scaler.is_enabled():
-            # stop before the update: the checkpoint of the last epoch stays the good one
-            raise TrainingDiverged(f'training diverged: the loss is {loss.item()} '
-                                   f'at epoch {epoch}, iteration {i}; resume from the last '
-                                   f'checkpoint with a lower --lr or a --clip-gradient')
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_gradient:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_gradient)
-        scaler.step(optimizer)
-        scaler.update()
+        output, loss = step(clips, labels, epoch, i)
 
         prec1, prec5 = accuracy(output.detach().float(), labels, topk=(1, 5))
         n = labels.size(0)
@@ -90,11 +109,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, epoch: int, run
                         f'Loss {losses.val:.4f} ({losses.avg:.4f})\t'
                         f'Prec@1 {top1.val:.3f} ({top1.avg:.3f})\t'
                         f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})\t'
-                        + throughput(seen, start, len(loader) * loader.batch_size,
-                                     runtime.world_size),
+                        + throughput(seen, start, len(loader) * n, runtime.world_size),
                         extra={'console': bar.disable})
         if after_iteration is not None:
-            after_iteration(i + 1, meter_sums(losses, top1, top5))
+            after_iteration(i + 1, clips_done + seen, meter_sums(losses, top1, top5))
     rate = throughput(seen, start, world_size=runtime.world_size)
     logger.info(f'Epoch: [{epoch}] trained {rate}')
     return _reduce_meters(losses, top1, top5, runtime)

@@ -13,7 +13,10 @@ from ops.errors import UserError
 TMP_PREFIX = '.tmp_'
 # errors of the file system rather than of the program: reported as one line naming the path
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
-                  errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+                  errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EFBIG)
+# what torch.save's zip writer raises when the file under it stopped growing mid-write (a full
+# disk, a file-size limit) and the error of the write itself was lost
+TORCH_WRITER_FAILURES = ('inline_container', 'unexpected pos')
 # fault injection for tests/test_fault_injection.py and tools/fault_injection.py:
 # MASNET_FAULT=<file name>:<n>:<point>:<signal> sends SIGKILL/SIGINT to this process during its
 # n-th atomic write of a file of that name, at point 'open' (nothing written yet) or 'written'
@@ -42,17 +45,29 @@ def prepare_output(path, flag):
         raise FileWriteError(errno.EACCES, f"{flag} '{path}': its folder is not writable")
 
 
+def _chain(exc):
+    """`exc` and the errors it was raised from (or during), newest first."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def storage_error(exc, path):
     """The FileWriteError for `exc` if it (or an error it was raised from) is a file-system
-    error such as ENOSPC, else None."""
-    seen = exc
-    while seen is not None:
+    error such as ENOSPC or EFBIG (a file-size limit), or torch.save's writer failing mid-file,
+    else None."""
+    for seen in _chain(exc):
         if isinstance(seen, FileWriteError):
             return seen
         if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
             where = seen.filename or path
-            return FileWriteError(seen.errno, f"cannot write '{where}': {seen.strerror}")
-        seen = seen.__cause__ or seen.__context__
+            limit = ' (the file-size limit of this process: ulimit -f)' \
+                if seen.errno == errno.EFBIG else ''
+            return FileWriteError(seen.errno, f"cannot write '{where}': {seen.strerror}{limit}")
+    for seen in _chain(exc):
+        if isinstance(seen, RuntimeError) and any(s in str(seen) for s in TORCH_WRITER_FAILURES):
+            return FileWriteError(errno.EIO, f"cannot write '{path}': the file stopped growing "
+                                             f"mid-write (a full disk or a file-size limit?)")
     return None
 
 

@@ -1,16 +1,23 @@
-"""The training run behind main.py: data, model, optimiser, resume, epochs, checkpoints, logs.
+"""The steps of the training run that main.py's train() reads top-down: the run's folders and
+log (named first, made once every check has passed), the data, the model and optimiser, the
+resume or fine-tune, the epochs (TrainingRun) with their checkpoints.
 
 What a run reports always matches its files, whatever kills it (tests/test_fault_injection.py):
 the best checkpoint is written before the latest one, so the latest never records a best
 that is not on disk; the reported best top-1 is the one the best file holds (checked and
 repaired on resume); weights or a validation loss that are not finite stop the run before
 anything is saved; temporary files of a killed write are removed at the next start, under
-the run-folder lock.
+the run-folder lock. A start that fails (bad input, a read-only root) leaves no run folder.
 """
+import contextlib
+import hashlib
 import logging
 import math
 import os
+import shutil
 import time
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -30,14 +37,15 @@ from ops.checkpoint import (
 )
 from ops.dataset import TSNDataSet, load_checked_list
 from ops.dataset_config import get_dataset_config
-from ops.engine import TrainingDiverged, train_one_epoch, validate
-from ops.files import remove_stale_temp_files
+from ops.engine import TrainingDiverged, TrainStep, train_one_epoch, validate
+from ops.files import remove_stale_temp_files, storage_error
 from ops.logs import setup_logging
-from ops.lr_schedule import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.MASNet import set_form
 from ops.meters import format_duration
+from ops.optim import apply_lr, lr_at_epoch, mas_lr_falls_back
 from ops.preemption import Preempted, ResumableSampler, SeededItems, StopSignals
 from ops.run_folder import (
+    LOCK_NAME,
     RunLockedError,
     default_store_name,
     lock_run_folder,
@@ -50,45 +58,180 @@ from ops.runtime import (
     barrier,
     cleanup,
     compile_model,
-    one_line_failures,
-    setup_runtime,
+    rng_state,
+    set_seed,
     to_channels_last,
     wrap_model,
 )
-from ops.seeding import rng_state, set_seed
 from ops.transforms import build_transform
+from opts import recipe_flags
 
 logger = logging.getLogger('masnet')
 
 LATEST_NAME = 'ckpt.pth.tar'
 BEST_NAME = 'ckpt.best.pth.tar'
 
-# flags that shape the network or what it learns: a resume never changes them
-SHAPING_FLAGS = ('dataset', 'type', 'arch', 'num_segments', 'input_size')
-# the training recipe: a resume changes it only with --resume_changed (--epochs may grow)
-RECIPE_FLAGS = ('lr', 'lr_type', 'lr_steps', 'epochs', 'warmup', 'momentum', 'weight_decay',
-                'dropout', 'batch_size', 'clip_gradient', 'dense_sample', 'partialbn', 'amp',
-                'seed')
-# command-line spelling of the flags whose argparse dest differs
-FLAG_SPELLING = {'batch_size': '--batch-size', 'clip_gradient': '--clip-gradient'}
+
+# ---- folders and log ---------------------------------------------------------------------------
+
+@dataclass
+class RunPaths:
+    """Where a run writes: its log folder (log.txt, args.json; tensorboardX/ beside it) and its
+    checkpoint folder (the latest and the best checkpoint)."""
+    log_dir: str
+    ckpt_dir: str
+
+    @property
+    def latest(self):
+        return os.path.join(self.ckpt_dir, LATEST_NAME)
+
+    @property
+    def best(self):
+        return os.path.join(self.ckpt_dir, BEST_NAME)
 
 
-def build_loaders(cfg, model, args, runtime, train_records, val_records):
+def run_paths(args, runtime):
+    """The run's folders, named from the flags (--store_name: from the settings when not given);
+    nothing is created (open_run does, once every check passed). The log goes to the console,
+    and is kept for log.txt."""
+    if not args.store_name:
+        args.store_name = default_store_name(args)
+    setup_logging(None, runtime.is_main)
+    return RunPaths(os.path.join(run_folder(args.root_log, args), 'log'),
+                    os.path.join(run_folder(args.root_checkpoint, args), 'checkpoint'))
+
+
+def lock_run(args, runtime):
+    """Rank 0 makes and locks the run folder(s); every process stops with the same line if it
+    cannot (another run holds one, a root that cannot be written)."""
+    folders = sorted({run_folder(args.root_log, args), run_folder(args.root_checkpoint, args)})
+    locks, error = [], None
+    if runtime.is_main:
+        try:
+            for folder in folders:
+                locks.append(lock_run_folder(folder))
+        except (RunLockedError, OSError) as exc:
+            error = exc if isinstance(exc, RunLockedError) else storage_error(exc, folder) or exc
+            for handle in locks:
+                handle.close()
+    if runtime.distributed and all_reduce_sum([error is not None], runtime)[0] and error is None:
+        error = RunLockedError(f"run folder '{folders[0]}' cannot be opened by rank 0")
+    if error is not None:
+        raise error
+    return locks
+
+
+def _new_folders(args):
+    """The run folders that do not exist yet, then their ancestors that do not, deepest first."""
+    runs = [os.path.abspath(run_folder(root, args)) for root in (args.root_log,
+                                                                 args.root_checkpoint)]
+    above = set()
+    for folder in runs:
+        folder = os.path.dirname(folder)
+        while not os.path.exists(folder):
+            above.add(folder)
+            folder = os.path.dirname(folder)
+    return ([f for f in dict.fromkeys(runs) if not os.path.exists(f)]
+            + sorted(above, key=len, reverse=True))
+
+
+def _remove_new_folders(new):
+    """Undo a failed start: the new run folders with what is in them, then the new folders
+    above them that are empty."""
+    for folder in new:
+        if os.path.isfile(os.path.join(folder, LOCK_NAME)):
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty
+
+
+@contextlib.contextmanager
+def open_run(args, paths, runtime):
+    """Make and lock the run folders, log to their log.txt, remove the temporary files of a
+    killed run and write args.json; the locks are released when the block ends. If one of
+    these fails (a root that cannot be written, say), the folders it made are removed."""
+    new = _new_folders(args) if runtime.is_main else []
+    locks = []
+    try:
+        locks = lock_run(args, runtime)
+        setup_logging(os.path.join(paths.log_dir, 'log.txt'), runtime.is_main)
+        if runtime.is_main:
+            stale = (remove_stale_temp_files(paths.ckpt_dir)
+                     + remove_stale_temp_files(paths.log_dir))
+            if stale:
+                logger.info(f'removed {len(stale)} temporary file(s) of a killed run: '
+                            f'{", ".join(stale)}')
+            save_args(args, os.path.join(paths.log_dir, 'args.json'))
+    except BaseException as exc:
+        setup_logging(None, runtime.is_main)  # closes log.txt
+        for handle in locks:
+            handle.close()
+        if not isinstance(exc, RunLockedError):  # a folder in use is another run's
+            _remove_new_folders(new)
+        raise
+    try:
+        yield
+    finally:
+        for handle in locks:
+            handle.close()
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingData:
+    """The dataset's layout and its checked lists (train_records None with --evaluate)."""
+    cfg: object
+    train_records: Optional[list]
+    val_records: list
+
+    @property
+    def train_list_id(self):
+        """``{'count', 'sha256'}`` of the training list (its paths, frame counts, labels): a
+        mid-epoch checkpoint records it, a resume compares it."""
+        digest = hashlib.sha256()
+        for record in self.train_records or ():
+            digest.update(f'{record.path}\t{record.num_frames}\t{record.label}\n'.encode())
+        return {'count': len(self.train_records or ()), 'sha256': digest.hexdigest()}
+
+
+def read_data(args):
+    """The dataset of --dataset and its training (unless --evaluate) and validation lists, read
+    and checked (a missing training video is a warning, a missing validation one an error)."""
+    cfg = get_dataset_config(args.dataset, args.dataset_path)
+    train_records = None if args.evaluate else load_checked_list(
+        cfg.train_list, cfg.root_path, cfg.num_class, cfg.image_tmpl, missing='warn',
+        video_backend=args.video_backend)
+    val_records = load_checked_list(cfg.val_list, cfg.root_path, cfg.num_class, cfg.image_tmpl,
+                                    video_backend=args.video_backend)
+    return TrainingData(cfg, train_records, val_records)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    sampler: ResumableSampler  # the train loader's: set_epoch(epoch, skip) before each epoch
+
+
+def build_loaders(data, model, args, runtime):
     """Train loader (shuffled per epoch through a seeded sampler) and sharded val loader."""
+    cfg = data.cfg
     train_set = SeededItems(TSNDataSet(cfg.root_path, cfg.train_list, args.num_segments,
                                        cfg.image_tmpl,
                                        model.get_augmentation(flip=cfg.flip,
                                                               mirror_map=cfg.mirror_map),
                                        random_shift=True, dense_sample=args.dense_sample,
-                                       video_list=train_records,
+                                       video_list=data.train_records,
                                        video_backend=args.video_backend), args.seed)
     val_transform = build_transform('val', model.crop_size, model.scale_size, model.input_mean,
                                     model.input_std)
     val_set = TSNDataSet(cfg.root_path, cfg.val_list, args.num_segments, cfg.image_tmpl,
                          val_transform, random_shift=False, dense_sample=args.dense_sample,
-                         video_list=val_records,
+                         video_list=data.val_records,
                          video_backend=args.video_backend)
-    batch_size = max(args.batch_size // runtime.world_size, 1)
+    batch_size = process_batch_size(args, runtime)
     train_sampler = ResumableSampler(train_set, num_replicas=runtime.world_size,
                                      rank=runtime.rank, shuffle=True, seed=args.seed)
     pin = runtime.device.type == 'cuda'
@@ -104,8 +247,15 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
     val_loader = DataLoader(val_set, batch_size=batch_size,
                             sampler=ShardSampler(val_set, runtime.rank, runtime.world_size),
                             num_workers=args.workers, pin_memory=pin)
-    return train_loader, val_loader, train_sampler
+    return Loaders(train_loader, val_loader, train_sampler)
 
+
+def process_batch_size(args, runtime):
+    """Clips per batch of one process: --batch-size split over the processes."""
+    return max(args.batch_size // runtime.world_size, 1)
+
+
+# ---- model and optimiser ---------------------------------------------------------------------
 
 def build_model(args, num_class):
     """The TemporalModel main.py trains for `args` (before any --resume / --tune_from);
@@ -116,35 +266,55 @@ def build_model(args, num_class):
                               partial_bn=args.partialbn, input_size=args.input_size)
 
 
-def run_eta(start, epochs_done, epochs_left):
-    """``'H:MM:SS, ETA of the run H:MM:SS (N epochs left)'`` at the pace since `start`."""
-    elapsed = time.time() - start
-    eta = format_duration(elapsed / epochs_done * epochs_left)
-    return (f'{format_duration(elapsed)}, ETA of the run {eta} '
-            f'({epochs_left} epoch(s) left)')
+def build_optimizer(args, model, runtime):
+    """SGD over the model's parameter groups (the release's lr / decay multipliers), and the
+    GradScaler of --amp (enabled on CUDA only)."""
+    if mas_lr_falls_back(args.lr_type, args.lr_steps):
+        logger.info(f'--lr_type MAS_lr with {len(args.lr_steps)} steps: x0.1 at each step '
+                    f'(step_lr), as the release does')
+    optimizer = torch.optim.SGD(model.get_optim_policies(), args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler('cuda', enabled=args.amp and runtime.device.type == 'cuda')
+    return optimizer, scaler
 
 
-def add_scalars(writer, epoch, values):
-    """Write {tag: value} to TensorBoard at `epoch` (no-op without a writer, i.e. off rank 0)."""
-    if writer is not None:
-        for tag, value in values.items():
-            writer.add_scalar(tag, value, epoch)
+# ---- resume or fine-tune ---------------------------------------------------------------------
+
+@dataclass
+class Start:
+    """Where the epochs begin: the first epoch, the best top-1 so far, and how far the first
+    epoch went ('progress' of a mid-epoch checkpoint, clips normalised; None: from its start)."""
+    epoch: int = 0
+    best_prec1: float = 0.0
+    progress: Optional[dict] = None
 
 
-def flag_differences(recorded, flags):
+def fine_tune(args, model):
+    """A new run's start: --tune_from's weights loaded (new_fc re-initialised) when given."""
+    if args.tune_from:
+        tune = read_checkpoint(args.tune_from, trust=args.trust_checkpoint)
+        check_finite(tune, args.tune_from)
+        load_state_dict_checked(model, tune['state_dict'], source=f"checkpoint '{args.tune_from}'",
+                                skip_prefixes=('new_fc.',))
+        model.init_norms_from(tune['state_dict'])
+        logger.info(f"fine-tuning from '{args.tune_from}' (new_fc re-initialised)")
+    return Start(epoch=args.start_epoch)
+
+
+def flag_differences(recorded, flags, marked=None):
     """Compare the flags a checkpoint recorded (its ``args``) with this command's.
 
     Returns ``(shaping, recipe, grown)`` lists of lines such as ``--lr 0.01 in the checkpoint,
-    0.02 now``: differences of SHAPING_FLAGS, of RECIPE_FLAGS, and a larger --epochs (allowed).
+    0.02 now``: differences of the flags opts.py marks shaping_flag, of those it marks
+    recipe_flag, and a larger --epochs (allowed). marked: opts.recipe_flags() (the default).
     Flags the checkpoint does not record are not compared.
     """
     shaping, recipe, grown = [], [], []
-    for key in SHAPING_FLAGS + RECIPE_FLAGS:
+    for key, (kind, spelling) in (marked or recipe_flags()).items():
         if key not in recorded or key not in flags or recorded[key] == flags[key]:
             continue
-        line = (f'{FLAG_SPELLING.get(key, "--" + key)} {recorded[key]} in the checkpoint, '
-                f'{flags[key]} now')
-        if key in SHAPING_FLAGS:
+        line = f'{spelling} {recorded[key]} in the checkpoint, {flags[key]} now'
+        if kind == 'shaping':
             shaping.append(line)
         elif key == 'epochs' and flags[key] > recorded[key]:
             grown.append(line)
@@ -180,7 +350,8 @@ def check_resume_hyperparameters(checkpoint, path, model, args):
 
 
 def find_resume(args, latest):
-    """The checkpoint to resume from (None: start afresh), read and checked against the flags."""
+    """The checkpoint to resume from, read and checked against the flags (a Resume; None:
+    start afresh)."""
     resume = args.resume
     if not (resume or args.tune_from) and os.path.isfile(latest):
         # the same command run again (e.g. a requeued job) continues the run it left;
@@ -191,31 +362,85 @@ def find_resume(args, latest):
         raise CheckpointError(f"--evaluate: no checkpoint to validate ('{latest}' does not exist); "
                               f"pass --resume FILE")
     if not resume:
-        return None, None
+        return None
     checkpoint = read_checkpoint(resume, trust=args.trust_checkpoint)
     check_resume_flags(checkpoint, resume, args)
     check_trained_settings(checkpoint, resume, num_segments=args.num_segments, arch=args.arch,
                            type=args.type, input_size=args.input_size)
     check_finite(checkpoint, resume, keys=('state_dict', 'optimizer', 'scaler'))
-    return resume, checkpoint
+    return Resume(resume, checkpoint)
 
 
-def lock_run(args, runtime):
-    """Rank 0 locks the run folder(s); every process stops with the same line if it cannot."""
-    folders = sorted({run_folder(args.root_log, args), run_folder(args.root_checkpoint, args)})
-    locks, error = [], None
-    if runtime.is_main:
-        try:
-            locks = [lock_run_folder(folder) for folder in folders]
-        except RunLockedError as exc:
-            error = exc
-            for handle in locks:
-                handle.close()
-    if runtime.distributed and all_reduce_sum([error is not None], runtime)[0] and error is None:
-        error = RunLockedError(f"run folder '{folders[0]}' is in use by another run")
-    if error is not None:
-        raise error
-    return locks
+class Resume(NamedTuple):
+    """A run continued from the checkpoint at `path` (found and checked by find_resume): its
+    states loaded (load), the position in its epoch (epoch_progress), its best file checked and
+    repaired (best_top1); check_diverged below keeps a diverged epoch out of the files."""
+    path: str
+    checkpoint: dict
+
+    def load(self, model, optimizer, scaler, args, data, runtime):
+        """Load the weights, optimiser and scaler states; returns the Start of the epochs."""
+        checkpoint = self.checkpoint
+        check_resume_hyperparameters(checkpoint, self.path, model, args)
+        load_state_dict_checked(model, checkpoint['state_dict'],
+                                source=f"checkpoint '{self.path}'")
+        if 'optimizer' in checkpoint:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        if checkpoint.get('scaler') and scaler.is_enabled():
+            scaler.load_state_dict(checkpoint['scaler'])
+        model.initialised_norms.update(checkpoint.get('initialised_norms') or ())
+        start = Start(int(checkpoint.get('epoch', 0)), float(checkpoint.get('best_prec1', 0.0)))
+        if not args.evaluate:
+            start.progress = self.epoch_progress(start.epoch, args, data, runtime)
+        within = f" iteration {start.progress['iteration']}" if start.progress else ''
+        logger.info(f"resumed '{self.path}' at epoch {start.epoch}{within} "
+                    f"(best top-1 {start.best_prec1:.2f})")
+        _, recipe, grown = flag_differences(checkpoint_args(checkpoint), vars(args))
+        for line in grown:
+            logger.info(f'training longer: {line}')
+        for line in recipe:
+            logger.warning(f'--resume_changed: {line}')
+        return start
+
+    def epoch_progress(self, epoch, args, data, runtime):
+        """The checkpoint's mid-epoch 'progress' for this run (None: the epoch starts afresh).
+
+        Its position is in clips (per process): a resume with another --batch-size continues
+        at the same clip; one whose training list changed (count or hash) restarts the epoch.
+        """
+        progress = self.checkpoint.get('progress')
+        if not progress:
+            return None
+        listed, now = progress.get('train_list'), data.train_list_id
+        if listed and listed != now:
+            logger.warning(f"the training list changed since '{self.path}' was saved mid-epoch "
+                           f"({listed['count']} videos, sha256 {listed['sha256'][:12]} then; "
+                           f"{now['count']}, {now['sha256'][:12]} now): epoch {epoch} restarts "
+                           f"from its first clip")
+            return None
+        progress = dict(progress)
+        world_then = progress.get('world_size') or 1
+        batch_then = progress.get('batch_size') or checkpoint_args(self.checkpoint).get(
+            'batch_size', args.batch_size)
+        per_process_then = max(batch_then // world_then, 1)
+        progress.setdefault('clips', progress['iteration'] * per_process_then)
+        if world_then != runtime.world_size:
+            logger.warning(f"'{self.path}' was saved mid-epoch by {world_then} process(es), not "
+                           f"{runtime.world_size}: the rest of epoch {epoch} gets as many clips "
+                           f"per process as the interrupted run had left, but other clips")
+        per_process_now = process_batch_size(args, runtime)
+        if per_process_now != per_process_then:
+            progress['iteration'] = progress['clips'] // per_process_now
+            logger.info(f"--batch-size {args.batch_size}, the checkpoint's {batch_then}: epoch "
+                        f"{epoch} continues at the clip it reached ({progress['clips']} per "
+                        f"process), iteration {progress['iteration']} of the new batch")
+        return progress
+
+    def best_top1(self, best_path, runtime):
+        """The best top-1 to continue from: the one the best file holds, repaired by rank 0
+        (best_on_disk), the same on every process."""
+        best_prec1 = best_on_disk(best_path, self.checkpoint) if runtime.is_main else 0.0
+        return all_reduce_sum([best_prec1], runtime)[0]
 
 
 def best_on_disk(best_path, latest_checkpoint):
@@ -272,236 +497,187 @@ def check_diverged(model, optimizer, val_loss, epoch, latest):
                            f'this epoch, {last}: run again with a lower --lr or a --clip-gradient')
 
 
-def train(args):
-    """Train (or with --evaluate only validate) as the flags say; returns the best val top-1.
-    Under torchrun a failure is one line, printed by rank 0 (one_line_failures)."""
-    runtime = setup_runtime(args.gpus, args.dist_timeout)
-    with one_line_failures(runtime):
-        return _train(args, runtime)
+# ---- epochs --------------------------------------------------------------------------------------
+
+def run_eta(start, epochs_done, epochs_left):
+    """``'H:MM:SS, ETA of the run H:MM:SS (N epochs left)'`` at the pace since `start`."""
+    elapsed = time.time() - start
+    eta = format_duration(elapsed / epochs_done * epochs_left)
+    return (f'{format_duration(elapsed)}, ETA of the run {eta} '
+            f'({epochs_left} epoch(s) left)')
 
 
-def _train(args, runtime):
-    set_seed(args.seed)
-    if not args.store_name:
-        args.store_name = default_store_name(args)
-    log_dir = os.path.join(run_folder(args.root_log, args), 'log')
-    ckpt_dir = os.path.join(run_folder(args.root_checkpoint, args), 'checkpoint')
-    latest, best_path = os.path.join(ckpt_dir, LATEST_NAME), os.path.join(ckpt_dir, BEST_NAME)
-    setup_logging(None, runtime.is_main)
-    # everything that can fail on bad input is checked before the run folder is created
-    cfg = get_dataset_config(args.dataset, args.dataset_path)
-    train_records = None if args.evaluate else load_checked_list(
-        cfg.train_list, cfg.root_path, cfg.num_class, cfg.image_tmpl, missing='warn',
-        video_backend=args.video_backend)
-    val_records = load_checked_list(cfg.val_list, cfg.root_path, cfg.num_class, cfg.image_tmpl,
-                                    video_backend=args.video_backend)
-    resume, checkpoint = find_resume(args, latest)
-    # weight files too: --pretrain (fetched if need be) and --tune_from are read and checked here
-    model = build_model(args, cfg.num_class)
-    if resume:
-        check_resume_hyperparameters(checkpoint, resume, model, args)
-    tune = read_tune_from(args) if args.tune_from and not resume else None
-
-    locks = lock_run(args, runtime)
-    try:
-        return _run_locked(args, runtime, cfg=cfg, model=model, train_records=train_records,
-                           val_records=val_records, resume=resume, checkpoint=checkpoint,
-                           tune=tune, log_dir=log_dir, ckpt_dir=ckpt_dir, latest=latest,
-                           best_path=best_path)
-    finally:
-        for handle in locks:
-            handle.close()
+def add_scalars(writer, epoch, values):
+    """Write {tag: value} to TensorBoard at `epoch` (no-op without a writer, i.e. off rank 0)."""
+    if writer is not None:
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, epoch)
 
 
-def read_tune_from(args):
-    """The --tune_from checkpoint, read and checked (finite weights)."""
-    tune = read_checkpoint(args.tune_from, trust=args.trust_checkpoint)
-    check_finite(tune, args.tune_from)
-    return tune
+def report_partial_bn(model):
+    """--partialbn: how many BatchNorms it freezes (a warning when none)."""
+    frozen = len(model.partial_bn_norms())
+    total = sum(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))
+                for m in model.base_model.modules())
+    logger.info(f'--partialbn: {frozen} of {total} BatchNorms frozen (initialised ones but '
+                f'the first); {total - frozen} train')
+    if frozen == 0:
+        logger.warning('--partialbn freezes nothing: no BatchNorm was initialised from '
+                       'weights (--pretrain none and no --tune_from)')
 
 
-def _run_locked(args, runtime, *, cfg, model, train_records, val_records, resume, checkpoint,
-                tune, log_dir, ckpt_dir, latest, best_path):
-    """The run once its folders are locked: log file, optimiser, resume / fine-tune, then
-    --evaluate's validation or the epochs; returns the best val top-1.
-
-    cfg: the dataset; model: the TemporalModel before any checkpoint is loaded;
-    train_records / val_records: the checked lists (train_records None with --evaluate);
-    resume / checkpoint: the path and content of the checkpoint to resume (None, None: a new
-    run); tune: the --tune_from checkpoint (None: none or resuming); log_dir / ckpt_dir: the run
-    folder's log and checkpoint folders; latest / best_path: the two checkpoint files.
+class TrainingRun:
+    """The epochs of a run and what they share: the network as it runs (--mas_form,
+    --channels_last, DDP / DataParallel, --compile), the loaders, the TensorBoard writer, the
+    best top-1 and the stop signals. main.py calls, per epoch, train_epoch, validate and save.
     """
-    setup_logging(os.path.join(log_dir, 'log.txt'), runtime.is_main)
-    if runtime.is_main:
-        stale = remove_stale_temp_files(ckpt_dir) + remove_stale_temp_files(log_dir)
-        if stale:
-            logger.info(f'removed {len(stale)} temporary file(s) of a killed run: '
-                        f'{", ".join(stale)}')
-        save_args(args, os.path.join(log_dir, 'args.json'))
-    logger.info(f'{cfg.name}: {cfg.num_class} classes; {args.type} {args.arch}, '
-                f'{args.num_segments} segments, {args.input_size}px; device {runtime.device}, '
-                f'{runtime.world_size} process(es)')
 
-    if mas_lr_falls_back(args.lr_type, args.lr_steps):
-        logger.info(f'--lr_type MAS_lr with {len(args.lr_steps)} steps: x0.1 at each step '
-                    f'(step_lr), as the release does')
-    optimizer = torch.optim.SGD(model.get_optim_policies(), args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    use_scaler = args.amp and runtime.device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
-    start_epoch, best_prec1, progress_state = args.start_epoch, 0.0, None
-    if resume:
-        load_state_dict_checked(model, checkpoint['state_dict'], source=f"checkpoint '{resume}'")
-        if 'optimizer' in checkpoint:
-            optimizer.load_state_dict(checkpoint['optimizer'])
-        if checkpoint.get('scaler') and use_scaler:
-            scaler.load_state_dict(checkpoint['scaler'])
-        model.initialised_norms.update(checkpoint.get('initialised_norms') or ())
-        start_epoch = int(checkpoint.get('epoch', 0))
-        best_prec1 = float(checkpoint.get('best_prec1', 0.0))
-        if runtime.is_main and not args.evaluate:
-            best_prec1 = best_on_disk(best_path, checkpoint)
-        best_prec1 = all_reduce_sum([best_prec1 if runtime.is_main else 0.0], runtime)[0]
-        progress_state = checkpoint.get('progress')
-        within = f" iteration {progress_state['iteration']}" if progress_state else ''
-        if progress_state and progress_state.get('world_size') != runtime.world_size:
-            logger.warning(f"'{resume}' was saved mid-epoch by {progress_state.get('world_size')} "
-                           f"process(es), not {runtime.world_size}: the rest of epoch "
-                           f"{start_epoch} gets as many batches as the interrupted run had left, "
-                           f"but other clips")
-        logger.info(f"resumed '{resume}' at epoch {start_epoch}{within} "
-                    f"(best top-1 {best_prec1:.2f})")
-        _, recipe, grown = flag_differences(checkpoint_args(checkpoint), vars(args))
-        for line in grown:
-            logger.info(f'training longer: {line}')
-        for line in recipe:
-            logger.warning(f'--resume_changed: {line}')
-    elif tune is not None:
-        load_state_dict_checked(model, tune['state_dict'], source=f"checkpoint '{args.tune_from}'",
-                                skip_prefixes=('new_fc.',))
-        model.init_norms_from(tune['state_dict'])
-        logger.info(f"fine-tuning from '{args.tune_from}' (new_fc re-initialised)")
-    if args.partialbn:
-        frozen = len(model.partial_bn_norms())
-        total = sum(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))
-                    for m in model.base_model.modules())
-        logger.info(f'--partialbn: {frozen} of {total} BatchNorms frozen (initialised ones but '
-                    f'the first); {total - frozen} train')
-        if frozen == 0:
-            logger.warning('--partialbn freezes nothing: no BatchNorm was initialised from '
-                           'weights (--pretrain none and no --tune_from)')
+    def __init__(self, args, runtime, paths, data, model, optimizer, scaler):
+        self.args, self.runtime, self.paths = args, runtime, paths
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        logger.info(f'{data.cfg.name}: {data.cfg.num_class} classes; {args.type} {args.arch}, '
+                    f'{args.num_segments} segments, {args.input_size}px; device '
+                    f'{runtime.device}, {runtime.world_size} process(es)')
+        if args.partialbn:
+            report_partial_bn(model)
+        set_form(args.mas_form, model)
+        self.net = compile_model(wrap_model(to_channels_last(model, args.channels_last),
+                                            runtime), args.compile)
+        self.loaders = build_loaders(data, model, args, runtime)
+        self.criterion = torch.nn.CrossEntropyLoss().to(runtime.device)
+        self.step = TrainStep(self.net, self.criterion, optimizer, scaler, amp=args.amp,
+                              clip_gradient=args.clip_gradient)
+        self.description = model_description(model, data.cfg.categories, data.cfg.name,
+                                             data.cfg.flip,
+                                             data.cfg.mirror_map if data.cfg.flip else None)
+        self.train_list_id = None if args.evaluate else data.train_list_id
+        self.stop = StopSignals(runtime)
+        self.writer, self.best_prec1, self.epoch = None, 0.0, None
 
-    set_form(args.mas_form, model)
-    net = compile_model(wrap_model(to_channels_last(model, args.channels_last), runtime),
-                        args.compile)
-    train_loader, val_loader, train_sampler = build_loaders(cfg, model, args, runtime,
-                                                            train_records, val_records)
-    criterion = torch.nn.CrossEntropyLoss().to(runtime.device)
-
-    if args.evaluate:
-        loss, prec1, prec5 = validate(net, val_loader, criterion, runtime)
+    def evaluate(self):
+        """--evaluate: one validation pass; returns its top-1."""
+        loss, prec1, prec5 = validate(self.net, self.loaders.val, self.criterion, self.runtime)
         logger.info(f'Testing Results: Prec@1 {prec1:.3f} Prec@5 {prec5:.3f} Loss {loss:.5f}')
-        cleanup(runtime)
+        cleanup(self.runtime)
         return prec1
-    if start_epoch >= args.epochs:
-        logger.info(f'nothing to train: the checkpoint is at epoch {start_epoch}, '
-                    f'--epochs is {args.epochs}')
 
-    description = model_description(model, cfg.categories, cfg.name, cfg.flip,
-                                    cfg.mirror_map if cfg.flip else None)
-    writer = None
-    if runtime.is_main:
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(log_dir), 'tensorboardX'))
-        writer.flush()
-    stop = StopSignals(runtime)
+    @contextlib.contextmanager
+    def running(self, start, best_prec1):
+        """Around the epochs from `start`: the TensorBoard writer, SIGTERM / SIGUSR1 recorded
+        (a checkpoint, then exit 75), Ctrl-C's last line, the process group ended."""
+        self.best_prec1, self.epoch = best_prec1, start.epoch
+        if start.epoch >= self.args.epochs:
+            logger.info(f'nothing to train: the checkpoint is at epoch {start.epoch}, '
+                        f'--epochs is {self.args.epochs}')
+        if self.runtime.is_main:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(self.paths.log_dir),
+                                                             'tensorboardX'))
+            self.writer.flush()
+        self.stop.install()
+        self.started, self.start_epoch = time.time(), start.epoch
+        try:
+            yield
+        except KeyboardInterrupt:
+            logger.info(f'interrupted during epoch {self.epoch}; {self.paths.latest} '
+                        f'holds the last complete epoch: run the same command to resume')
+            raise
+        finally:
+            self.stop.uninstall()
+            if self.writer:
+                self.writer.close()
+            cleanup(self.runtime)
 
-    def after_iteration(done, sums):
-        """Between iterations: a mid-epoch checkpoint on a stop signal (then the run ends) or
+    def set_lr(self, epoch):
+        """Set the optimiser's lr for the fractional `epoch` (--lr_type, --warmup); returns it."""
+        args = self.args
+        lr = lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs, args.warmup)
+        apply_lr(self.optimizer, lr, args.weight_decay)
+        return lr
+
+    def train_epoch(self, epoch, progress=None):
+        """Train `epoch` (from the clip `progress` says, when it is a resumed one)."""
+        args, loaders = self.args, self.loaders
+        self.epoch = epoch
+        set_seed(args.seed + epoch)  # an epoch's randomness depends only on (seed, epoch)
+        loaders.sampler.set_epoch(epoch, progress['clips'] if progress else 0)
+        loaders.train.dataset.set_epoch(epoch)
+        loss, prec1, prec5 = train_one_epoch(self.step, loaders.train, self.runtime, epoch,
+                                             self.set_lr, args.print_freq, progress,
+                                             self.between_iterations)
+        lr = lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs, args.warmup)
+        logger.info(f'Epoch {epoch} train: Loss {loss:.4f} Prec@1 {prec1:.3f} '
+                    f'Prec@5 {prec5:.3f} lr {lr:.6f}')
+        add_scalars(self.writer, epoch, {'loss/train': loss, 'acc/train_top1': prec1,
+                                         'acc/train_top5': prec5, 'lr': lr})
+
+    def between_iterations(self, done, clips, sums):
+        """After each iteration: a mid-epoch checkpoint on a stop signal (then the run ends) or
         every --save_every_iters iterations."""
-        signame = stop.poll()
-        if not signame and not (args.save_every_iters and done % args.save_every_iters == 0):
+        every = self.args.save_every_iters
+        signame = self.stop.poll()
+        if not signame and not (every and done % every == 0):
             return
-        totals = all_reduce_sum(sums, runtime)
-        if runtime.is_main:
+        totals = all_reduce_sum(sums, self.runtime)
+        if self.runtime.is_main:
             # 'epoch' counts the complete epochs, as in every checkpoint; 'progress' says how
             # far the next one went (model, optimizer and RNGs are those after `done` iterations)
-            state = training_checkpoint(
-                epoch, model, optimizer, vars(args), None, best_prec1,
-                scaler.state_dict() if use_scaler else None, description=description,
-                initialised_norms=sorted(model.initialised_norms),
-                progress={'iteration': done, 'meters': totals,
-                          'rng': rng_state(runtime.device), 'world_size': runtime.world_size})
-            save_checkpoint(state, latest)
-        barrier(runtime)  # the other processes end once the checkpoint is on disk
+            progress = {'iteration': done, 'clips': clips, 'batch_size': self.args.batch_size,
+                        'train_list': self.train_list_id, 'meters': totals,
+                        'rng': rng_state(self.runtime.device),
+                        'world_size': self.runtime.world_size}
+            save_checkpoint(self.state(self.epoch, None, progress=progress), self.paths.latest)
+        barrier(self.runtime)  # the other processes end once the checkpoint is on disk
         if signame:
-            logger.info(f'{signame} at epoch {epoch} iteration {done}: saved {latest}; '
+            logger.info(f'{signame} at epoch {self.epoch} iteration {done}: saved '
+                        f'{self.paths.latest}; rerun the same command to resume')
+            raise Preempted()
+
+    def validate(self, epoch):
+        """Validate when --eval-freq (or the last epoch) says so; returns (top-1, loss), both
+        None when not validated."""
+        args = self.args
+        if (epoch + 1) % args.eval_freq and epoch != args.epochs - 1:
+            return None, None
+        val_loss, prec1, prec5 = validate(self.net, self.loaders.val, self.criterion,
+                                          self.runtime)
+        best = max(prec1, self.best_prec1)
+        logger.info(f'Epoch {epoch} val: Loss {val_loss:.5f} Prec@1 {prec1:.3f} '
+                    f'Prec@5 {prec5:.3f} (best Prec@1 {best:.3f})')
+        add_scalars(self.writer, epoch, {'loss/test': val_loss, 'acc/test_top1': prec1,
+                                         'acc/test_top5': prec5, 'acc/test_top1_best': best})
+        return prec1, val_loss
+
+    def save(self, epoch, prec1, val_loss):
+        """The end of `epoch`: stop if it diverged, else write the best checkpoint (when
+        `prec1` is the best so far) and the latest; a stop signal then ends the run."""
+        check_diverged(self.model, self.optimizer, val_loss, epoch, self.paths.latest)
+        # the first validation always writes a best checkpoint, even at 0% top-1
+        is_best = prec1 is not None and (prec1 > self.best_prec1
+                                         or not os.path.isfile(self.paths.best))
+        if prec1 is not None:
+            self.best_prec1 = max(prec1, self.best_prec1)
+        if self.runtime.is_main:
+            state = self.state(epoch + 1, prec1)
+            # best first: a kill between the two writes leaves the latest one epoch behind
+            # (redone on resume), never a latest that records a best not on disk
+            if is_best:
+                save_checkpoint(state, self.paths.best)
+            save_checkpoint(state, self.paths.latest)
+            self.writer.flush()
+        done, left = epoch + 1 - self.start_epoch, self.args.epochs - epoch - 1
+        logger.info(f'Epoch {epoch} done; {done} epoch(s) in '
+                    f'{run_eta(self.started, done, left)}')
+        signame = self.stop.poll() if left else None
+        if signame:  # it came during validation or the checkpoint writes
+            logger.info(f'{signame} at the end of epoch {epoch}: saved {self.paths.latest}; '
                         f'rerun the same command to resume')
             raise Preempted()
 
-    epoch = start_epoch
-    stop.install()
-    run_start = time.time()
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            set_seed(args.seed + epoch)  # an epoch's randomness depends only on (seed, epoch)
-            resuming = progress_state if epoch == start_epoch else None
-            train_sampler.set_epoch(
-                epoch, resuming['iteration'] * train_loader.batch_size if resuming else 0)
-            train_loader.dataset.set_epoch(epoch)
-            lr = lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs,
-                             args.warmup)
-            apply_lr(optimizer, lr, args.weight_decay)
-            loss, prec1, prec5 = train_one_epoch(net, train_loader, criterion, optimizer, scaler,
-                                                 epoch, runtime, lr, amp=args.amp,
-                                                 clip_gradient=args.clip_gradient,
-                                                 print_freq=args.print_freq,
-                                                 progress_state=resuming,
-                                                 after_iteration=after_iteration)
-            logger.info(f'Epoch {epoch} train: Loss {loss:.4f} Prec@1 {prec1:.3f} '
-                        f'Prec@5 {prec5:.3f} lr {lr:.6f}')
-            add_scalars(writer, epoch, {'loss/train': loss, 'acc/train_top1': prec1,
-                                        'acc/train_top5': prec5, 'lr': lr})
-
-            is_best, val_loss, prec1 = False, None, None
-            if (epoch + 1) % args.eval_freq == 0 or epoch == args.epochs - 1:
-                val_loss, prec1, prec5 = validate(net, val_loader, criterion, runtime)
-                # the first validation always writes a best checkpoint, even at 0% top-1
-                is_best = prec1 > best_prec1 or not os.path.isfile(best_path)
-                best_prec1 = max(prec1, best_prec1)
-                logger.info(f'Epoch {epoch} val: Loss {val_loss:.5f} Prec@1 {prec1:.3f} '
-                            f'Prec@5 {prec5:.3f} (best Prec@1 {best_prec1:.3f})')
-                add_scalars(writer, epoch, {'loss/test': val_loss, 'acc/test_top1': prec1,
-                                            'acc/test_top5': prec5,
-                                            'acc/test_top1_best': best_prec1})
-            check_diverged(model, optimizer, val_loss, epoch, latest)
-
-            if runtime.is_main:
-                state = training_checkpoint(
-                    epoch + 1, model, optimizer, vars(args), prec1, best_prec1,
-                    scaler.state_dict() if use_scaler else None, description=description,
-                    initialised_norms=sorted(model.initialised_norms))
-                # best first: a kill between the two writes leaves the latest one epoch behind
-                # (redone on resume), never a latest that records a best not on disk
-                if is_best:
-                    save_checkpoint(state, best_path)
-                save_checkpoint(state, latest)
-                writer.flush()
-            logger.info(f'Epoch {epoch} done; {epoch + 1 - start_epoch} epoch(s) in '
-                        f'{run_eta(run_start, epoch + 1 - start_epoch, args.epochs - epoch - 1)}')
-            signame = stop.poll() if epoch + 1 < args.epochs else None
-            if signame:  # it came during validation or the checkpoint writes
-                logger.info(f'{signame} at the end of epoch {epoch}: saved {latest}; rerun the '
-                            f'same command to resume')
-                raise Preempted()
-    except KeyboardInterrupt:
-        logger.info(f'interrupted during epoch {epoch}; {latest} '
-                    f'holds the last complete epoch: run the same command to resume')
-        raise
-    finally:
-        stop.uninstall()
-        if writer:
-            writer.close()
-        cleanup(runtime)
-    logger.info(f'best Prec@1 {best_prec1:.3f}; checkpoints in {ckpt_dir}')
-    return best_prec1
+    def state(self, epoch, prec1, **extra):
+        """The checkpoint of the run after `epoch` complete epochs (ops.checkpoint)."""
+        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
+        return training_checkpoint(epoch, self.model, self.optimizer, vars(self.args), prec1,
+                                   self.best_prec1, scaler, description=self.description,
+                                   initialised_norms=sorted(self.model.initialised_norms),
+                                   **extra)

@@ -1,6 +1,7 @@
 """Where and how the model runs: devices and processes (CPU, one GPU, DataParallel (--gpus) or
 torchrun (DDP)), the model moved and wrapped for them, --compile and --channels_last, the
-collectives and the sharded sampler of a torchrun run.
+collectives and the sharded sampler of a torchrun run; the run's randomness: seeds from
+--seed, and the RNG states a mid-epoch checkpoint saves and restores.
 
 Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) every process owns
 one device (GPU ``LOCAL_RANK`` with nccl, or the CPU with gloo); otherwise one process uses
@@ -9,6 +10,7 @@ rank 0 (one_line_failures).
 """
 import contextlib
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -234,3 +236,32 @@ class ShardSampler(Sampler):
     def __len__(self):
         return len(self.indices)
 
+def set_seed(seed):
+    """Seed python, numpy and torch (all devices) for a reproducible run."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state(device):
+    """The python, numpy and torch (CPU, and `device` when it is a GPU) RNG states, as plain
+    Python values and tensors (a checkpoint holding them loads with weights_only=True)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {'python': random.getstate(),
+             'numpy': (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached_gaussian)),
+             'torch': torch.get_rng_state()}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, device):
+    """Undo rng_state: the RNGs continue as they were when it was taken."""
+    random.setstate(state['python'])
+    name, keys, pos, has_gauss, cached_gaussian = state['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos,
+                         has_gauss, cached_gaussian))
+    torch.set_rng_state(state['torch'])
+    if device.type == 'cuda' and state.get('cuda') is not None:
+        torch.cuda.set_rng_state(state['cuda'], device)

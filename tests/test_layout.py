@@ -13,10 +13,11 @@ from tests.conftest import ROOT
 FLOORS = [
     # 0: the ground: errors and the plain ResNet
     ['ops.errors', 'archs.resnet'],
-    # 1: building blocks with one job each: atomic files, meters, seeds, logs, where the model
-    # runs, schedules, transforms, the fused MAS arithmetic, the synthetic generator
-    ['archs', 'ops.files', 'ops.meters', 'ops.seeding', 'ops.logs', 'ops.runtime', 'ops.optim',
-     'ops.lr_schedule', 'ops.transforms', 'ops.mas_fused', 'ops.synthetic'],
+    # 1: building blocks with one job each: atomic files, meters, logs, where the model runs
+    # (and its seeds), parameter groups and schedules, transforms, the fused MAS arithmetic,
+    # the synthetic generator
+    ['archs', 'ops.files', 'ops.meters', 'ops.logs', 'ops.runtime', 'ops.optim',
+     'ops.transforms', 'ops.mas_fused', 'ops.synthetic'],
     # 2: command-line plumbing, run folders and their lock, ImageNet downloads
     ['ops.cli', 'ops.run_folder', 'ops.download'],
     # 3: temporal blocks, data layouts and readers, checkpoint I/O, the epoch loops, score files

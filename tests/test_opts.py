@@ -4,6 +4,7 @@ flag spelling means two things in two scripts (but the release's two, each with 
 The glossary (docs/glossary.md) says what each word means; this file checks the parsers agree.
 """
 import importlib
+import os
 
 import pytest
 
@@ -39,6 +40,7 @@ ALIASES = [
     ('test', '--coeff', '--ensemble_weights', ['1,0.5']),
     ('average_scores', '--weights', '--ensemble_weights', ['1', '0.5']),
     ('average_scores', '--weights', '--coeff', ['1', '0.5']),
+    ('main', '--dropout', '--dp', ['0.3']),
     ('main', '--dense_sample', '--dense_window', []),
     ('test', '--dense_sample', '--dense_clips', []),
     ('predict', '--dense_sample', '--dense_clips', []),
@@ -193,3 +195,26 @@ def test_no_flag_spelling_means_two_things():
     for option in shared - SWITCH_HERE_VALUE_THERE:
         kinds = {script: action.nargs == 0 for script, action in found[option].items()}
         assert len(set(kinds.values())) == 1, (option, kinds)
+
+
+def test_unsorted_lr_steps_are_refused_before_anything_is_created(tmp_path, capsys):
+    """The release decays at whichever steps are reached, so `30 40 60 50` gives other lrs
+    after epoch 50 than `30 40 50 60` (docs/differences.md): a typo, refused for every
+    schedule in one line."""
+    import main as train_main
+    from ops.optim import LR_SCHEDULES
+    for lr_type in LR_SCHEDULES:
+        with pytest.raises(SystemExit) as stop:
+            train_main.main(['--lr_type', lr_type, '--lr_steps', '30', '40', '60', '50',
+                             '--root_log', str(tmp_path), '--root_checkpoint', str(tmp_path)])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.endswith('error: argument --lr_steps: must be in increasing order, got '
+                            '30 40 60 50'), err
+    assert os.listdir(tmp_path) == []
+    assert parse_args_of_main(['--lr_steps', '30', '30', '50']).lr_steps == [30, 30, 50]
+
+
+def parse_args_of_main(argv):
+    from opts import parse_args
+    return parse_args(argv)

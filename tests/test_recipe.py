@@ -21,10 +21,9 @@ from ops.checkpoint import read_checkpoint
 from ops.dataset import parse_list_file, sample_dense_test_indices
 from ops.dataset_config import get_dataset_config
 from ops.evaluation import evaluate_models
-from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.models import TemporalModel, model_from_checkpoint
-from ops.optim import optim_policies
-from ops.run_train import build_loaders, build_model
+from ops.optim import apply_lr, lr_at_epoch, optim_policies
+from ops.run_train import TrainingData, build_loaders, build_model
 from ops.runtime import Runtime, setup_runtime
 from opts import parse_args
 from tests.conftest import ROOT
@@ -199,13 +198,15 @@ def test_training_batches_per_epoch_are_the_releases(tiny_data_root, caplog):
     runtime = Runtime(torch.device('cpu'))
     for videos, batch in ((24, 5), (24, 8), (10, 3), (7, 7)):
         args = parse_args(['--dataset', 'synthetic', '-b', str(batch), '-j', '0'])
-        loader, _, _ = build_loaders(cfg, model, args, runtime, records[:videos], records[:2])
+        loader = build_loaders(TrainingData(cfg, records[:videos], records[:2]), model, args,
+                               runtime).train
         assert len(loader) == len(list(loader.batch_sampler)) == videos // batch, (videos, batch)
         assert all(len(indices) == batch for indices in loader.batch_sampler)
     # fewer videos than one batch: the release trains on nothing; one partial batch here, said
     args = parse_args(['--dataset', 'synthetic', '-b', '8', '-j', '0'])
     with caplog.at_level(logging.WARNING, logger='masnet'):
-        loader, _, _ = build_loaders(cfg, model, args, runtime, records[:3], records[:2])
+        loader = build_loaders(TrainingData(cfg, records[:3], records[:2]), model, args,
+                               runtime).train
     assert [len(indices) for indices in loader.batch_sampler] == [3]
     assert '--batch-size 8: the training list holds only 3 videos' in caplog.text
 

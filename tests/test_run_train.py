@@ -1,5 +1,6 @@
 """End to end on a tiny generated dataset: train, resume, evaluate, ensemble, errors."""
 import glob
+import logging
 import math
 import os
 import re
@@ -16,9 +17,9 @@ import main as train_main
 import test as test_main
 from ops.checkpoint import read_checkpoint, save_checkpoint
 from ops.logs import read_scalars
-from ops.lr_schedule import apply_lr, lr_at_epoch
 from ops.meters import format_duration, throughput
 from ops.models import TemporalModel
+from ops.optim import apply_lr, lr_at_epoch
 from ops.runtime import to_channels_last
 from ops.scores import load_scores, save_scores, summarize
 from tests.conftest import ROOT
@@ -39,6 +40,72 @@ def test_step_and_cosine_lr_values():
     assert lr_at_epoch('cos_lr', 0.1, 5, epochs=10) == pytest.approx(0.05)
     assert (lr_at_epoch('cos_lr', 0.1, 3, epochs=10)
             == pytest.approx(0.05 * (1 + math.cos(0.3 * math.pi))))
+
+
+@pytest.mark.parametrize('lr_type', ['step_lr', 'cos_lr', 'MAS_lr'])
+def test_release_schedules_are_constant_within_an_epoch(lr_type):
+    """lr(epoch + fraction) is the lr of the epoch (the release sets it once per epoch)."""
+    for warmup in (0, 3):
+        for epoch in range(12):
+            at_start = lr_at_epoch(lr_type, 0.01, epoch, [2, 4, 6, 8], 12, warmup)
+            for fraction in (0.25, 0.5, 0.999):
+                assert lr_at_epoch(lr_type, 0.01, epoch + fraction, [2, 4, 6, 8], 12,
+                                   warmup) == at_start, (epoch, fraction, warmup)
+    assert lr_at_epoch(lr_type, 0.01, 1.5, [2, 4, 6, 8], 12, 3) == 0.01 * 2 / 3
+    # a fractional step is reached by the next whole epoch, as in the release
+    assert lr_at_epoch(lr_type, 0.01, 2.9, [2.5, 4], 12) != lr_at_epoch(lr_type, 0.01, 3, [2.5, 4],
+                                                                        12)
+
+
+def _recorded_lrs(progress_state=None):
+    """The fractional epochs and lrs train_one_epoch sets for 4 iterations of epoch 2."""
+    from ops.engine import TrainStep, train_one_epoch
+    from ops.runtime import rng_state, setup_runtime
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    optimizer = torch.optim.SGD(model.parameters(), 0.1)
+    step = TrainStep(model, torch.nn.CrossEntropyLoss(), optimizer,
+                     torch.amp.GradScaler('cuda', enabled=False))
+    batches = [(torch.randn(2, 3, 2, 2), torch.tensor([0, 1])) for _ in range(4)]
+    seen = []
+
+    def set_lr(epoch):
+        lr = 0.1 * (1 - epoch / 4) ** 2  # a per-iteration polynomial decay over 4 epochs
+        seen.append((epoch, lr))
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        return lr
+    if progress_state is not None:
+        progress_state = dict(progress_state, rng=rng_state(torch.device('cpu')),
+                              meters=[0.0, 0, 0.0, 0.0])
+        batches = batches[progress_state['iteration']:]
+    train_one_epoch(step, batches, setup_runtime(None), 2, set_lr, print_freq=100,
+                    progress_state=progress_state)
+    return seen
+
+
+def test_the_lr_is_set_per_iteration_from_the_fractional_epoch():
+    """A per-iteration schedule is one function of the fractional epoch; a resumed epoch
+    continues at the fraction it reached."""
+    seen = _recorded_lrs()
+    assert [e for e, _ in seen] == [2.0, 2.25, 2.5, 2.75]
+    assert [lr for _, lr in seen] == [0.1 * (1 - e / 4) ** 2 for e in (2.0, 2.25, 2.5, 2.75)]
+    assert _recorded_lrs({'iteration': 2, 'clips': 4}) == seen[2:]
+
+
+def test_a_new_schedule_is_one_function_and_one_name(monkeypatch):
+    from ops import optim
+    from opts import parse_args
+    monkeypatch.setattr(optim, 'LR_SCHEDULES', dict(optim.LR_SCHEDULES))
+    monkeypatch.setattr('opts.LR_SCHEDULES', optim.LR_SCHEDULES)
+
+    @optim.lr_schedule('linear_lr')
+    def linear_lr(epoch, base_lr, lr_steps, epochs):
+        return base_lr * (1 - epoch / epochs)
+    args = parse_args(['--lr_type', 'linear_lr', '--epochs', '4', '--lr', '0.1'])
+    assert lr_at_epoch(args.lr_type, args.lr, 1.5, args.lr_steps, args.epochs) == \
+        pytest.approx(0.1 * (1 - 1.5 / 4))
 
 
 def test_group_multipliers_applied():
@@ -257,7 +324,7 @@ def test_bad_inputs_give_one_line_errors(tiny_data_root, trained, tmp_path):
 @pytest.mark.slow
 def test_diverged_training_stops_before_the_update():
     """A NaN loss stops the run with a one-line reason, before it corrupts the weights."""
-    from ops.engine import TrainingDiverged, train_one_epoch
+    from ops.engine import TrainingDiverged, TrainStep, train_one_epoch
     from ops.runtime import setup_runtime
 
     torch.manual_seed(0)
@@ -267,8 +334,8 @@ def test_diverged_training_stops_before_the_update():
     scaler = torch.amp.GradScaler('cuda', enabled=False)
     loader = [(torch.randn(2, 12, 32, 32), torch.tensor([0, 1]))]
     with pytest.raises(TrainingDiverged, match='loss is nan at epoch 3, iteration 0'):
-        train_one_epoch(model, loader, lambda out, y: out.sum() * float('nan'), optimizer,
-                        scaler, 3, setup_runtime(None), 0.1, print_freq=1)
+        step = TrainStep(model, lambda out, y: out.sum() * float('nan'), optimizer, scaler)
+        train_one_epoch(step, loader, setup_runtime(None), 3, lambda epoch: 0.1, print_freq=1)
     for k, v in model.named_parameters():  # no optimizer step was taken
         assert torch.equal(v, before[k]), k
 
@@ -354,3 +421,189 @@ def test_test_py_channels_last_gives_the_same_scores(tiny_data_root, tmp_path, m
     nchw, nhwc = scores_without_and_with('--channels_last', tiny_data_root, tmp_path)
     assert layouts == [False, True]
     np.testing.assert_allclose(nhwc, nchw, rtol=1e-5, atol=1e-5)
+
+
+# ---- resume: the recipe flags and the position in the epoch ----------------------------------
+
+def test_a_flag_marked_where_it_is_defined_is_checked_on_resume(monkeypatch):
+    """A new recipe (or shaping) flag is one marked definition in opts.py; no other list."""
+    import opts
+    from ops.checkpoint import CheckpointError
+    from ops.run_train import check_resume_flags
+    build = opts.build_parser
+
+    def with_new_flags():
+        parser = build()
+        opts.recipe_flag(parser.add_argument('--label_smoothing', type=float, default=0.0))
+        opts.shaping_flag(parser.add_argument('--mam_alpha', type=float, default=0.5))
+        return parser
+    monkeypatch.setattr(opts, 'build_parser', with_new_flags)
+    recorded = {'args': vars(opts.parse_args([]))}
+    args = opts.parse_args(['--label_smoothing', '0.1'])
+    with pytest.raises(CheckpointError, match=r'another recipe \(--label_smoothing 0.0 in the '
+                                              r'checkpoint, 0.1 now\): pass --resume_changed'):
+        check_resume_flags(recorded, 'ckpt.pth.tar', args)
+    check_resume_flags(recorded, 'ckpt.pth.tar', opts.parse_args(['--label_smoothing', '0.1',
+                                                                  '--resume_changed']))
+    with pytest.raises(CheckpointError, match='network-shaping flags .--mam_alpha 0.5 in the '
+                                              'checkpoint, 0.8 now.'):
+        check_resume_flags(recorded, 'ckpt.pth.tar',
+                           opts.parse_args(['--mam_alpha', '0.8', '--resume_changed']))
+    check_resume_flags(recorded, 'ckpt.pth.tar', opts.parse_args([]))
+
+
+def _mid_epoch(progress, batch_size=8):
+    from ops.run_train import Resume
+    return Resume('ckpt.pth.tar', {'epoch': 1, 'args': {'batch_size': batch_size},
+                                   'progress': dict(progress)})
+
+
+class _Data:
+    def __init__(self, count=24, sha='a' * 64):
+        self.train_list_id = {'count': count, 'sha256': sha}
+
+
+def test_a_mid_epoch_resume_continues_at_the_clip_it_reached(caplog):
+    from ops.runtime import setup_runtime
+    from opts import parse_args
+    one = setup_runtime(None)
+    listed = {'count': 24, 'sha256': 'a' * 64}
+    saved = {'iteration': 2, 'clips': 16, 'batch_size': 8, 'world_size': 1,
+             'train_list': listed}
+    with caplog.at_level(logging.INFO, logger='masnet'):
+        same = _mid_epoch(saved).epoch_progress(1, parse_args(['-b', '8']), _Data(), one)
+        assert (same['iteration'], same['clips']) == (2, 16) and not caplog.records
+        # batch 4 now: the same clip (16), iteration 4 of the new batch, said in one line
+        other = _mid_epoch(saved).epoch_progress(1, parse_args(['-b', '4']), _Data(), one)
+    assert (other['iteration'], other['clips']) == (4, 16)
+    assert "--batch-size 4, the checkpoint's 8: epoch 1 continues at the clip it reached (16 " \
+        "per process), iteration 4 of the new batch" in caplog.text
+    # a checkpoint of before the clips were recorded: its iterations of its batch
+    old = _mid_epoch({'iteration': 3, 'world_size': 1}, batch_size=2)
+    assert old.epoch_progress(1, parse_args(['-b', '2']), _Data(), one)['clips'] == 6
+
+
+def test_a_mid_epoch_resume_after_the_list_changed_restarts_the_epoch(caplog):
+    from ops.runtime import setup_runtime
+    from opts import parse_args
+    saved = {'iteration': 2, 'clips': 16, 'batch_size': 8, 'world_size': 1,
+             'train_list': {'count': 24, 'sha256': 'a' * 64}}
+    for changed in (_Data(count=23), _Data(sha='b' * 64)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger='masnet'):
+            assert _mid_epoch(saved).epoch_progress(1, parse_args(['-b', '8']), changed,
+                                                    setup_runtime(None)) is None
+        assert "the training list changed since 'ckpt.pth.tar' was saved mid-epoch (24 videos" \
+            in caplog.text and 'epoch 1 restarts from its first clip' in caplog.text
+
+
+def test_the_training_list_identity_is_its_content():
+    from ops.dataset import VideoRecord
+    from ops.run_train import TrainingData
+    records = [VideoRecord('a', 10, 0), VideoRecord('b', 12, 1)]
+    ident = TrainingData(None, records, []).train_list_id
+    assert ident['count'] == 2
+    assert TrainingData(None, list(records), []).train_list_id == ident
+    for changed in ([records[1], records[0]], [records[0], VideoRecord('b', 12, 2)],
+                    [records[0], VideoRecord('b', 11, 1)], records[:1]):
+        assert TrainingData(None, changed, []).train_list_id != ident
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_batch_trains_the_rest_of_the_epoch(tiny_data_root, tmp_path,
+                                                                  monkeypatch):
+    """Stopped after 4 of 6 iterations of batch 4 (16 of 24 clips), resumed at batch 8: the
+    resumed epoch trains the 8 clips left (not 0: 4 iterations x 8 would skip them all)."""
+    from ops import run_train
+    out, mid = str(tmp_path / 'run'), str(tmp_path / 'mid.pth.tar')
+    save = run_train.save_checkpoint
+
+    def keep_the_mid_epoch_one(state, path):
+        if state.get('progress') and state['progress']['iteration'] == 4:
+            save(state, mid)
+        save(state, path)
+    monkeypatch.setattr(run_train, 'save_checkpoint', keep_the_mid_epoch_one)
+    flags = ['--epochs', '1', '--save_every_iters', '4']
+    train_main.main(train_args(tiny_data_root, out, '-b', '4', *flags))
+    progress = read_checkpoint(mid)['progress']
+    assert (progress['clips'], progress['batch_size'], progress['train_list']['count']) == \
+        (16, 4, 24)
+    other = str(tmp_path / 'other')
+    train_main.main(train_args(tiny_data_root, other, '-b', '8', '--resume', mid,
+                               '--resume_changed', *flags))
+    log = open(os.path.join(run_dir(other), 'log', 'log.txt')).read()
+    assert 'epoch 0 continues at the clip it reached (16 per process), iteration 2' in log
+    assert re.search(r'Epoch: \[0\] trained 8 clips', log), log
+
+
+# ---- storage errors during a checkpoint save -------------------------------------------------
+
+def test_a_file_size_limit_during_a_checkpoint_save_is_one_line_and_keeps_the_previous(tmp_path):
+    """EFBIG (ulimit -f; SIGXFSZ ignored, as Python does) inside torch.save: torch reports its
+    zip writer's `unexpected pos`; the run says one line naming the file, which keeps its
+    previous content."""
+    path = tmp_path / 'ckpt.pth.tar'
+    save_checkpoint({'epoch': 1, 'state_dict': {'w': torch.ones(2)}}, str(path))
+    before = path.read_bytes()
+    script = (f"import torch\n"
+              f"from ops.cli import exit_on_user_error\n"
+              f"from ops.checkpoint import save_checkpoint\n"
+              f"exit_on_user_error(lambda: save_checkpoint("
+              f"{{'epoch': 2, 'state_dict': {{'w': torch.ones(200000)}}}}, {str(path)!r}))()\n")
+
+    def limit_file_size():
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, preexec_fn=limit_file_size)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"-c: error: [Errno 27] cannot write '{path}': File too "
+                                   f"large (the file-size limit of this process: ulimit -f)")
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ['ckpt.pth.tar']
+
+
+def test_torch_writer_failures_without_an_os_error_are_storage_errors(tmp_path):
+    from ops.files import FileWriteError, atomic_write
+    path = tmp_path / 'ckpt.pth.tar'
+    path.write_bytes(b'old')
+    with pytest.raises(FileWriteError, match=f"cannot write '{path}': the file stopped growing "
+                                             f"mid-write"):
+        with atomic_write(str(path)):
+            raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 704 '
+                               'vs 598')
+    assert path.read_bytes() == b'old' and os.listdir(tmp_path) == ['ckpt.pth.tar']
+    with pytest.raises(RuntimeError, match='another failure'):
+        with atomic_write(str(path)):
+            raise RuntimeError('another failure')
+
+
+# ---- a failed start leaves no run folder -----------------------------------------------------
+
+@pytest.mark.slow
+def test_a_failed_start_leaves_no_run_folder(tiny_data_root, tmp_path, capsys):
+    out = tmp_path / 'out'
+    other_backbone = str(tmp_path / 'resnet18.pth.tar')
+    model = TemporalModel(8, 4, 'MASNet', 'resnet18', pretrain='none', input_size=32)
+    save_checkpoint({'state_dict': model.state_dict()}, other_backbone)
+    with pytest.raises(SystemExit) as stop:
+        train_main.main(train_args(tiny_data_root, str(out), '--tune_from', other_backbone))
+    assert stop.value.code == 2 and other_backbone in capsys.readouterr().err
+    assert not out.exists()
+    # a checkpoint root that cannot be made, after the log root was made and locked: the run
+    # folder made there is removed again, with the folders above it that the run made
+    (tmp_path / 'zfile').write_text('a file, not a folder')
+    with pytest.raises(SystemExit) as stop:
+        train_main.main(train_args(tiny_data_root, str(out), '--root_checkpoint',
+                                   str(tmp_path / 'zfile' / 'runs')))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and 'zfile' in err[0], err
+    assert not out.exists()
+    # a run folder that was there before (a run being resumed, say) stays
+    kept = tmp_path / 'kept'
+    os.makedirs(run_dir(str(kept)))
+    with pytest.raises(SystemExit):
+        train_main.main(train_args(tiny_data_root, str(kept), '--root_checkpoint',
+                                   str(tmp_path / 'zfile' / 'runs')))
+    assert os.listdir(run_dir(str(kept))) == ['run.lock']
