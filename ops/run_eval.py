@@ -1,14 +1,17 @@
 """The evaluation run behind test.py: checkpoints, multi-view loaders, scores and score files.
 
 A score file records the settings of its evaluation (model_settings: the model's, and every
-field of the view protocol, ops.dataset.ViewProtocol): test.py replaces it only with the
-scores of the same checkpoint, list and settings (or --overwrite), and holds its lock from
-that check to the write.
+field of the view protocol, ops.dataset.ViewProtocol, the frame order too): test.py replaces
+it only with the scores of the same checkpoint, list and settings (or --overwrite), and holds
+its lock from that check to the write. run_evaluation also returns the scores (the input of
+tools/temporal_sensitivity.py).
 """
 import contextlib
 import logging
 import os
+from typing import List, NamedTuple, Optional, Tuple
 
+import numpy as np
 from torch.utils.data import DataLoader, Subset
 
 from ops.checkpoint import checkpoint_categories, read_checkpoint
@@ -103,15 +106,32 @@ def score_name(args, model, views):
                           views.test_crops, views.num_clips, model.crop_size, views.name_tag())
 
 
+class Evaluation(NamedTuple):
+    """What run_evaluation computed: `result` (top-1, top-5, mean class accuracy of the
+    ensemble, None for an unlabelled list), `scores` (one (N, C) array per checkpoint),
+    `ensemble` ((N, C), their weighted mean), `labels` (N,) and `video_ids` (N,)."""
+    result: Optional[Tuple[float, float, float]]
+    scores: List[np.ndarray]
+    ensemble: np.ndarray
+    labels: np.ndarray
+    video_ids: List[str]
+
+
 def evaluate_checkpoints(args):
+    """test.py: the (top-1, top-5, mean class accuracy) of run_evaluation(args)."""
+    return run_evaluation(args).result
+
+
+def run_evaluation(args) -> Evaluation:
     """Evaluate the checkpoints of ``args.weights`` as test.py's flags say.
 
     Under torchrun the videos are split over the processes (ShardSampler) and their scores
     gathered back in list order, so the numbers and files are those of one process; the first
     process logs and writes them; a process's input error is one line, printed by the first
     (ops.runtime.one_line_failures).
-    Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one)
-    over the labelled videos; None for an unlabelled list (label -1: predictions only).
+    Returns the Evaluation; its result is (top-1, top-5, mean class accuracy) of the ensemble
+    (of the model, if only one) over the labelled videos; None for an unlabelled list (label
+    -1: predictions only).
     """
     runtime = setup_runtime(args.gpus)
     if runtime.distributed:
@@ -168,7 +188,7 @@ def _evaluate(args, runtime):
         settings.append(model_settings(args, model, cfg.num_class, views))
         logger.info(f"{path}: {model.temporal_type} {model.arch}, {num_segments} segments, "
                     f"{views.test_crops} crop(s) x {views.num_clips} clip(s) of "
-                    f"{model.crop_size}px")
+                    f"{model.crop_size}px, frames {views.frame_order}")
 
     if args.save_scores and len(set(names)) < len(names):
         name = next(n for n in names if names.count(n) > 1)
@@ -244,4 +264,4 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
             ranked_prediction(video_id, row, cfg.categories, 5, int(label))
             for video_id, row, label in zip(video_ids, probabilities, labels)])
         logger.info(f'submission written to {args.submission}')
-    return result
+    return Evaluation(result, scores, final, labels, video_ids)
