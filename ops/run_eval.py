@@ -3,10 +3,16 @@
 A score file records the settings of its evaluation (model_settings: the model's, and every
 field of the view protocol, ops.dataset.ViewProtocol, the frame order too): test.py replaces
 it only with the scores of the same checkpoint, list and settings (or --overwrite), and holds
-its lock from that check to the write. run_evaluation also returns the scores (the input of
-tools/temporal_sensitivity.py).
+its lock from that check to the write. run_evaluation also returns the scores.
+
+test.py --temporal_sensitivity evaluates the same videos and views in every frame order
+(ops.dataset.FRAME_ORDERS), a score file each, and prints the table of
+ops.evaluation.order_sensitivity: top-1, the share of videos whose prediction changes from
+the forward one, and how often a video of a class with a time-reversed twin is given the twin.
 """
+import argparse
 import contextlib
+import json
 import logging
 import os
 from typing import List, NamedTuple, Optional, Tuple
@@ -15,13 +21,15 @@ import numpy as np
 from torch.utils.data import DataLoader, Subset
 
 from ops.checkpoint import checkpoint_categories, read_checkpoint
-from ops.dataset import TSNDataSet, ViewProtocol, load_checked_list
+from ops.dataset import FRAME_ORDERS, TSNDataSet, ViewProtocol, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.errors import FlagError
 from ops.evaluation import (
     check_finite_scores,
     check_view_memory,
     evaluate_models,
+    order_sensitivity,
+    time_reversed_pairs,
     write_error_analysis,
 )
 from ops.files import atomic_write, prepare_output
@@ -109,12 +117,14 @@ def score_name(args, model, views):
 class Evaluation(NamedTuple):
     """What run_evaluation computed: `result` (top-1, top-5, mean class accuracy of the
     ensemble, None for an unlabelled list), `scores` (one (N, C) array per checkpoint),
-    `ensemble` ((N, C), their weighted mean), `labels` (N,) and `video_ids` (N,)."""
+    `ensemble` ((N, C), their weighted mean), `labels` (N,), `video_ids` (N,) and the
+    dataset's class names `categories`."""
     result: Optional[Tuple[float, float, float]]
     scores: List[np.ndarray]
     ensemble: np.ndarray
     labels: np.ndarray
     video_ids: List[str]
+    categories: List[str]
 
 
 def evaluate_checkpoints(args):
@@ -264,4 +274,49 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
             ranked_prediction(video_id, row, cfg.categories, 5, int(label))
             for video_id, row, label in zip(video_ids, probabilities, labels)])
         logger.info(f'submission written to {args.submission}')
-    return Evaluation(result, scores, final, labels, video_ids)
+    return Evaluation(result, scores, final, labels, video_ids, cfg.categories)
+
+
+def temporal_sensitivity(args):
+    """test.py --temporal_sensitivity: evaluate ``args`` in every frame order (their score
+    files written as test.py's, one per order), log the table and write it to ``args.json``
+    if given. Returns the table: ``{'videos', 'pairs': {'a/b': [name a, name b]}, 'orders':
+    {order: order_sensitivity(...)}}`` of the checkpoint (of the ensemble for several)."""
+    if args.frame_order != 'forward':
+        raise FlagError(f'--temporal_sensitivity evaluates every frame order: drop '
+                        f'--frame_order {args.frame_order}')
+    if args.json:
+        prepare_output(args.json, '--json')
+    runs = {order: run_evaluation(argparse.Namespace(**{**vars(args), 'frame_order': order}))
+            for order in FRAME_ORDERS}
+    forward = runs['forward']
+    twins = time_reversed_pairs(forward.categories)
+    table = dict(weights=args.weights, videos=len(forward.labels),
+                 pairs={f'{a}/{b}': [forward.categories[a], forward.categories[b]]
+                        for a, b in sorted(twins.items()) if a < b},
+                 orders={order: order_sensitivity(forward.ensemble, run.ensemble, run.labels,
+                                                  twins) for order, run in runs.items()})
+    log_sensitivity(table)
+    if args.json:
+        with atomic_write(args.json, 'w') as f:
+            json.dump(table, f, indent=2)
+        logger.info(f'temporal sensitivity written to {args.json}')
+    return table
+
+
+def log_sensitivity(table):
+    """The table of temporal_sensitivity, a row per frame order, and the twin share of each
+    pair of time-reversed classes in reversed order."""
+    def percent(value):
+        return '    -' if value is None else f'{value:6.2f}'
+
+    twin_videos = table['orders']['forward']['twin_videos']
+    logger.info(f"temporal sensitivity of {table['weights']} ({table['videos']} videos; twin: "
+                f"% of the {twin_videos} videos of a class with a time-reversed twin given it)")
+    logger.info('frame order   top-1  changed    twin')
+    for order, row in table['orders'].items():
+        logger.info(f"{order:<11} {percent(row['top1'])}   {percent(row['changed'])}  "
+                    f"{percent(row['twin'])}")
+    for pair, (share, count) in table['orders']['reversed']['pairs'].items():
+        names = ' / '.join(table['pairs'][pair])
+        logger.info(f'reversed, {names}: twin {share:.1f}% of {count} videos')
