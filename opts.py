@@ -145,7 +145,7 @@ def add_view_args(parser):
     views.add_argument('--frame_order', default='forward', choices=FRAME_ORDERS,
                        help="order of each clip's sampled frames: forward (as sampled), "
                             'reversed, or shuffled (seeded per video): does the model use time? '
-                            '(tools/temporal_sensitivity.py)')
+                            '(test.py --temporal_sensitivity)')
     views.add_argument('--softmax', action='store_true',
                        help="softmax of the views' averaged logits (the release's and TSM's)")
 

@@ -27,7 +27,7 @@ Test samplings (TEST_SAMPLINGS, one registered function per clip each; test.py /
 Frame orders (FRAME_ORDERS, --frame_order): forward (as sampled), reversed (each clip's T
 frames last to first) or shuffled (each clip's T frames in a random order, seeded by
 --test_seed and the video's path): the same frames and views in another order, to measure
-whether a model uses time (tools/temporal_sensitivity.py).
+whether a model uses time (test.py --temporal_sensitivity).
 A ViewProtocol (crops, full resolution, sampling, clips, order, seed, softmax) is the one value
 of the test-time views: the dataset's test mode, the evaluation, the Recognizer and the score
 file's settings all read it.

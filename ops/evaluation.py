@@ -15,7 +15,7 @@ top-5 per video. test.py writes these beside each score file ``<name>.npz``, in 
     top5.csv         video, label, then the 5 best classes with their probabilities
     confusion.png    the matrix (row-normalised) and the most-confused pairs, named
 
-Temporal sensitivity (tools/temporal_sensitivity.py): the scores of the same videos in another
+Temporal sensitivity (test.py --temporal_sensitivity): the scores of the same videos in another
 frame order (test.py --frame_order) against the forward ones: top-1, the share of videos whose
 prediction changes, and how often a video of a class with a time-reversed twin
 (time_reversed_pairs) is given the twin.
