@@ -14,7 +14,7 @@ import os
 
 from archs import ARCHS
 from ops.cli import HelpFormatter
-from ops.dataset import TEST_SAMPLINGS
+from ops.dataset import FRAME_ORDERS, TEST_SAMPLINGS
 from ops.dataset_config import DATASETS
 from ops.MASNet import FORMS, form_name
 from ops.optim import LR_SCHEDULES
@@ -177,8 +177,12 @@ def add_view_args(parser):
                             'dense (K), random (K at seeded random offsets); see '
                             'ops/dataset.py (default: as --twice_sample / --dense_sample say)')
     views.add_argument('--test_seed', default=0, type=int_at_least(0),
-                       help='seed of a random --test_sampling (the same clips of a video in '
-                            'every run)')
+                       help='seed of a random --test_sampling and of --frame_order shuffled '
+                            '(the same clips and order of a video in every run)')
+    views.add_argument('--frame_order', default='forward', choices=FRAME_ORDERS,
+                       help="order of each clip's sampled frames: forward (as sampled), "
+                            'reversed, or shuffled (seeded per video): does the model use time? '
+                            '(test.py --temporal_sensitivity)')
     views.add_argument('--softmax', action='store_true',
                        help="softmax of the views' averaged logits (the release's and TSM's)")
 

@@ -3,11 +3,15 @@
     python test.py --dataset somethingv1 --weights a.pth.tar --test_segments 8 --test_crops 1
     python test.py --dataset somethingv1 --weights a.pth.tar,b.pth.tar --test_segments 8,16 \
                    --test_crops 3 --full_res --twice_sample
+    python test.py --dataset synthetic --weights a.pth.tar --temporal_sensitivity --json t.json
 
 Prints top-1 / top-5 / mean class accuracy of every model and of the ensemble and writes one
 score file per model into --save_scores (read by average_scores.py). On an unlabelled list
 (label -1, e.g. gen_label's test split) it writes the predictions only (score files,
 --csv_file, --submission); on a partly labelled one the accuracy is over the labelled videos.
+--frame_order reverses or shuffles the sampled frames of every clip; --temporal_sensitivity
+evaluates every order and prints the table (top-1, predictions changed, time-reversed twins
+given; docs/testing.md, "Does the model use time?").
 """
 import argparse
 
@@ -17,7 +21,7 @@ from ops.cli import HelpFormatter, exit_on_user_error
 from ops.dataset import ViewProtocol
 from ops.errors import FlagError
 from ops.logs import setup_logging
-from ops.run_eval import evaluate_checkpoints
+from ops.run_eval import evaluate_checkpoints, temporal_sensitivity
 from ops.scores import DEFAULT_SCORE_DIR
 from opts import (
     add_data_args,
@@ -65,6 +69,13 @@ def build_parser():
     parser.add_argument('--overwrite', action='store_true',
                         help="replace score files of another checkpoint, list or settings "
                              "(default: refuse)")
+    parser.add_argument('--temporal_sensitivity', action='store_true',
+                        help='evaluate the same views in every --frame_order (forward, reversed, '
+                             'shuffled; a score file each) and print top-1, the share of '
+                             'predictions changed from forward and the share of videos given '
+                             'their time-reversed twin class')
+    parser.add_argument('--json', default=None,
+                        help='with --temporal_sensitivity: write its table to this JSON file')
     return parser
 
 
@@ -75,6 +86,8 @@ def parse_args(argv=None):
         ViewProtocol.from_args(args)
     except FlagError as exc:
         parser.error(str(exc))
+    if args.json and not args.temporal_sensitivity:
+        parser.error('--json writes the table of --temporal_sensitivity: pass it too')
     return args
 
 
@@ -82,6 +95,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.log_file)
+    if args.temporal_sensitivity:
+        return temporal_sensitivity(args)
     return evaluate_checkpoints(args)
 
 

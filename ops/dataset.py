@@ -24,8 +24,12 @@ Test samplings (TEST_SAMPLINGS, one registered function per clip each; test.py /
     dense  K clips, integer starts linspace(0, tick-1, K, dtype=int), int(tick*i + start).
     random K clips, int(tick*i + u*tick) with u uniform in [0, 1) per clip, seeded by
            --test_seed and the video's path (video_rng): the same clips in every run.
-A ViewProtocol (crops, full resolution, sampling, clips, seed, softmax) is the one value of
-the test-time views: the dataset's test mode, the evaluation, the Recognizer and the score
+Frame orders (FRAME_ORDERS, --frame_order): forward (as sampled), reversed (each clip's T
+frames last to first) or shuffled (each clip's T frames in a random order, seeded by
+--test_seed and the video's path): the same frames and views in another order, to measure
+whether a model uses time (test.py --temporal_sensitivity).
+A ViewProtocol (crops, full resolution, sampling, clips, order, seed, softmax) is the one value
+of the test-time views: the dataset's test mode, the evaluation, the Recognizer and the score
 file's settings all read it.
 
 Bad input policy: a missing or corrupt frame is logged and replaced by the nearest readable
@@ -403,6 +407,7 @@ class ClipSampling(NamedTuple):
 
 TEST_SAMPLINGS: Dict[str, ClipSampling] = {}
 RELEASE_SAMPLINGS = ('center', 'twice', 'dense')  # what the release's score names tell apart
+FRAME_ORDERS = ('forward', 'reversed', 'shuffled')  # the release's is forward
 
 
 def register_sampling(name: str, clips: Optional[int] = None, seeded: bool = False):
@@ -485,8 +490,9 @@ class ViewProtocol:
     test_crops: 1 center, 3 full-res, 5 corners + center, 10 = 5 + flips.
     full_res: crops of the scale size (256 px at 224) instead of the input size.
     sampling: a name of TEST_SAMPLINGS; num_clips: clips per video it draws.
-    test_seed: the seed of a seeded sampling (None for the others).
+    test_seed: the seed of a seeded sampling or of the shuffled order (None for the others).
     softmax: average softmax scores of the views' averaged logits (the release's --softmax).
+    frame_order: a name of FRAME_ORDERS: the order of each clip's sampled frames.
     """
     test_crops: int = 1
     full_res: bool = False
@@ -494,6 +500,13 @@ class ViewProtocol:
     num_clips: int = 1
     test_seed: Optional[int] = None
     softmax: bool = False
+    frame_order: str = 'forward'
+
+    @property
+    def seeded(self) -> bool:
+        """Whether the views draw from the video's seeded generator (video_rng): a seeded
+        sampling, or the shuffled order."""
+        return TEST_SAMPLINGS[self.sampling].seeded or self.frame_order == 'shuffled'
 
     def __post_init__(self):
         if self.test_crops not in (1, 3, 5, 10):
@@ -501,25 +514,28 @@ class ViewProtocol:
         if self.sampling not in TEST_SAMPLINGS:
             raise FlagError(f"--test_sampling {self.sampling!r}: not one of "
                             f"{', '.join(TEST_SAMPLINGS)}")
+        if self.frame_order not in FRAME_ORDERS:
+            raise FlagError(f"--frame_order {self.frame_order!r}: not one of "
+                            f"{', '.join(FRAME_ORDERS)}")
         fixed = TEST_SAMPLINGS[self.sampling].clips
         if self.num_clips < 1 or fixed is not None and self.num_clips != fixed:
             raise FlagError(f'--test_sampling {self.sampling} draws {fixed or ">= 1"} clip(s), '
                             f'not {self.num_clips}')
-        if (self.test_seed is not None) != TEST_SAMPLINGS[self.sampling].seeded:
+        if (self.test_seed is not None) != self.seeded:
             raise FlagError(f'test_seed={self.test_seed} for the '
                             f"{'' if self.test_seed is None else 'un'}seeded sampling "
-                            f'{self.sampling}')
+                            f'{self.sampling} in {self.frame_order} order')
 
     @classmethod
     def from_flags(cls, test_crops: int = 1, full_res: bool = False, twice_sample: bool = False,
                    dense_sample: bool = False, dense_sample_num: int = 10,
                    test_sampling: Optional[str] = None, test_seed: int = 0,
-                   softmax: bool = False) -> 'ViewProtocol':
+                   softmax: bool = False, frame_order: str = 'forward') -> 'ViewProtocol':
         """The protocol of test.py's / predict.py's view flags (opts.add_view_args; a flag
         there must be a parameter here, tests/test_dataset.py checks it): the release's
         --twice_sample / --dense_sample name the samplings 'twice' / 'dense' (exclusive, and
         with --test_sampling), --dense_sample_num (--test_clips) is K of a sampling without
-        a fixed clip count, --test_seed seeds the seeded ones."""
+        a fixed clip count, --test_seed seeds the seeded ones and the shuffled --frame_order."""
         named = [name for name, given in (('twice', twice_sample), ('dense', dense_sample),
                                           (test_sampling, test_sampling is not None)) if given]
         if twice_sample and dense_sample:
@@ -531,8 +547,9 @@ class ViewProtocol:
         sampling = named[0] if named else 'center'
         entry = TEST_SAMPLINGS.get(sampling)
         clips = dense_sample_num if entry is None or entry.clips is None else entry.clips
-        seed = test_seed if entry is not None and entry.seeded else None
-        return cls(test_crops, full_res, sampling, clips, seed, softmax)
+        seeded = entry is not None and entry.seeded or frame_order == 'shuffled'
+        return cls(test_crops, full_res, sampling, clips, test_seed if seeded else None, softmax,
+                   frame_order)
 
     @classmethod
     def from_args(cls, args) -> 'ViewProtocol':
@@ -545,19 +562,30 @@ class ViewProtocol:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def name_tag(self) -> str:
-        """What a score file's name adds for a sampling the release's names do not tell
-        apart: '' for center / twice / dense, else '_<sampling>' (and '_seed<S>')."""
-        if self.sampling in RELEASE_SAMPLINGS:
-            return ''
-        return f'_{self.sampling}' + ('' if self.test_seed is None else f'_seed{self.test_seed}')
+        """What a score file's name adds for views the release's names do not tell apart:
+        '' for center / twice / dense in forward order, else '_<sampling>' (of the others),
+        '_<frame order>' (not forward) and '_seed<S>' (seeded)."""
+        parts = [self.sampling] if self.sampling not in RELEASE_SAMPLINGS else []
+        if self.frame_order != 'forward':
+            parts.append(self.frame_order)
+        if self.test_seed is not None:
+            parts.append(f'seed{self.test_seed}')
+        return ''.join(f'_{part}' for part in parts)
 
     def sample_indices(self, num_frames: int, num_segments: int, key: str = '') -> np.ndarray:
         """1-based indices of the clips of a video of `num_frames` frames, clip after clip
-        (num_clips x T); `key` (the video's path) seeds a seeded sampling (video_rng)."""
+        (num_clips x T), each clip's T in `frame_order`; `key` (the video's path) seeds a
+        seeded sampling and the shuffled order (video_rng: the clips are drawn first, so they
+        are those of the forward order)."""
         entry = TEST_SAMPLINGS[self.sampling]
-        rng = video_rng(self.test_seed, key) if entry.seeded else None
-        return np.concatenate([entry.clip_indices(num_frames, num_segments, clip, self.num_clips,
-                                                  rng) for clip in range(self.num_clips)])
+        rng = video_rng(self.test_seed, key) if self.seeded else None
+        clips = np.stack([entry.clip_indices(num_frames, num_segments, clip, self.num_clips, rng)
+                          for clip in range(self.num_clips)])  # (num_clips, T)
+        if self.frame_order == 'reversed':
+            clips = clips[:, ::-1]
+        elif self.frame_order == 'shuffled':
+            clips = np.stack([clip[rng.permutation(num_segments)] for clip in clips])
+        return clips.reshape(-1)
 
 
 class TSNDataSet(Dataset):

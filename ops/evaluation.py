@@ -16,24 +16,31 @@ top-5 per video. test.py writes these beside each score file ``<name>.npz``, in 
     confusion.png    the matrix (row-normalised) and the most-confused pairs, named
     calibration.json expected calibration error and the confidence bins (write_calibration)
     reliability.png  the reliability diagram of those bins
+
+Temporal sensitivity (test.py --temporal_sensitivity): the scores of the same videos in another
+frame order (test.py --frame_order) against the forward ones: top-1, the share of videos whose
+prediction changes, and how often a video of a class with a time-reversed twin
+(time_reversed_pairs) is given the twin.
 """
 import csv
 import io
 import json
 import logging
 import os
+import re
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ops.checkpoint import unwrap_model
+from ops.dataset_config import mirror_pairs
 from ops.errors import UserError
 from ops.files import atomic_write
 from ops.logs import progress
 from ops.meters import format_duration, throughput
-from ops.scores import softmax
+from ops.scores import UNLABELLED, softmax
 
 logger = logging.getLogger('masnet')
 
@@ -117,6 +124,55 @@ def evaluate_models(models, loaders, num_segments: List[int], device: torch.devi
                 f'{views / elapsed:.1f} clips/s')
     return [torch.cat(o).numpy() for o in outputs], torch.cat(all_labels).numpy()
 
+
+
+_REVERSED_WORDS = {'up': 'down', 'down': 'up', 'upwards': 'downwards', 'downwards': 'upwards',
+                   'growing': 'shrinking', 'shrinking': 'growing'}
+_REVERSED_RE = re.compile(r'\b(upwards|downwards|up|down|growing|shrinking)\b', re.IGNORECASE)
+
+
+def time_reversed_pairs(categories: Sequence[str]) -> Dict[int, int]:
+    """``{label: label of its time-reversed twin}`` for the classes whose name, played backwards,
+    is another class's: the mirror pairs (ops.dataset_config.mirror_pairs: left <-> right,
+    clockwise <-> counterclockwise; "from left to right" backwards is "from right to left"),
+    and the names that swap up <-> down, upwards <-> downwards or growing <-> shrinking (the
+    synthetic dataset's four pairs; Something-Something's "Moving something up" / "down")."""
+    pairs = mirror_pairs(list(categories))
+    index = {name.strip().lower(): i for i, name in enumerate(categories)}
+    for i, name in enumerate(categories):
+        swapped = _REVERSED_RE.sub(lambda m: _REVERSED_WORDS[m.group(1).lower()],
+                                   name.strip().lower())
+        j = index.get(swapped)
+        if j is not None and j != i:
+            pairs.setdefault(i, j)
+    return pairs
+
+
+def order_sensitivity(forward: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                      twins: Dict[int, int]) -> Dict[str, Optional[float]]:
+    """How the scores (N, C) of the videos in another frame order differ from the `forward`
+    ones (N, C): ``top1`` (% of the labelled videos), ``changed`` (% of all videos whose
+    predicted class is not the forward one), ``twin`` (% of the labelled videos of a class in
+    `twins`, {label: twin label}, that are predicted as the twin; None without such videos),
+    ``twin_videos`` (their count) and ``pairs`` ({'a/b': [twin %, videos]} per pair of twins
+    a < b whose videos are in the list)."""
+    labels = np.asarray(labels)
+    predicted, before = np.asarray(scores).argmax(axis=1), np.asarray(forward).argmax(axis=1)
+    known = labels != UNLABELLED
+    twin_of = np.array([twins.get(int(y), -1) if y != UNLABELLED else -1
+                        for y in labels])  # (N,)
+    paired = known & (twin_of >= 0)
+    gave_twin = predicted == twin_of
+    pairs = {}
+    for a, b in sorted((a, b) for a, b in twins.items() if a < b):
+        of_pair = paired & np.isin(labels, (a, b))
+        if of_pair.any():
+            pairs[f'{a}/{b}'] = [float(gave_twin[of_pair].mean() * 100), int(of_pair.sum())]
+    return dict(top1=float((predicted[known] == labels[known]).mean() * 100) if known.any()
+                else None,
+                changed=float((predicted != before).mean() * 100),
+                twin=float(gave_twin[paired].mean() * 100) if paired.any() else None,
+                twin_videos=int(paired.sum()), pairs=pairs)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_class: int) -> np.ndarray:

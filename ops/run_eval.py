@@ -1,24 +1,35 @@
 """The evaluation run behind test.py: checkpoints, multi-view loaders, scores and score files.
 
 A score file records the settings of its evaluation (model_settings: the model's, and every
-field of the view protocol, ops.dataset.ViewProtocol): test.py replaces it only with the
-scores of the same checkpoint, list and settings (or --overwrite), and holds its lock from
-that check to the write.
+field of the view protocol, ops.dataset.ViewProtocol, the frame order too): test.py replaces
+it only with the scores of the same checkpoint, list and settings (or --overwrite), and holds
+its lock from that check to the write. run_evaluation also returns the scores.
+
+test.py --temporal_sensitivity evaluates the same videos and views in every frame order
+(ops.dataset.FRAME_ORDERS), a score file each, and prints the table of
+ops.evaluation.order_sensitivity: top-1, the share of videos whose prediction changes from
+the forward one, and how often a video of a class with a time-reversed twin is given the twin.
 """
+import argparse
 import contextlib
+import json
 import logging
 import os
+from typing import List, NamedTuple, Optional, Tuple
 
+import numpy as np
 from torch.utils.data import DataLoader, Subset
 
 from ops.checkpoint import checkpoint_categories, read_checkpoint
-from ops.dataset import TSNDataSet, ViewProtocol, load_checked_list
+from ops.dataset import FRAME_ORDERS, TSNDataSet, ViewProtocol, load_checked_list
 from ops.dataset_config import get_dataset_config
 from ops.errors import FlagError
 from ops.evaluation import (
     check_finite_scores,
     check_view_memory,
     evaluate_models,
+    order_sensitivity,
+    time_reversed_pairs,
     write_calibration,
     write_error_analysis,
 )
@@ -105,15 +116,34 @@ def score_name(args, model, views):
                           views.test_crops, views.num_clips, model.crop_size, views.name_tag())
 
 
+class Evaluation(NamedTuple):
+    """What run_evaluation computed: `result` (top-1, top-5, mean class accuracy of the
+    ensemble, None for an unlabelled list), `scores` (one (N, C) array per checkpoint),
+    `ensemble` ((N, C), their weighted mean), `labels` (N,), `video_ids` (N,) and the
+    dataset's class names `categories`."""
+    result: Optional[Tuple[float, float, float]]
+    scores: List[np.ndarray]
+    ensemble: np.ndarray
+    labels: np.ndarray
+    video_ids: List[str]
+    categories: List[str]
+
+
 def evaluate_checkpoints(args):
+    """test.py: the (top-1, top-5, mean class accuracy) of run_evaluation(args)."""
+    return run_evaluation(args).result
+
+
+def run_evaluation(args) -> Evaluation:
     """Evaluate the checkpoints of ``args.weights`` as test.py's flags say.
 
     Under torchrun the videos are split over the processes (ShardSampler) and their scores
     gathered back in list order, so the numbers and files are those of one process; the first
     process logs and writes them; a process's input error is one line, printed by the first
     (ops.runtime.one_line_failures).
-    Returns (top-1, top-5, mean class accuracy) of the ensemble (of the model, if only one)
-    over the labelled videos; None for an unlabelled list (label -1: predictions only).
+    Returns the Evaluation; its result is (top-1, top-5, mean class accuracy) of the ensemble
+    (of the model, if only one) over the labelled videos; None for an unlabelled list (label
+    -1: predictions only).
     """
     runtime = setup_runtime(args.gpus)
     if runtime.distributed:
@@ -172,7 +202,7 @@ def _evaluate(args, runtime):
         settings.append(model_settings(args, model, cfg.num_class, views))
         logger.info(f"{path}: {model.temporal_type} {model.arch}, {num_segments} segments, "
                     f"{views.test_crops} crop(s) x {views.num_clips} clip(s) of "
-                    f"{model.crop_size}px")
+                    f"{model.crop_size}px, frames {views.frame_order}")
 
     if args.save_scores and len(set(names)) < len(names):
         name = next(n for n in names if names.count(n) > 1)
@@ -251,4 +281,49 @@ def _score(args, cfg, runtime, weights, names, settings, list_file, models, load
             ranked_prediction(video_id, row, cfg.categories, 5, int(label))
             for video_id, row, label in zip(video_ids, probabilities, labels)])
         logger.info(f'submission written to {args.submission}')
-    return result
+    return Evaluation(result, scores, final, labels, video_ids, cfg.categories)
+
+
+def temporal_sensitivity(args):
+    """test.py --temporal_sensitivity: evaluate ``args`` in every frame order (their score
+    files written as test.py's, one per order), log the table and write it to ``args.json``
+    if given. Returns the table: ``{'videos', 'pairs': {'a/b': [name a, name b]}, 'orders':
+    {order: order_sensitivity(...)}}`` of the checkpoint (of the ensemble for several)."""
+    if args.frame_order != 'forward':
+        raise FlagError(f'--temporal_sensitivity evaluates every frame order: drop '
+                        f'--frame_order {args.frame_order}')
+    if args.json:
+        prepare_output(args.json, '--json')
+    runs = {order: run_evaluation(argparse.Namespace(**{**vars(args), 'frame_order': order}))
+            for order in FRAME_ORDERS}
+    forward = runs['forward']
+    twins = time_reversed_pairs(forward.categories)
+    table = dict(weights=args.weights, videos=len(forward.labels),
+                 pairs={f'{a}/{b}': [forward.categories[a], forward.categories[b]]
+                        for a, b in sorted(twins.items()) if a < b},
+                 orders={order: order_sensitivity(forward.ensemble, run.ensemble, run.labels,
+                                                  twins) for order, run in runs.items()})
+    log_sensitivity(table)
+    if args.json:
+        with atomic_write(args.json, 'w') as f:
+            json.dump(table, f, indent=2)
+        logger.info(f'temporal sensitivity written to {args.json}')
+    return table
+
+
+def log_sensitivity(table):
+    """The table of temporal_sensitivity, a row per frame order, and the twin share of each
+    pair of time-reversed classes in reversed order."""
+    def percent(value):
+        return '    -' if value is None else f'{value:6.2f}'
+
+    twin_videos = table['orders']['forward']['twin_videos']
+    logger.info(f"temporal sensitivity of {table['weights']} ({table['videos']} videos; twin: "
+                f"% of the {twin_videos} videos of a class with a time-reversed twin given it)")
+    logger.info('frame order   top-1  changed    twin')
+    for order, row in table['orders'].items():
+        logger.info(f"{order:<11} {percent(row['top1'])}   {percent(row['changed'])}  "
+                    f"{percent(row['twin'])}")
+    for pair, (share, count) in table['orders']['reversed']['pairs'].items():
+        names = ' / '.join(table['pairs'][pair])
+        logger.info(f'reversed, {names}: twin {share:.1f}% of {count} videos')

@@ -6,13 +6,15 @@ views (crops x clips) in the release's layout: ``scores`` (N, 1, num_class), ``l
 the classes that occur in their labels or predictions, as the release's test.py writes it);
 plus ``cf_classes`` (the classes of cf's rows and columns), ``video_ids`` (N,), ``categories``
 and the settings that produced it (``weights``, ``list_file``, ``dataset``, views, ``softmax``,
-...; see ops/run_eval.py). Label -1 marks a video of an unlabelled list: it has a prediction and
-no accuracy. load_scores also reads this project's earlier files (scores (N, num_class)).
+``frame_order``, ...; see ops/run_eval.py). Label -1 marks a video of an unlabelled list: it
+has a prediction and no accuracy. load_scores also reads this project's earlier files (scores
+(N, num_class)).
 Its name says dataset, model, frames, crops, clips and size; test.py replaces a score file only
 with the scores of the same evaluation (check_score_file_free) and holds the file's lock
 (lock_score_file) from that check to the write. load_scores refuses non-finite scores and
-check_weights ensemble weights outside their domain. Ensembles, accuracies and softmax of score
-arrays are here too.
+check_weights ensemble weights outside their domain. Files of another frame order (test.py
+--frame_order) are of another evaluation group: average_scores.py never mixes them with forward
+ones. Ensembles, accuracies and softmax of score arrays are here too.
 """
 import hashlib
 import os
@@ -29,6 +31,8 @@ from ops.run_folder import LockBusy, hold_lock
 DEFAULT_SCORE_DIR = 'score'
 UNLABELLED = -1
 PATH_SETTINGS = ('weights', 'list_file')  # compared as the files they name
+# the value of a setting in the files written before it was recorded (and the release's)
+SETTING_DEFAULTS = {'frame_order': 'forward'}
 
 
 class ScoreFileError(UserError):
@@ -139,13 +143,15 @@ def check_score_file_free(path, weights, list_file, overwrite=False, **settings)
     """Refuse to replace the score file `path` unless it holds the scores of the same
     evaluation: the same checkpoint and list, and the same value of every setting in
     `settings` (views, softmax, max_num, ...; a setting the file does not record counts as
-    different). `overwrite` replaces any file."""
+    different, but for those of SETTING_DEFAULTS, which older files hold at that value).
+    `overwrite` replaces any file."""
     if overwrite or not os.path.exists(path):
         return
     wanted = dict(weights=weights, list_file=list_file, **settings)
     try:
         with np.load(path, allow_pickle=False) as data:
             old = {k: _setting(data[k]) for k in wanted if k in data.files}
+        old = {**{k: v for k, v in SETTING_DEFAULTS.items() if k in wanted}, **old}
     except Exception:
         old = {}
     differing = []
@@ -164,8 +170,14 @@ def check_score_file_free(path, weights, list_file, overwrite=False, **settings)
                              f"it, or --save_scores with another folder")
 
 
+def frame_order(data: Dict) -> str:
+    """The frame order of a loaded score file's clips (files without the record: forward)."""
+    return str(data.get('frame_order', SETTING_DEFAULTS['frame_order']))
+
+
 def evaluation_group(data: Dict) -> Tuple:
-    """What a score file's scores are comparable on: dataset, list, class count and videos.
+    """What a score file's scores are comparable on: dataset, list, class count, videos and
+    the frame order of their clips.
 
     Files without this record (the release's, this project's earlier ones) are grouped by
     what they hold: class count, video count and labels.
@@ -179,13 +191,14 @@ def evaluation_group(data: Dict) -> Tuple:
     videos = data['video_ids']
     return (recorded('dataset'), recorded('list_file'), data['scores'].shape[1],
             len(data['labels']), digest(data['labels']),
-            None if videos is None else digest(np.asarray(videos, dtype=str)))
+            None if videos is None else digest(np.asarray(videos, dtype=str)), frame_order(data))
 
 
 def describe_group(group: Tuple) -> str:
     dataset, list_file, num_class, num_videos = group[:4]
     where = f"dataset {dataset}, list {list_file}, " if dataset or list_file else ''
-    return f'{where}{num_class} classes, {num_videos} videos'
+    order = '' if group[-1] == 'forward' else f', frames {group[-1]}'
+    return f'{where}{num_class} classes, {num_videos} videos{order}'
 
 
 def softmax(scores):
@@ -195,10 +208,14 @@ def softmax(scores):
 
 
 def check_same_videos(score_sets, paths):
-    """Refuse score files whose video ids, labels or class counts disagree (files without
-    video ids, the release's, are matched by position)."""
+    """Refuse score files whose video ids, labels, class counts or frame orders disagree
+    (files without video ids, the release's, are matched by position)."""
     ref, ref_path = score_sets[0], paths[0]
     for data, path in zip(score_sets[1:], paths[1:]):
+        if frame_order(data) != frame_order(ref):
+            raise ScoreFileError(f"score files '{ref_path}' and '{path}' are of clips in other "
+                                 f"frame orders ({frame_order(ref)} vs {frame_order(data)}): "
+                                 f"their scores are not averaged together")
         if data['scores'].shape != ref['scores'].shape:
             raise ScoreFileError(f"score files '{ref_path}' and '{path}' disagree in shape: "
                                  f"{ref['scores'].shape} vs {data['scores'].shape}")

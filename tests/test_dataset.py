@@ -374,7 +374,7 @@ def test_every_view_flag_is_read_by_the_view_protocol():
                'dense_sample_num': ['--dense_sample', '--test_clips', '4'],
                'test_sampling': ['--test_sampling', 'random'],
                'test_seed': ['--test_sampling', 'random', '--test_seed', '7'],
-               'softmax': ['--softmax']}
+               'softmax': ['--softmax'], 'frame_order': ['--frame_order', 'reversed']}
     assert set(changes) == parameters
     seen = {default}
     for flag, argv in changes.items():
@@ -386,7 +386,7 @@ def test_every_view_flag_is_read_by_the_view_protocol():
 def test_view_settings_are_the_protocol_fields():
     views = D.ViewProtocol.from_flags(test_crops=3, full_res=True, twice_sample=True)
     assert views.settings() == dict(test_crops=3, full_res=True, sampling='twice', num_clips=2,
-                                    softmax=False)
+                                    softmax=False, frame_order='forward')
     seeded = D.ViewProtocol.from_flags(test_sampling='random', test_seed=2, dense_sample_num=5)
     assert seeded.settings()['test_seed'] == 2 and seeded.name_tag() == '_random_seed2'
 

@@ -53,6 +53,7 @@ TOUR_RUN = 'experiments/synthetic/MASNet/resnet10/num_segments_8/demo/'
 AFTER_TOUR = [('docs/prediction.md', 'Prediction'),
               ('docs/prediction.md', 'Streams and long videos'),
               ('docs/prediction.md', 'Export'),
+              ('docs/testing.md', 'Does the model use time?'),
               (README, 'Visualization')]
 
 
