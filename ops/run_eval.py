@@ -225,13 +225,29 @@ def _evaluate(args, runtime):
                     raise busy or ScoreFileError(f"score file '{out}' is being written by "
                                                  f"another test.py")
                 check_score_file_free(out, path, list_file, args.overwrite, **setting)
-        return _score(args, cfg, runtime, weights, names, settings, list_file, models, loaders,
-                      segments, coeffs, views)
+        return _score(args, runtime, EvaluationPlan(cfg, list_file, weights, names, settings,
+                                                    models, loaders, segments, coeffs, views))
 
 
-def _score(args, cfg, runtime, weights, names, settings, list_file, models, loaders, segments,
-           coeffs, views):
+class EvaluationPlan(NamedTuple):
+    """What _evaluate prepared for one pass: the dataset config and list, and per checkpoint
+    its path, score-file name and settings, model, loader and segments; the ensemble's
+    --coeff weights (None: equal) and the view protocol."""
+    cfg: object
+    list_file: str
+    weights: List[str]
+    names: List[str]
+    settings: List[dict]
+    models: list
+    loaders: list
+    segments: List[int]
+    coeffs: Optional[List[float]]
+    views: ViewProtocol
+
+
+def _score(args, runtime, plan: EvaluationPlan):
     """Evaluate, log, write the score files and predictions (under the score files' locks)."""
+    cfg, list_file, weights, names, settings, models, loaders, segments, coeffs, views = plan
     scores, labels = evaluate_models(models, loaders, segments, runtime.device,
                                      use_softmax=views.softmax)
     scores = [gather_shards(s, runtime) for s in scores]
