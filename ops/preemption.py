@@ -9,7 +9,14 @@ the sampler skips the batches done (its order depends only on (seed, epoch)) and
 augmentation is drawn from RNGs seeded by (seed, epoch, index), so the resumed batches are the
 ones the uninterrupted run would have drawn, with any number of DataLoader workers.
 torchrun() (tools/torchrun.py) is torchrun forwarding SIGUSR1 too and ending in one line.
+
+DataLoader workers: a cluster signals every process of the job, loader workers included, so the
+workers ignore SIGTERM / SIGUSR1 (ignore_stop_signals, their worker_init_fn through
+ops.dataset.make_loader; the signals are blocked while they start, stop_signals_blocked) and the
+main process alone handles the stop; a worker that dies while a stop is pending ends the run as
+part of that stop (stop_pending), not as a crash.
 """
+import contextlib
 import os
 import random
 import signal
@@ -25,6 +32,32 @@ from ops.runtime import all_reduce_sum
 # requeues the job on it)
 PREEMPTED_EXIT = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_installed = []  # the StopSignals installed in this process
+
+
+def stop_pending():
+    """The name of the stop signal an installed StopSignals of this process recorded (None:
+    none)."""
+    return next((stop.received for stop in _installed if stop.received), None)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Hold SIGTERM / SIGUSR1 back from this thread, and from the processes it forks meanwhile
+    (loader workers, until ignore_stop_signals): one that arrives is delivered on exit."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_stop_signals():
+    """In a loader worker: ignore SIGTERM / SIGUSR1 (the main process handles the stop and ends
+    the workers), then take signals again; SIGINT stays as it was."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class Preempted(SystemExit):
@@ -49,11 +82,14 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._record)
+            _installed.append(self)
 
     def uninstall(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        if self in _installed:
+            _installed.remove(self)
 
     def _record(self, signum, frame):
         if self.received is None:

@@ -8,11 +8,11 @@ import contextlib
 import logging
 import os
 
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from ops.analysis import write_error_analysis
 from ops.checkpoint import checkpoint_categories, read_checkpoint
-from ops.dataset import TSNDataSet, clips_per_video, load_checked_list
+from ops.dataset import TSNDataSet, clips_per_video, load_checked_list, make_loader
 from ops.dataset_config import get_dataset_config
 from ops.errors import FlagError
 from ops.evaluation import check_finite_scores, check_view_memory, evaluate_models
@@ -133,10 +133,10 @@ def _evaluate(args, runtime):
                              video_backend=args.video_backend)
         if args.max_num is not None:
             dataset = Subset(dataset, range(min(args.max_num, len(dataset))))
-        loaders.append(DataLoader(dataset, batch_size=args.batch_size,
-                                  sampler=ShardSampler(dataset, runtime.rank, runtime.world_size),
-                                  num_workers=args.workers,
-                                  pin_memory=runtime.device.type == 'cuda'))
+        loaders.append(make_loader(dataset, batch_size=args.batch_size,
+                                   sampler=ShardSampler(dataset, runtime.rank, runtime.world_size),
+                                   workers=args.workers, timeout=args.loader_timeout,
+                                   pin_memory=runtime.device.type == 'cuda'))
         # no DDP wrapper in evaluation: each process scores its own videos
         to_channels_last(set_form(args.mas_form, model), args.channels_last)
         models.append(compile_model((model.to(runtime.device) if runtime.distributed

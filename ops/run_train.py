@@ -13,7 +13,6 @@ import os
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
 from ops.checkpoint import (
     CheckpointError,
@@ -26,7 +25,7 @@ from ops.checkpoint import (
     save_checkpoint,
     training_checkpoint,
 )
-from ops.dataset import TSNDataSet, load_checked_list
+from ops.dataset import TSNDataSet, load_checked_list, make_loader
 from ops.dataset_config import get_dataset_config
 from ops.download import imagenet_weights
 from ops.engine import TrainingDiverged, train_one_epoch, validate
@@ -99,11 +98,12 @@ def build_loaders(cfg, model, args, runtime, train_records, val_records):
         logger.warning(f'--batch-size {args.batch_size}: the training list holds only '
                        f'{len(train_set)} videos, one partial batch per epoch (the release '
                        f'drops it and trains nothing)')
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=train_sampler,
-                              num_workers=args.workers, pin_memory=pin, drop_last=drop_last)
-    val_loader = DataLoader(val_set, batch_size=batch_size,
-                            sampler=ShardSampler(val_set, runtime.rank, runtime.world_size),
-                            num_workers=args.workers, pin_memory=pin)
+    train_loader = make_loader(train_set, batch_size=batch_size, sampler=train_sampler,
+                               workers=args.workers, pin_memory=pin, drop_last=drop_last,
+                               timeout=args.loader_timeout)
+    val_loader = make_loader(val_set, batch_size=batch_size,
+                             sampler=ShardSampler(val_set, runtime.rank, runtime.world_size),
+                             workers=args.workers, pin_memory=pin, timeout=args.loader_timeout)
     return train_loader, val_loader, train_sampler
 
 
