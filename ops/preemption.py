@@ -11,10 +11,10 @@ ones the uninterrupted run would have drawn, with any number of DataLoader worke
 torchrun() (tools/torchrun.py) is torchrun forwarding SIGUSR1 too and ending in one line.
 
 DataLoader workers: a cluster signals every process of the job, loader workers included, so the
-workers ignore SIGTERM / SIGUSR1 (ignore_stop_signals, their worker_init_fn through
-ops.dataset.make_loader; the signals are blocked while they start, stop_signals_blocked) and the
-main process alone handles the stop; a worker that dies while a stop is pending ends the run as
-part of that stop (stop_pending), not as a crash.
+workers ignore SIGTERM / SIGUSR1 but their parent's SIGTERM (ignore_stop_signals, their
+worker_init_fn through ops.dataset.make_loader; the signals are blocked while they start,
+stop_signals_blocked) and the main process alone handles the stop; a worker that dies while a
+stop is pending ends the run as part of that stop (stop_pending), not as a crash.
 """
 import contextlib
 import os
@@ -53,11 +53,23 @@ def stop_signals_blocked():
 
 
 def ignore_stop_signals():
-    """In a loader worker: ignore SIGTERM / SIGUSR1 (the main process handles the stop and ends
-    the workers), then take signals again; SIGINT stays as it was."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    """In a loader worker: ignore the job's SIGTERM / SIGUSR1 (sent to every process of it; the
+    main process handles the stop and ends the workers), but end on its parent's SIGTERM (the
+    loader's shutdown), as torch's own handler does; SIGINT stays as it was.
+
+    The signals stay blocked (as stop_signals_blocked left them) and a thread takes them with
+    their sender, so this holds even while the worker's main thread is stuck in a decoder.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    threading.Thread(target=_take_stop_signals, args=(os.getppid(),), daemon=True,
+                     name='stop-signals').start()
+
+
+def _take_stop_signals(parent):
+    while True:
+        info = signal.sigwaitinfo(STOP_SIGNALS)
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)
 
 
 class Preempted(SystemExit):
