@@ -558,8 +558,8 @@ class TSNDataSet(Dataset):
                     if candidate not in frames:
                         frames.update(reader.read([candidate]))
                     if frames[candidate] is not None:
-                        problem = ('missing (the list says %d frames)' % num_frames
-                                   if is_folder and not os.path.exists(where) else 'unreadable')
+                        problem = ('missing' if is_folder and not os.path.exists(where)
+                                   else 'unreadable')
                         logger.warning("%s frame %s (frame %d): using frame %d instead",
                                        problem, where, index, candidate)
                         return frames[candidate]

@@ -344,6 +344,9 @@ def test_a_frame_count_beyond_the_folder_is_named(tmp_path, caplog):
         cv2.imwrite(str(tmp_path / 'v' / f'{i:05d}.jpg'), np.full((8, 8, 3), 10 * i, np.uint8))
     ds = TSNDataSet(str(tmp_path), None, 4, '{:05d}.jpg', None, random_shift=False,
                     video_list=[VideoRecord('v', 8, 0)])
-    frames, _ = ds[0]
-    assert len(frames) == 4
-    assert 'missing (the list says 8 frames)' in caplog.text
+    frames, _ = ds[0]  # frames 2, 4, 6, 8: the last two stand in for by frame 4, the last there
+    assert [int(f[0, 0, 0]) for f in frames] == [20, 40, 40, 40]
+    assert f"missing frame {tmp_path / 'v' / '00008.jpg'} (frame 8)" in caplog.text
+    assert f"frame folder '{tmp_path / 'v'}' is listed with 8 frames" in caplog.text
+    assert 'but holds 4: frame 4 stands in' in caplog.text
+    assert 'using frame 5' not in caplog.text and 'using frame 4 instead' in caplog.text
