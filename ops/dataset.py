@@ -44,6 +44,7 @@ import os
 import random
 import re
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
@@ -646,6 +647,35 @@ def reading(what: str):
         board.done(worker)
 
 
+_waiting = 0  # the loaders of this process now waiting for a batch
+# what torch's check of a worker's exit said while a stop was pending and no loader waited
+_worker_exits = {'during_stop': None, 'installed': False}
+
+
+def _watch_worker_exits():
+    """Once per process, after torch set its SIGCHLD handler (which raises the error of a
+    worker that died in whatever code runs then): while a stop is pending and no loader waits
+    for a batch, keep that error for the loader's next batch instead, so the training loop
+    first reaches the stop's checkpoint. Only in the main thread, where handlers are set."""
+    if _worker_exits['installed'] or threading.current_thread() is not threading.main_thread():
+        return
+    torch_handler = signal.getsignal(signal.SIGCHLD)
+    if not callable(torch_handler):
+        return
+
+    def on_child_exit(signum, frame):
+        if not stop_pending() or _waiting:
+            torch_handler(signum, frame)
+            return
+        try:
+            torch_handler(signum, frame)
+        except RuntimeError as exc:
+            _worker_exits['during_stop'] = str(exc)
+
+    signal.signal(signal.SIGCHLD, on_child_exit)
+    _worker_exits['installed'] = True
+
+
 def _init_worker(board, worker_id):
     """worker_init_fn of make_loader's workers: the stop signals are the main process's,
     decoders run single-threaded, and the worker notes what it reads on `board`."""
@@ -676,41 +706,51 @@ class WatchedLoader(DataLoader):
     def __iter__(self):
         with stop_signals_blocked():  # until the workers ignore them
             batches = super().__iter__()
+        if self.num_workers:
+            _watch_worker_exits()
         return self._watched(batches)
 
     def _watched(self, batches):
+        global _waiting
         while True:
+            if _worker_exits['during_stop']:
+                message, _worker_exits['during_stop'] = _worker_exits['during_stop'], None
+                raise self._part_of_stop(message)
+            _waiting += 1
             try:
                 batch = next(batches)
             except StopIteration:
                 return
             except RuntimeError as exc:
                 if not str(exc).startswith('DataLoader timed out'):
-                    if self._part_of_stop(exc):
-                        raise Preempted() from None
+                    if stop_pending() and 'DataLoader worker' in str(exc):
+                        raise self._part_of_stop(str(exc)) from None
                     raise
-                busy = self.board.busy()
-            else:
-                yield batch
-                continue
-            # stalled: shut the workers down (dropping the iterator), then kill the ones still
-            # reading, which ignore the SIGTERM of the shutdown
-            del batches
-            for _, _, pid, _ in busy:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            raise LoaderStalled(self._stall_line(busy))
+                break
+            except (ConnectionError, EOFError) as exc:  # a worker that died mid-transfer
+                if stop_pending():
+                    raise self._part_of_stop(f'{type(exc).__name__}: {exc}') from None
+                raise
+            finally:
+                _waiting -= 1
+            yield batch
+        # stalled: shut the workers down (dropping the iterator), then kill the ones still
+        # reading, which ignore the SIGTERM of the shutdown
+        busy = self.board.busy()
+        del batches
+        for _, _, pid, _ in busy:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise LoaderStalled(self._stall_line(busy))
 
     @staticmethod
-    def _part_of_stop(exc):
-        """Whether `exc` is a worker that died while a stop signal is pending (then logged)."""
-        signame, message = stop_pending(), str(exc)
-        if not (signame and 'DataLoader worker' in message):
-            return False
-        logger.info(f'{signame}: a data loader worker ended during the stop '
+    def _part_of_stop(message):
+        """Preempted, after its log line, for a worker that died (torch's `message`) while a
+        stop signal is pending."""
+        logger.info(f'{stop_pending()}: a data loader worker ended during the stop '
                     f'({message.splitlines()[0]}); rerun the same command to resume from the '
                     f'last checkpoint')
-        return True
+        return Preempted()
 
     def _stall_line(self, busy):
         """The line of a loader that yielded nothing for its timeout, `busy` its workers still
