@@ -90,7 +90,7 @@ def test_training_and_testing_with_workers_finish_with_every_backend(mp4_dataset
     out = str(tmp_path)
     status, output = run_command(
         'main.py', '--dataset', str(mp4_dataset / 'data.json'), '--arch', 'resnet10',
-        '--num_segments', '4', '--input_size', '32', '--pretrain', 'none', '-b', '2',
+        '--num_segments', '8', '--input_size', '32', '--pretrain', 'none', '-b', '2',
         '--epochs', '1', '--root_log', out, '--root_checkpoint', out, '--store_name', 'run',
         *flags)
     assert status == 0 and 'Traceback' not in output, output[-3000:]
