@@ -200,6 +200,7 @@ def test_a_worker_dying_during_a_stop_is_part_of_the_stop(caplog, tmp_path):
             # stop's checkpoint first), the next batch ends the run
             go.write_text('')
             _wait_until_gone(loader.board.pids[0])
+            time.sleep(0.5)  # the step that computes meanwhile
             with pytest.raises(SystemExit) as computing:
                 next(batches)
     finally:
