@@ -14,7 +14,7 @@ import os
 
 from archs import ARCHS
 from ops.cli import HelpFormatter
-from ops.dataset import FRAME_ORDERS, TEST_SAMPLINGS
+from ops.dataset import FRAME_ORDERS, LOADER_TIMEOUT, TEST_SAMPLINGS
 from ops.dataset_config import DATASETS
 from ops.MASNet import FORMS, form_name
 from ops.optim import LR_SCHEDULES
@@ -113,6 +113,9 @@ def add_data_args(parser, default_dataset='synthetic', loader=True):
     if loader:
         parser.add_argument('-j', '--workers', default=8, type=int_at_least(0),
                             help='data loading processes')
+        parser.add_argument('--loader_timeout', default=LOADER_TIMEOUT, type=float_in(0),
+                            help='seconds the data loader may yield no batch before the run stops '
+                                 'with a line naming the video a worker is stuck on (0: never)')
     parser.add_argument('--video_backend', default='auto', choices=VIDEO_BACKENDS,
                         help="decoder of video files in the lists: opencv, pyav (the 'av' "
                              "package), decord; auto: the fastest installed (default: %(default)s)")

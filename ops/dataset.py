@@ -40,30 +40,43 @@ evaluation it is an error naming the video, since scores of a substitute would b
 wrong. ``load_checked_list`` checks a list before any epoch: labels in range, every video
 present (an error naming ``file:line``; for a training list only a warning unless none is
 present), and a readable first video among the first few.
+
+Loaders: make_loader builds the DataLoader of every command (WatchedLoader). Its workers decode
+on one thread each (no decoder or converter thread state crosses the fork), ignore SIGTERM /
+SIGUSR1 (the main process handles a stop: ops.preemption) and note the video they read, so a
+loader that yields no batch for --loader_timeout seconds ends the run with one line naming that
+video and its backend instead of stalling silently.
 """
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import logging
+import multiprocessing
 import os
 import random
 import re
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ops.errors import FlagError, UserError
 from ops.files import atomic_write
+from ops.preemption import Preempted, ignore_stop_signals, stop_pending, stop_signals_blocked
 from ops.video_readers import (
     VIDEO_EXTENSIONS,
     FolderReader,
     VideoReadError,
     open_reader,
     resolve_backend,
+    single_threaded_decoders,
 )
 
 logger = logging.getLogger('masnet.data')
@@ -76,8 +89,13 @@ UNKNOWN_COUNT = '-'
 # '<path> [<num_frames>|-] <label>': the path is the rest of the line, so it may hold spaces
 LIST_LINE = re.compile(r'(?P<path>\S.*?)(?:\s+(?P<frames>\d+|-))?\s+(?P<label>-?\d+)')
 LIST_GRAMMAR = "'<path> <label>' or '<path> <num_frames|-> <label>', label -1 if unknown"
+# a word that reads as a number but is no frame count (12.5, -3, 1e3): a mistyped count
+NUMBER = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
 COUNT_THREADS = 8  # videos counted at once (decoders release the GIL)
 CACHE_SAVE_SECONDS = 30  # a long count saves the counts found so far this often
+# seconds a loader with workers may yield no batch before the run stops (--loader_timeout);
+# far above any batch's decoding time, well below a day's silent stall
+LOADER_TIMEOUT = 600
 
 
 class DataError(UserError):
@@ -111,22 +129,27 @@ def parse_list_line(line: str) -> Tuple[str, Optional[int], int]:
     match = LIST_LINE.fullmatch(line.strip())
     if not match:
         raise ValueError(f'want {LIST_GRAMMAR}')
-    frames = match.group('frames')
+    path, frames = match.group('path'), match.group('frames')
+    last_word = path.split()[-1]
+    if frames is None and len(path.split()) > 1 and NUMBER.fullmatch(last_word):
+        raise ValueError(f"num_frames '{last_word}' is not a whole number >= 1 (a path whose "
+                         f"last word is a number needs the count field: '<path> - <label>')")
     frames = None if frames in (None, UNKNOWN_COUNT) else int(frames)
     if frames is not None and frames < 1:
         raise ValueError('num_frames must be >= 1 (or - if unknown)')
-    return match.group('path'), frames, int(match.group('label'))
+    return path, frames, int(match.group('label'))
 
 
 def parse_list_file(list_file: str) -> List['VideoRecord']:
-    """VideoRecords of `list_file`; a malformed line raises DataError naming file and line."""
+    """VideoRecords of `list_file` (UTF-8, with or without a byte order mark); a malformed line
+    raises DataError naming file and line."""
     if not os.path.isfile(list_file):
         raise DataError(f"list file '{list_file}' does not exist")
     records = []
     with open(list_file, 'rb') as f:
         for line_no, raw in enumerate(f, start=1):
             try:
-                line = raw.decode('utf-8')
+                line = raw.decode('utf-8-sig' if line_no == 1 else 'utf-8')
             except UnicodeDecodeError:
                 raise DataError(f"{list_file}:{line_no}: not UTF-8 text "
                                 "(is it a list file?)") from None
@@ -656,25 +679,40 @@ class TSNDataSet(Dataset):
     def _load_frames(self, record):
         """The sampled BGR frames of `record`, repairing unreadable ones (see module doc)."""
         path = os.path.join(self.root_path, record.path)
+        what = (f"video '{path}' ({self.video_backend} backend)" if record.is_video_file
+                else f"frame folder '{path}'")
         try:
             reader = open_reader(path, record.is_video_file, self.image_tmpl, self.video_backend)
         except VideoReadError as exc:
             raise DataError(str(exc)) from None
-        with reader:
+        with reader, reading(what):
             num_frames = record.num_frames or self._count(record, reader, path)
             indices = self.sample_indices(num_frames, record.path).tolist()
             frames = reader.read(indices)  # {index: frame or None}
             missing = sorted({i for i in indices if frames[i] is None})
             if missing:
-                limit = num_frames
-                if reader.end is not None and reader.end < num_frames:
-                    logger.warning("video '%s' is listed with %d frames (or its container "
-                                   "claims them) but only %d decode: frame %d stands in for "
-                                   "the later ones", path, num_frames, reader.end, reader.end)
-                    limit = max(reader.end, 1)
+                limit = self._frames_held(reader, what, num_frames)
                 for index in missing:
                     frames[index] = self._nearest_readable(record, reader, frames, index, limit)
             return [frames[i] for i in indices]
+
+    @staticmethod
+    def _frames_held(reader, what, num_frames):
+        """The frames to look for stand-ins in: the listed count, or (with one warning) the
+        real count when the video holds fewer (a folder: its last frame file up to the listed
+        count; a video file: the frames that decoded before its end)."""
+        if isinstance(reader, FolderReader):
+            real = next((i for i in range(num_frames, 0, -1)
+                         if os.path.exists(reader.frame_path(i))), num_frames)
+        else:
+            real = num_frames if reader.end is None else reader.end
+        if real >= num_frames:
+            return num_frames
+        if real == 0:  # nothing decodes: looking at frame 1 ends in the error naming the video
+            return 1
+        logger.warning("%s is listed with %d frames (or its container claims them) but holds "
+                       "%d: frame %d stands in for the later ones", what, num_frames, real, real)
+        return real
 
     def _count(self, record, reader, path):
         """Frame count of a record without one (a video given outside a list, or one the up-front
@@ -695,8 +733,8 @@ class TSNDataSet(Dataset):
                     if candidate not in frames:
                         frames.update(reader.read([candidate]))
                     if frames[candidate] is not None:
-                        problem = ('missing (the list says %d frames)' % num_frames
-                                   if is_folder and not os.path.exists(where) else 'unreadable')
+                        problem = ('missing' if is_folder and not os.path.exists(where)
+                                   else 'unreadable')
                         logger.warning("%s frame %s (frame %d): using frame %d instead",
                                        problem, where, index, candidate)
                         return frames[candidate]
@@ -728,3 +766,182 @@ class TSNDataSet(Dataset):
 
     def __len__(self):
         return len(self.video_list)
+
+
+class LoaderStalled(DataError):
+    """A data loader that yielded no batch for --loader_timeout seconds."""
+
+
+class ReadingBoard:
+    """What each loader worker is reading now, in memory shared with the main process, which
+    reads it when the loader stalls: per worker its pid, a description of the video and the
+    time.time() its read began (0: idle)."""
+
+    SLOT = 1024  # bytes of each worker's description
+
+    def __init__(self, workers: int):
+        self.text = multiprocessing.RawArray('c', workers * self.SLOT)
+        self.since = multiprocessing.RawArray('d', workers)
+        self.pids = multiprocessing.RawArray('q', workers)
+
+    def start(self, worker: int, what: str) -> None:
+        self.since[worker] = 0.0
+        data = what.encode('utf-8', 'replace')[:self.SLOT - 1] + b'\0'
+        self.text[worker * self.SLOT:worker * self.SLOT + len(data)] = data
+        self.since[worker] = time.time()
+
+    def done(self, worker: int) -> None:
+        self.since[worker] = 0.0
+
+    def busy(self) -> List[Tuple[float, int, int, str]]:
+        """[(seconds reading, worker, pid, what)] of the workers reading now, longest first."""
+        now, found = time.time(), []
+        for worker, since in enumerate(self.since[:]):
+            if since:
+                raw = self.text[worker * self.SLOT:(worker + 1) * self.SLOT].split(b'\0')[0]
+                found.append((now - since, worker, self.pids[worker],
+                              raw.decode('utf-8', 'replace')))
+        return sorted(found, reverse=True)
+
+
+_worker_board = None  # (ReadingBoard, worker id) in a loader worker, None elsewhere
+
+
+@contextlib.contextmanager
+def reading(what: str):
+    """Note `what` on the loader's ReadingBoard while it is read (nothing outside workers)."""
+    if _worker_board is None:
+        yield
+        return
+    board, worker = _worker_board
+    board.start(worker, what)
+    try:
+        yield
+    finally:
+        board.done(worker)
+
+
+_waiting = 0  # the loaders of this process now waiting for a batch
+# what torch's check of a worker's exit said while a stop was pending and no loader waited
+_worker_exits = {'during_stop': None, 'installed': False}
+
+
+def _watch_worker_exits():
+    """Once per process, after torch set its SIGCHLD handler (which raises the error of a
+    worker that died in whatever code runs then): while a stop is pending and no loader waits
+    for a batch, keep that error for the loader's next batch instead, so the training loop
+    first reaches the stop's checkpoint. Only in the main thread, where handlers are set."""
+    if _worker_exits['installed'] or threading.current_thread() is not threading.main_thread():
+        return
+    torch_handler = signal.getsignal(signal.SIGCHLD)
+    if not callable(torch_handler):
+        return
+
+    def on_child_exit(signum, frame):
+        if not stop_pending() or _waiting:
+            torch_handler(signum, frame)
+            return
+        try:
+            torch_handler(signum, frame)
+        except RuntimeError as exc:
+            _worker_exits['during_stop'] = str(exc)
+
+    signal.signal(signal.SIGCHLD, on_child_exit)
+    _worker_exits['installed'] = True
+
+
+def _init_worker(board, worker_id):
+    """worker_init_fn of make_loader's workers: the stop signals are the main process's,
+    decoders run single-threaded, and the worker notes what it reads on `board`."""
+    global _worker_board
+    ignore_stop_signals()
+    single_threaded_decoders()
+    board.pids[worker_id] = os.getpid()
+    _worker_board = (board, worker_id)
+
+
+class WatchedLoader(DataLoader):
+    """A DataLoader (built by make_loader) whose workers start as _init_worker says and whose
+    iteration ends in one line instead of a silent stall or a worker's crash:
+
+    - no batch for `timeout` seconds (workers only; 0: wait forever): LoaderStalled naming the
+      worker reading longest, its video and backend, once the workers are shut down (those
+      still reading are killed: they ignore the shutdown's SIGTERM);
+    - a worker dying while a stop signal is pending (ops.preemption): part of the stop,
+      Preempted (exit status 75) with one log line; the last checkpoint on disk is resumed.
+    """
+
+    def __init__(self, dataset, *, workers: int, timeout: float, **kwargs):
+        self.board = ReadingBoard(workers) if workers else None
+        super().__init__(dataset, num_workers=workers, timeout=timeout if workers else 0,
+                         worker_init_fn=functools.partial(_init_worker, self.board)
+                         if workers else None, **kwargs)
+
+    def __iter__(self):
+        with stop_signals_blocked():  # until the workers ignore them
+            batches = super().__iter__()
+        if self.num_workers:
+            _watch_worker_exits()
+        return self._watched(batches)
+
+    def _watched(self, batches):
+        global _waiting
+        while True:
+            if _worker_exits['during_stop']:
+                message, _worker_exits['during_stop'] = _worker_exits['during_stop'], None
+                raise self._part_of_stop(message)
+            _waiting += 1
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                if not str(exc).startswith('DataLoader timed out'):
+                    if stop_pending() and 'DataLoader worker' in str(exc):
+                        raise self._part_of_stop(str(exc)) from None
+                    raise
+                break
+            except (ConnectionError, EOFError) as exc:  # a worker that died mid-transfer
+                if stop_pending():
+                    raise self._part_of_stop(f'{type(exc).__name__}: {exc}') from None
+                raise
+            finally:
+                _waiting -= 1
+            yield batch
+        # stalled: shut the workers down (dropping the iterator), then kill the ones still
+        # reading, which ignore the SIGTERM of the shutdown
+        busy = self.board.busy()
+        del batches
+        for _, _, pid, _ in busy:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise LoaderStalled(self._stall_line(busy))
+
+    @staticmethod
+    def _part_of_stop(message):
+        """Preempted, after its log line, for a worker that died (torch's `message`) while a
+        stop signal is pending."""
+        logger.info(f'{stop_pending()}: a data loader worker ended during the stop '
+                    f'({message.splitlines()[0]}); rerun the same command to resume from the '
+                    f'last checkpoint')
+        return Preempted()
+
+    def _stall_line(self, busy):
+        """The line of a loader that yielded nothing for its timeout, `busy` its workers still
+        reading (ReadingBoard.busy)."""
+        head = f'the data loader yielded no batch for {self.timeout:g} s (--loader_timeout)'
+        if not busy:
+            return f'{head}, and no worker is reading a video'
+        seconds, worker, pid, what = busy[0]
+        return (f'{head}: worker {worker} (pid {pid}) has been reading {what} for '
+                f'{seconds:.0f} s; a decoder that hangs? try another --video_backend, or -j 0')
+
+
+def make_loader(dataset, *, batch_size: int, workers: int, sampler=None, shuffle: bool = False,
+                pin_memory: bool = False, drop_last: bool = False,
+                timeout: float = LOADER_TIMEOUT) -> WatchedLoader:
+    """The DataLoader of every command (see WatchedLoader): `workers` processes (0: load in
+    this one), `timeout` seconds without a batch before the run stops (0: never)."""
+    return WatchedLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                         workers=workers, timeout=timeout, pin_memory=pin_memory,
+                         drop_last=drop_last)

@@ -100,7 +100,7 @@ def read_categories(path: str) -> List[str]:
     """Class names, one per line (blank lines skipped)."""
     if not os.path.isfile(path):
         raise DatasetError(f"category file '{path}' does not exist")
-    with open(path) as f:
+    with open(path, encoding='utf-8-sig') as f:  # a byte order mark is no part of a name
         return [line.strip() for line in f if line.strip()]
 
 

@@ -8,7 +8,16 @@ process exits with PREEMPTED_EXIT. Running the same command again resumes at tha
 the sampler skips the batches done (its order depends only on (seed, epoch)) and every clip's
 augmentation is drawn from RNGs seeded by (seed, epoch, index), so the resumed batches are the
 ones the uninterrupted run would have drawn, with any number of DataLoader workers.
+torchrun() (tools/torchrun.py) is torchrun forwarding SIGUSR1 too and ending in one line.
+
+DataLoader workers: a cluster signals every process of the job, loader workers included, so the
+workers ignore SIGTERM / SIGUSR1 but their parent's SIGTERM (ignore_stop_signals, their
+worker_init_fn through ops.dataset.make_loader; the signals are blocked while they start,
+stop_signals_blocked) and the main process alone handles the stop; a worker that dies while a
+stop is pending ends the run as part of that stop (stop_pending), not as a crash.
 """
+import contextlib
+import os
 import random
 import signal
 import threading
@@ -22,6 +31,44 @@ from ops.runtime import all_reduce_sum
 # requeues the job on it)
 PREEMPTED_EXIT = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_installed = []  # the StopSignals installed in this process
+
+
+def stop_pending():
+    """The name of the stop signal an installed StopSignals of this process recorded (None:
+    none)."""
+    return next((stop.received for stop in _installed if stop.received), None)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Hold SIGTERM / SIGUSR1 back from this thread, and from the processes it forks meanwhile
+    (loader workers, until ignore_stop_signals): one that arrives is delivered on exit."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_stop_signals():
+    """In a loader worker: ignore the job's SIGTERM / SIGUSR1 (sent to every process of it; the
+    main process handles the stop and ends the workers), but end on its parent's SIGTERM (the
+    loader's shutdown), as torch's own handler does; SIGINT stays as it was.
+
+    The signals stay blocked (as stop_signals_blocked left them) and a thread takes them with
+    their sender, so this holds even while the worker's main thread is stuck in a decoder.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    threading.Thread(target=_take_stop_signals, args=(os.getppid(),), daemon=True,
+                     name='stop-signals').start()
+
+
+def _take_stop_signals(parent):
+    while True:
+        info = signal.sigwaitinfo(STOP_SIGNALS)
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)
 
 
 class Preempted(SystemExit):
@@ -46,11 +93,14 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._record)
+            _installed.append(self)
 
     def uninstall(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        if self in _installed:
+            _installed.remove(self)
 
     def _record(self, signum, frame):
         if self.received is None:

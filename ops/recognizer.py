@@ -36,7 +36,6 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ops.dataset import (
     UNKNOWN_LABEL,
@@ -45,6 +44,7 @@ from ops.dataset import (
     VideoRecord,
     ViewProtocol,
     load_checked_list,
+    make_loader,
 )
 from ops.dataset_config import read_categories
 from ops.evaluation import (
@@ -369,9 +369,9 @@ class Recognizer:
         """View-averaged scores (N, num_class) of `records`, with a progress bar."""
         check_view_memory(batch_size, self.views.test_crops, self.num_clips, self.num_segments,
                           self.model.crop_size, self.device)
-        loader = DataLoader(self.dataset(root, records), batch_size=batch_size, shuffle=False,
-                            num_workers=min(workers, len(records)),
-                            pin_memory=self.device.type == 'cuda')
+        loader = make_loader(self.dataset(root, records), batch_size=batch_size, shuffle=False,
+                             workers=min(workers, len(records)),
+                             pin_memory=self.device.type == 'cuda')
         scores, _ = evaluate_models([self.model], [loader], [self.num_segments], self.device,
                                     use_softmax=self.views.softmax)
         check_finite_scores(scores[0], 'the model', [r.path for r in records])

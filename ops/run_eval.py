@@ -18,10 +18,10 @@ import os
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from ops.checkpoint import checkpoint_categories, read_checkpoint
-from ops.dataset import FRAME_ORDERS, TSNDataSet, ViewProtocol, load_checked_list
+from ops.dataset import FRAME_ORDERS, TSNDataSet, ViewProtocol, load_checked_list, make_loader
 from ops.dataset_config import get_dataset_config
 from ops.errors import FlagError
 from ops.evaluation import (
@@ -190,10 +190,10 @@ def _evaluate(args, runtime):
                              video_backend=args.video_backend)
         if limit is not None:
             dataset = Subset(dataset, range(min(limit, len(dataset))))
-        loaders.append(DataLoader(dataset, batch_size=args.batch_size,
-                                  sampler=ShardSampler(dataset, runtime.rank, runtime.world_size),
-                                  num_workers=args.workers,
-                                  pin_memory=runtime.device.type == 'cuda'))
+        loaders.append(make_loader(dataset, batch_size=args.batch_size,
+                                   sampler=ShardSampler(dataset, runtime.rank, runtime.world_size),
+                                   workers=args.workers, timeout=args.loader_timeout,
+                                   pin_memory=runtime.device.type == 'cuda'))
         # no DDP wrapper in evaluation: each process scores its own videos
         to_channels_last(set_form(args.mas_form, model), args.channels_last)
         models.append(compile_model((model.to(runtime.device) if runtime.distributed

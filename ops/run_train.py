@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
-from torch.utils.data import DataLoader
 
 from ops import models
 from ops.checkpoint import (
@@ -35,7 +34,7 @@ from ops.checkpoint import (
     save_checkpoint,
     training_checkpoint,
 )
-from ops.dataset import TSNDataSet, load_checked_list
+from ops.dataset import TSNDataSet, WatchedLoader, load_checked_list, make_loader
 from ops.dataset_config import get_dataset_config
 from ops.engine import TrainingDiverged, TrainStep, train_one_epoch, validate
 from ops.files import remove_stale_temp_files, storage_error
@@ -210,8 +209,8 @@ def read_data(args):
 
 @dataclass
 class Loaders:
-    train: DataLoader
-    val: DataLoader
+    train: WatchedLoader
+    val: WatchedLoader
     sampler: ResumableSampler  # the train loader's: set_epoch(epoch, skip) before each epoch
 
 
@@ -242,11 +241,12 @@ def build_loaders(data, model, args, runtime):
         logger.warning(f'--batch-size {args.batch_size}: the training list holds only '
                        f'{len(train_set)} videos, one partial batch per epoch (the release '
                        f'drops it and trains nothing)')
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=train_sampler,
-                              num_workers=args.workers, pin_memory=pin, drop_last=drop_last)
-    val_loader = DataLoader(val_set, batch_size=batch_size,
-                            sampler=ShardSampler(val_set, runtime.rank, runtime.world_size),
-                            num_workers=args.workers, pin_memory=pin)
+    train_loader = make_loader(train_set, batch_size=batch_size, sampler=train_sampler,
+                               workers=args.workers, pin_memory=pin, drop_last=drop_last,
+                               timeout=args.loader_timeout)
+    val_loader = make_loader(val_set, batch_size=batch_size,
+                             sampler=ShardSampler(val_set, runtime.rank, runtime.world_size),
+                             workers=args.workers, pin_memory=pin, timeout=args.loader_timeout)
     return Loaders(train_loader, val_loader, train_sampler)
 
 

@@ -11,10 +11,15 @@ Backends (``--video_backend``):
     opencv  cv2.VideoCapture, decodes sequentially up to the last sampled frame.
     pyav    PyAV (``av``): seeks to the keyframe before a sampled frame when that is closer than
             decoding on from where it is (a second demuxer probes where the seek lands).
+            Frames are converted to BGR by the reader's own single-threaded converter: PyAV's
+            shared one (``frame.to_ndarray(format=...)``) keeps a libswscale slice-thread pool
+            per thread, and a pool used before a fork hangs the forked loader worker forever.
     decord  decord.VideoReader.get_batch (seeks with its own keyframe index).
     auto    the first installed of AUTO_ORDER (the fastest on long videos, tools/bench_data.py).
 PyAV and decord are optional (requirements-video.txt); asking for one that is not installed is an
-error naming the package.
+error naming the package. Every reader decodes on one thread (the loader's workers are the
+parallelism), so no decoder or converter thread state is shared across the loader's fork;
+single_threaded_decoders() makes OpenCV's own pool single-threaded too (in each worker).
 
 A frame file counts as unreadable (None) when it is missing, empty, truncated, does not decode,
 or is a JPEG whose decoder reports corrupt data (libjpeg's 'Corrupt JPEG data' / 'Premature end
@@ -70,6 +75,12 @@ def resolve_backend(name: str) -> str:
         raise VideoReadError(f"--video_backend {name} needs the '{_PACKAGES[name]}' package: "
                              f"pip install -r requirements-video.txt")
     return name
+
+
+def single_threaded_decoders() -> None:
+    """Make OpenCV decode and convert on the calling process's thread only (a loader worker's:
+    the workers are the parallelism; its thread pool is not one to keep across a fork)."""
+    cv2.setNumThreads(1)
 
 
 # libjpeg warnings that mean the decoded picture is (partly) garbage
@@ -237,6 +248,7 @@ class PyAVReader(FrameReader):
 
     def __init__(self, path: str):
         import av
+        from av.video.reformatter import VideoReformatter
         self.av = av
         self.path = path
         try:
@@ -255,6 +267,11 @@ class PyAVReader(FrameReader):
         self.start = self.stream.start_time or 0
         self.decoder = None
         self.position = -1  # 0-based index of the last frame decoded by self.decoder
+        self.converter = VideoReformatter()
+
+    def _bgr(self, frame) -> np.ndarray:
+        """The (H, W, 3) BGR array of a decoded frame, converted on this thread only."""
+        return self.converter.reformat(frame, format='bgr24', threads=1).to_ndarray()
 
     def _index(self, pts) -> int:
         return int(round((pts - self.start) / self.frame_pts))
@@ -296,7 +313,7 @@ class PyAVReader(FrameReader):
                 index = self._index(frame.pts)
                 self.position = index
                 if index + 1 in wanted and frames.get(index + 1) is None:
-                    frames[index + 1] = frame.to_ndarray(format='bgr24')
+                    frames[index + 1] = self._bgr(frame)
                 if index >= target:
                     return True
         except self.av.FFmpegError as exc:

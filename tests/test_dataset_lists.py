@@ -11,7 +11,7 @@ import predict as predict_entry
 import test as test_entry
 from ops import dataset as D
 from ops import video_readers as V
-from ops.dataset_config import get_dataset_config
+from ops.dataset_config import get_dataset_config, read_categories
 from ops.gradcam import find_video
 from ops.recognizer import collect_inputs
 from ops.scores import load_scores
@@ -91,13 +91,31 @@ def test_list_grammar_with_spaces_unknown_counts_and_labels():
     assert D.parse_list_line('my clip.mp4 - 1') == ('my clip.mp4', None, 1)
     assert D.parse_list_line('my  clip 7 1') == ('my  clip', 7, 1)
     assert D.parse_list_line('clip 12 - 3') == ('clip 12', None, 3)  # a path ending in a number
-    for bad in ('v.mp4', 'v.mp4 -', 'v.mp4 3 x', 'v.mp4 0 1'):
+    for bad in ('v.mp4', 'v.mp4 -', 'v.mp4 3 x', 'v.mp4 0 1', 'video 12.5 3', 'v -4 1'):
         with pytest.raises(ValueError):
             D.parse_list_line(bad)
+    assert D.parse_list_line('clip 12.5 - 3') == ('clip 12.5', None, 3)  # with the count field
     records = [D.VideoRecord('v', None, -1, 4)]
     D.check_labels(records, 'l.txt', 3, allow_unlabelled=True)
     with pytest.raises(D.DataError, match=r"l.txt:4: label -1 of 'v' is not in \[0, 3\)"):
         D.check_labels(records, 'l.txt', 3)
+
+
+def test_a_byte_order_mark_and_a_non_integer_count(tmp_path):
+    lists = tmp_path / 'list.txt'
+    lists.write_bytes('\ufeffa.mp4 10 0\nb.mp4 - 1\n'.encode('utf-8'))  # a Windows editor's list
+    assert [(r.path, r.num_frames, r.label) for r in D.parse_list_file(str(lists))] == [
+        ('a.mp4', 10, 0), ('b.mp4', None, 1)]
+    lists.write_text('a.mp4 10 0\nvideo 12.5 3\n')
+    with pytest.raises(D.DataError, match=r"list.txt:2: cannot parse 'video 12.5 3' \(num_frames "
+                                          r"'12.5' is not a whole number >= 1"):
+        D.parse_list_file(str(lists))
+
+
+def test_a_category_file_with_a_byte_order_mark(tmp_path):
+    categories = tmp_path / 'category.txt'
+    categories.write_bytes('\ufeffPushing something from left to right\nOther\n'.encode('utf-8'))
+    assert read_categories(str(categories)) == ['Pushing something from left to right', 'Other']
 
 
 @pytest.fixture(scope='module')

@@ -4,6 +4,7 @@ bad lists, flags and score files. The kill trials are two of tools/fault_injecti
 import errno
 import os
 import random
+import re
 import stat
 import subprocess
 import sys
@@ -77,6 +78,45 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_uninterrupted_result(tiny_da
     with open(os.path.join(F.run_dir(out), 'log', 'log.txt')) as f:
         assert f'SIGTERM at epoch 1 iteration {saved_at[1]}: saved' in f.read()
     assert F.check_recovered(command, out, reference[1], saved_at) == []
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_loader_workers_resumes_bit_for_bit(tiny_data_root,
+                                                                             reference, tmp_path):
+    # a cluster signals every process of the job: the loader workers must not die before the
+    # main process has written its mid-epoch checkpoint
+    out = str(tmp_path / 'run')
+    command = F.train_command(tiny_data_root, out, 2, '-p', '1', '-j', '2')
+    status, output = F.signal_at(command, 'Epoch: [1][0/', 'SIGTERM', group=True)
+    problems, saved_at = F.check_stopped(status, output, 'SIGTERM')
+    assert problems == [], output[-2000:]
+    assert saved_at[0] == 1 and saved_at[1] in (1, 2, 3), saved_at
+    assert 'DataLoader worker' not in output
+    latest = read_checkpoint(os.path.join(F.run_dir(out), 'checkpoint', F.LATEST))
+    assert latest['epoch'] == 1 and latest['progress']['iteration'] == saved_at[1]
+    # the rerun, with workers, ends with the weights of the uninterrupted run without workers
+    assert F.check_recovered(command, out, reference[1], saved_at) == []
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigterm_to_a_torchrun_group_with_loader_workers_resumes_bit_for_bit(tiny_data_root,
+                                                                            tmp_path):
+    from tests.test_runtime import common_flags, run, torchrun, weights
+    out = str(tmp_path)
+    run(torchrun('main.py', *common_flags(tiny_data_root, out, '--store_name', 'whole')))
+    command = torchrun('main.py', *common_flags(tiny_data_root, out, '--store_name', 'cut',
+                                                '-j', '2'))
+    status, output = F.signal_at(command, 'Epoch: [0][0/', 'SIGTERM', group=True)
+    assert status == 75 and 'Traceback' not in output, output[-3000:]
+    stops = re.findall(r'^SIGTERM at epoch 0 iteration (\d+): saved .*ckpt.pth.tar; rerun the '
+                       r'same command to resume$', output, re.M)
+    assert len(stops) == 1, output[-3000:]
+    assert weights(out, 'cut')['progress']['iteration'] == int(stops[0])
+    assert f'at epoch 0 iteration {stops[0]} ' in run(command)
+    got, want = weights(out, 'cut'), weights(out, 'whole')
+    assert got['epoch'] == want['epoch'] == 1 and 'progress' not in got
+    assert all(torch.equal(v, want['state_dict'][k]) for k, v in got['state_dict'].items())
 
 
 @pytest.mark.slow
@@ -304,6 +344,9 @@ def test_a_frame_count_beyond_the_folder_is_named(tmp_path, caplog):
         cv2.imwrite(str(tmp_path / 'v' / f'{i:05d}.jpg'), np.full((8, 8, 3), 10 * i, np.uint8))
     ds = TSNDataSet(str(tmp_path), None, 4, '{:05d}.jpg', None, random_shift=False,
                     video_list=[VideoRecord('v', 8, 0)])
-    frames, _ = ds[0]
-    assert len(frames) == 4
-    assert 'missing (the list says 8 frames)' in caplog.text
+    frames, _ = ds[0]  # frames 2, 4, 6, 8: the last two stand in for by frame 4, the last there
+    assert [int(f[0, 0, 0]) for f in frames] == [20, 40, 40, 40]
+    assert f"missing frame {tmp_path / 'v' / '00008.jpg'} (frame 8)" in caplog.text
+    assert f"frame folder '{tmp_path / 'v'}' is listed with 8 frames" in caplog.text
+    assert 'but holds 4: frame 4 stands in' in caplog.text
+    assert 'using frame 5' not in caplog.text and 'using frame 4 instead' in caplog.text

@@ -73,6 +73,8 @@ MEANINGS = {
     '--workers': ('worker processes', ['main', 'test', 'predict', 'tools.check_videos',
                                        'tools.extract_frames']),
     '--num_workers': ('worker processes', ['tools.check_videos', 'tools.extract_frames']),
+    '--loader_timeout': ('seconds without a batch before the run stops', ['main', 'test',
+                                                                          'predict']),
     '--type': ('temporal type', MODEL_SCRIPTS + ['tools.bench_export', 'tools.flops']),
     '--arch': ('ResNet backbone', MODEL_SCRIPTS + ['tools.bench_export', 'tools.flops']),
     '--input_size': ('network input side', MODEL_SCRIPTS + ['tools.flops']),

@@ -176,7 +176,9 @@ def test_listed_count_beyond_the_video_uses_its_last_frame(tmp_path, caplog, bac
         expected = reader.read([6, 16, 20])
     assert diff(frames[0], expected[6]) < 1 and diff(frames[1], expected[16]) < 1
     assert diff(frames[2], expected[20]) < 1 and diff(frames[3], expected[20]) < 1
-    assert 'listed with 40 frames (or its container claims them) but only 20 decode' in caplog.text
+    assert (f"video '{tmp_path / 'v.mp4'}' ({backend} backend) is listed with 40 frames (or its "
+            f"container claims them) but holds 20: frame 20 stands in") in caplog.text
+    assert 'using frame 20 instead' in caplog.text and 'using frame 21' not in caplog.text
 
 
 def test_missing_backend_and_template_mismatch_are_one_line_errors(tmp_path, monkeypatch):

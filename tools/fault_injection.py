@@ -12,8 +12,9 @@ top-1 too. Targeted trials kill inside each write window through the MASNET_FAUL
 ops.files.atomic_write; random trials kill at a random time, with MASNET_WRITE_DELAY widening
 the write windows, and the window a kill hit is read back from the files it left. Signal
 trials send SIGTERM or SIGUSR1 when the run logs a given line (an iteration's progress line,
-or the epoch's train line, i.e. during validation); the run must stop with exit status 75 and
-one line naming the checkpoint, and the rerun must resume at the iteration it saved (no
+or the epoch's train line, i.e. during validation), to the main process alone or, with loader
+workers, to the whole process group as a cluster does; the run must stop with exit status 75
+and one line naming the checkpoint, and the rerun must resume at the iteration it saved (no
 iteration done twice).
 tests/test_fault_injection.py runs a few of these trials in `make test`.
 """
@@ -46,12 +47,15 @@ TARGETED = [
     ('Ctrl-C inside the 1st best write', f'{BEST}:1:written:int'),
     ('kill -9 inside the args.json write', 'args.json:1:written:kill'),
 ]
-# (name, signal, the log line prefix after which it is sent) of a 2-epoch run, 3 iterations each
+# (name, signal, the log line prefix after which it is sent, loader workers) of a 2-epoch run,
+# 3 iterations each; with workers the signal goes to the whole process group (a cluster's way)
 SIGNALLED = [
-    ('SIGTERM after iteration 1 of epoch 1', 'SIGTERM', 'Epoch: [1][1/'),
-    ('SIGUSR1 after iteration 0 of epoch 0', 'SIGUSR1', 'Epoch: [0][0/'),
-    ('SIGTERM after iteration 2 of epoch 0', 'SIGTERM', 'Epoch: [0][2/'),
-    ('SIGUSR1 during the validation of epoch 0', 'SIGUSR1', 'Epoch 0 train:'),
+    ('SIGTERM after iteration 1 of epoch 1', 'SIGTERM', 'Epoch: [1][1/', 0),
+    ('SIGUSR1 after iteration 0 of epoch 0', 'SIGUSR1', 'Epoch: [0][0/', 0),
+    ('SIGTERM after iteration 2 of epoch 0', 'SIGTERM', 'Epoch: [0][2/', 0),
+    ('SIGUSR1 during the validation of epoch 0', 'SIGUSR1', 'Epoch 0 train:', 0),
+    ('SIGTERM to the group, -j 2, after iteration 0', 'SIGTERM', 'Epoch: [1][0/', 2),
+    ('SIGUSR1 to the group, -j 2, during validation', 'SIGUSR1', 'Epoch 0 train:', 2),
 ]
 
 
@@ -147,16 +151,21 @@ def kill_once(command, out, fault=None, delay=None, kill_after=None, sig=signal.
     return window_hit(out)
 
 
-def signal_at(command, line, sig):
+def signal_at(command, line, sig, group=False):
     """Start `command`, send it `sig` ('SIGTERM' or 'SIGUSR1') once it logs a line starting
-    with `line`; returns (exit status, output)."""
+    with `line`; returns (exit status, output). group: send it to the command's whole process
+    group, its loader workers included, as a cluster signals every process of a job."""
     proc = subprocess.Popen(command, cwd=ROOT, env=_env({'PYTHONUNBUFFERED': '1'}),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=group)
     lines, sent = [], False
     for text in proc.stdout:
         lines.append(text)
         if text.startswith(line) and not sent:
-            proc.send_signal(getattr(signal, sig))
+            if group:
+                os.killpg(proc.pid, getattr(signal, sig))
+            else:
+                proc.send_signal(getattr(signal, sig))
             sent = True
     return proc.wait(timeout=600), ''.join(lines)
 
@@ -262,10 +271,10 @@ def main(argv=None):
           f"test.py on ckpt.best.pth.tar {top1:.3f}")
     failures = int(top1 != reference['reported'])
 
-    for k, (name, sig, line) in enumerate(SIGNALLED):
+    for k, (name, sig, line, workers) in enumerate(SIGNALLED):
         out = os.path.join(args.work, f'signal{k:02d}')
-        command = train_command(data_root, out, args.epochs, '-p', '1')
-        problems, saved_at = check_stopped(*signal_at(command, line, sig), sig)
+        command = train_command(data_root, out, args.epochs, '-p', '1', '-j', str(workers))
+        problems, saved_at = check_stopped(*signal_at(command, line, sig, group=workers > 0), sig)
         if saved_at is not None:
             problems += check_recovered(command, out, reference, saved_at)
         where = ('-' if saved_at is None else f'end of epoch {saved_at[0] - 1}'
