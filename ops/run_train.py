@@ -519,6 +519,11 @@ class Resume(NamedTuple):
             logger.warning(f"'{self.path}' was saved mid-epoch by {world_then} process(es), not "
                            f"{runtime.world_size}: the rest of epoch {epoch} gets as many clips "
                            f"per process as the interrupted run had left, but other clips")
+        accumulate_then = progress.get('accumulate') or 1
+        if accumulate_then != args.accumulate:
+            logger.warning(f"'{self.path}' was saved mid-epoch with --accumulate "
+                           f"{accumulate_then}, not {args.accumulate}: the rest of epoch {epoch} "
+                           f"gets as many clips, but other clips (micro-batches are other shards)")
         per_process_now = process_batch_size(args, runtime)
         if per_process_now != per_process_then:
             progress['iteration'] = progress['clips'] // per_process_now
