@@ -9,13 +9,14 @@ from ops.run_train import (
     TrainingRun,
     build_model,
     build_optimizer,
+    check_batch,
     find_resume,
     fine_tune,
     open_run,
     read_data,
     run_paths,
 )
-from ops.runtime import one_line_failures, set_seed, setup_runtime
+from ops.runtime import check_sync_bn, one_line_failures, set_seed, setup_runtime
 from opts import parse_args
 
 logger = logging.getLogger('masnet')
@@ -32,6 +33,8 @@ def train(args):
     with one_line_failures(runtime):
         set_seed(args.seed)
         paths = run_paths(args, runtime)            # folders and log: named, made by open_run
+        check_batch(args, runtime)                  # logged; --scale_lr sets args.lr
+        check_sync_bn(args.sync_bn, runtime)
         data = read_data(args)                      # the lists, read and checked
         model = build_model(args, data.cfg.num_class)
         optimizer, scaler = build_optimizer(args, model, runtime)

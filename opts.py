@@ -222,8 +222,25 @@ def build_parser():
              'training, centered in validation; not the clips of test.py --dense_sample)'))
 
     recipe_flag(parser.add_argument('--epochs', default=70, type=int_at_least(1)))
-    recipe_flag(parser.add_argument('-b', '--batch-size', '--batch_size', default=32,
-                                    type=int_at_least(1), help='clips per batch (all GPUs)'))
+    recipe_flag(parser.add_argument(
+        '-b', '--batch-size', '--batch_size', default=32, type=int_at_least(1),
+        help='clips per optimiser step, over all GPUs, processes and --accumulate micro-batches'))
+    recipe_flag(parser.add_argument(
+        '--accumulate', '--iter_size', default=1, type=int_at_least(1),
+        help="split each optimiser step into K micro-batches of --batch-size / K clips (per "
+             "process), their gradients summed: a K-GPU recipe on one device (docs/training.md)"))
+    recipe_flag(parser.add_argument(
+        '--recipe_batch', default=None, type=int_at_least(1),
+        help="the effective batch of the recipe this run follows, for the linear-scaling check "
+             "(default: scripts/train.sh's for --dataset and --num_segments, 32 or 16; none for "
+             "other datasets)"))
+    recipe_flag(parser.add_argument(
+        '--scale_lr', action='store_true',
+        help='apply the linear scaling rule: --lr x effective batch / --recipe_batch'))
+    recipe_flag(parser.add_argument(
+        '--sync_bn', action='store_true',
+        help='synchronised BatchNorm over the processes of a torchrun run (CUDA only): '
+             'statistics of the whole batch, not of each GPU\'s clips (docs/training.md)'))
     recipe_flag(parser.add_argument('--lr', '--learning-rate', default=0.01,
                                     type=float_in(0, low_open=True), help='base learning rate'))
     recipe_flag(parser.add_argument(

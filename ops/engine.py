@@ -1,5 +1,8 @@
 """One training epoch and one validation pass, on any device / process layout."""
+import contextlib
+import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Tuple
@@ -20,8 +23,9 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class TrainStep:
-    """One optimiser step on a batch: forward (autocast with `amp`), loss, backward, gradient
-    clipping to the global norm `clip_gradient` (0: off), update through the GradScaler."""
+    """One optimiser step on a batch given as micro-batches (--accumulate): forward (autocast
+    with `amp`) and backward of each, gradient clipping to the global norm `clip_gradient`
+    (0: off) once, update through the GradScaler."""
     model: torch.nn.Module
     criterion: Callable
     optimizer: torch.optim.Optimizer
@@ -29,31 +33,58 @@ class TrainStep:
     amp: bool = False
     clip_gradient: float = 0.0
 
-    def __call__(self, clips, labels, epoch, iteration):
-        """The step on `clips` (N, T*3, H, W); returns (output (N, num_class), loss)."""
-        with torch.autocast(device_type=clips.device.type, enabled=self.amp):
-            output = self.model(clips)  # (N, num_class)
-            loss = self.criterion(output, labels)
-        if not torch.isfinite(loss) and not self.scaler.is_enabled():
-            # stop before the update: the checkpoint of the last epoch stays the good one
-            raise TrainingDiverged(f'training diverged: the loss is {loss.item()} '
-                                   f'at epoch {epoch}, iteration {iteration}; resume from the '
-                                   f'last checkpoint with a lower --lr or a --clip-gradient')
+    def __call__(self, micro_batches, epoch, iteration):
+        """The step on `micro_batches`, a list of (clips (n_i, T*3, H, W), labels (n_i,)).
+
+        Each micro-batch's mean loss is weighted n_i / n (n = sum n_i) before its backward, so
+        the summed gradients are those of the mean loss over the n clips, as one batch of n
+        (or DDP over processes holding the micro-batches) gives; under DDP only the last
+        backward all-reduces (no_sync). Returns (output (n, num_class), the weighted loss).
+        """
+        total = sum(labels.size(0) for _, labels in micro_batches)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        outputs, losses = [], []
+        for k, (clips, labels) in enumerate(micro_batches):
+            last = k == len(micro_batches) - 1
+            syncs = last or not hasattr(self.model, 'no_sync')
+            with contextlib.nullcontext() if syncs else self.model.no_sync():
+                with torch.autocast(device_type=clips.device.type, enabled=self.amp):
+                    output = self.model(clips)  # (n_i, num_class)
+                    loss = self.criterion(output, labels)
+                if not torch.isfinite(loss) and not self.scaler.is_enabled():
+                    # stop before the update: the checkpoint of the last epoch stays the good one
+                    raise TrainingDiverged(f'training diverged: the loss is {loss.item()} at '
+                                           f'epoch {epoch}, iteration {iteration}; resume from '
+                                           f'the last checkpoint with a lower --lr or a '
+                                           f'--clip-gradient')
+                if len(micro_batches) > 1:
+                    loss = loss * (labels.size(0) / total)
+                self.scaler.scale(loss).backward()
+            outputs.append(output.detach())
+            losses.append(loss.detach())
         if self.clip_gradient:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_gradient)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return output, loss
+        if len(micro_batches) == 1:
+            return outputs[0], losses[0]
+        return torch.cat(outputs), torch.stack(losses).sum()
+
+
+def optimiser_steps(batches, accumulate):
+    """The loader's micro-batches grouped `accumulate` at a time: the lists of one optimiser
+    step each (the last one shorter when the epoch's micro-batches do not divide)."""
+    batches = iter(batches)
+    return iter(lambda: list(itertools.islice(batches, accumulate)), [])
 
 
 def train_one_epoch(step: TrainStep, loader, runtime, epoch: int, set_lr: Callable[[float], float],
-                    print_freq: int = 20, progress_state=None,
-                    after_iteration=None) -> Tuple[float, float, float]:
+                    print_freq: int = 20, progress_state=None, after_iteration=None,
+                    accumulate: int = 1) -> Tuple[float, float, float]:
     """Train for one epoch; returns (loss, top1, top5) averaged over all processes.
 
+    An iteration is one optimiser step: `accumulate` micro-batches of the loader (TrainStep).
     set_lr: called before every step with the fractional epoch (epoch + iterations done /
     iterations of the epoch); it sets the optimiser's lr and returns it (ops.optim).
     print_freq: log a line every that many iterations.
@@ -70,7 +101,7 @@ def train_one_epoch(step: TrainStep, loader, runtime, epoch: int, set_lr: Callab
     step.model.train()
     device = runtime.device
     # iter() draws the workers' base seed from torch's RNG: before the RNG states are restored
-    batches = iter(loader)
+    steps = optimiser_steps(loader, accumulate)
     first, clips_done = 0, 0
     if progress_state is not None:
         first, clips_done = progress_state['iteration'], progress_state['clips']
@@ -79,19 +110,21 @@ def train_one_epoch(step: TrainStep, loader, runtime, epoch: int, set_lr: Callab
             loss_sum, count, top1_sum, top5_sum = progress_state['meters']
             losses.sum, losses.count, top1.sum, top5.sum = loss_sum, count, top1_sum, top5_sum
             top1.count = top5.count = count
-    total = first + len(loader)
+    steps_left = math.ceil(len(loader) / accumulate)
+    total = first + steps_left
     end = start = time.time()
     seen = 0  # clips this process trained in this call (a resumed epoch counts from its resume)
-    bar = progress(batches, enabled=runtime.is_main, desc=f'train {epoch}', leave=False,
+    bar = progress(steps, enabled=runtime.is_main, desc=f'train {epoch}', leave=False,
                    total=total, initial=first)
     # one report of the running loss / top-1: the bar on a terminal, the print-freq lines in
     # a log file (and on the console when there is no bar)
-    for i, (clips, labels) in enumerate(bar, start=first):
+    for i, micro_batches in enumerate(bar, start=first):
         data_time.update(time.time() - end)
         lr = set_lr(epoch + i / total)
-        clips = clips.to(device, non_blocking=True)  # (N, T*3, H, W)
-        labels = labels.to(device, non_blocking=True)
-        output, loss = step(clips, labels, epoch, i)
+        micro_batches = [(clips.to(device, non_blocking=True),  # (n_i, T*3, H, W)
+                          labels.to(device, non_blocking=True)) for clips, labels in micro_batches]
+        output, loss = step(micro_batches, epoch, i)
+        labels = torch.cat([labels for _, labels in micro_batches])
 
         prec1, prec5 = accuracy(output.detach().float(), labels, topk=(1, 5))
         n = labels.size(0)
@@ -109,7 +142,7 @@ def train_one_epoch(step: TrainStep, loader, runtime, epoch: int, set_lr: Callab
                         f'Loss {losses.val:.4f} ({losses.avg:.4f})\t'
                         f'Prec@1 {top1.val:.3f} ({top1.avg:.3f})\t'
                         f'Prec@5 {top5.val:.3f} ({top5.avg:.3f})\t'
-                        + throughput(seen, start, len(loader) * n, runtime.world_size),
+                        + throughput(seen, start, steps_left * n, runtime.world_size),
                         extra={'console': bar.disable})
         if after_iteration is not None:
             after_iteration(i + 1, clips_done + seen, meter_sums(losses, top1, top5))

@@ -114,7 +114,7 @@ class TemporalModel(nn.Module):
     def partial_bn_norms(self) -> List[nn.Module]:
         """The BatchNorms partial BN freezes: all initialised ones but the first BatchNorm."""
         norms = [(name, m) for name, m in self.base_model.named_modules()
-                 if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d))]
+                 if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm))]
         return [m for name, m in norms[1:] if name in self.initialised_norms]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
+from torch.utils.data import DistributedSampler, Sampler
 
 from ops import models
 from ops.checkpoint import (
@@ -37,6 +38,7 @@ from ops.checkpoint import (
 from ops.dataset import TSNDataSet, WatchedLoader, load_checked_list, make_loader
 from ops.dataset_config import get_dataset_config
 from ops.engine import TrainingDiverged, TrainStep, train_one_epoch, validate
+from ops.errors import UserError
 from ops.files import remove_stale_temp_files, storage_error
 from ops.logs import setup_logging
 from ops.MASNet import set_form
@@ -211,11 +213,55 @@ def read_data(args):
 class Loaders:
     train: WatchedLoader
     val: WatchedLoader
-    sampler: ResumableSampler  # the train loader's: set_epoch(epoch, skip) before each epoch
+    sampler: Sampler  # the train loader's (Resumable / MicroBatchSampler): set_epoch(epoch, skip)
+
+
+class MicroBatchSampler(Sampler):
+    """The training order of process `rank` of `num_replicas` whose optimiser steps are
+    `accumulate` micro-batches of `micro_batch` clips (--accumulate): micro-batch i of step s
+    holds the clips that process rank * accumulate + i of a torchrun run of num_replicas *
+    accumulate processes (one micro-batch each) trains in its step s, i.e. its
+    DistributedSampler shard for the same seed and epoch.
+
+    Full steps only (the loader's drop_last), except a list smaller than one step, which keeps
+    its one partial step. set_epoch(epoch, skip) as ResumableSampler: the epoch's order after
+    its first `skip` clips (a multiple of the step's clips: resumes are at step boundaries).
+    """
+
+    def __init__(self, dataset, num_replicas, rank, seed, accumulate, micro_batch):
+        self.shards = [DistributedSampler(dataset, num_replicas * accumulate,
+                                          rank * accumulate + i, shuffle=True, seed=seed)
+                       for i in range(accumulate)]
+        self.micro_batch, self.skip = micro_batch, 0
+
+    def set_epoch(self, epoch, skip=0):
+        for shard in self.shards:
+            shard.set_epoch(epoch)
+        self.skip = skip
+
+    def steps(self):
+        """Full steps of the epoch (0: the list holds less than one step)."""
+        return len(self.shards[0]) // self.micro_batch
+
+    def order(self):
+        shards = [list(shard) for shard in self.shards]  # of equal lengths (padded)
+        if not self.steps():
+            return [index for shard in shards for index in shard]
+        m = self.micro_batch
+        return [index for s in range(self.steps()) for shard in shards
+                for index in shard[s * m:(s + 1) * m]]
+
+    def __iter__(self):
+        return iter(self.order()[self.skip:])
+
+    def __len__(self):
+        per_shard = self.steps() * self.micro_batch or len(self.shards[0])
+        return max(per_shard * len(self.shards) - self.skip, 0)
 
 
 def build_loaders(data, model, args, runtime):
-    """Train loader (shuffled per epoch through a seeded sampler) and sharded val loader."""
+    """Train loader (shuffled per epoch through a seeded sampler; micro-batches of
+    --accumulate) and sharded val loader (batches of the micro-batch's size)."""
     cfg = data.cfg
     train_set = SeededItems(TSNDataSet(cfg.root_path, cfg.train_list, args.num_segments,
                                        cfg.image_tmpl,
@@ -230,14 +276,19 @@ def build_loaders(data, model, args, runtime):
                          val_transform, random_shift=False, dense_sample=args.dense_sample,
                          video_list=data.val_records,
                          video_backend=args.video_backend)
-    batch_size = process_batch_size(args, runtime)
-    train_sampler = ResumableSampler(train_set, num_replicas=runtime.world_size,
-                                     rank=runtime.rank, shuffle=True, seed=args.seed)
+    batch_size = process_batch_size(args, runtime) // args.accumulate
+    if args.accumulate > 1:
+        train_sampler = MicroBatchSampler(train_set, runtime.world_size, runtime.rank, args.seed,
+                                          args.accumulate, batch_size)
+        full_step, drop_last = train_sampler.steps() > 0, False  # it yields whole steps
+    else:
+        train_sampler = ResumableSampler(train_set, num_replicas=runtime.world_size,
+                                         rank=runtime.rank, shuffle=True, seed=args.seed)
+        full_step = drop_last = len(train_sampler) >= batch_size
     pin = runtime.device.type == 'cuda'
     # the release drops the last partial batch (floor(N / B) iterations); a list smaller than
     # one batch, where it would train on nothing, keeps its one partial batch here
-    drop_last = len(train_sampler) >= batch_size
-    if not drop_last and not args.evaluate:
+    if not full_step and not args.evaluate:
         logger.warning(f'--batch-size {args.batch_size}: the training list holds only '
                        f'{len(train_set)} videos, one partial batch per epoch (the release '
                        f'drops it and trains nothing)')
@@ -251,8 +302,59 @@ def build_loaders(data, model, args, runtime):
 
 
 def process_batch_size(args, runtime):
-    """Clips per batch of one process: --batch-size split over the processes."""
+    """Clips per optimiser step of one process: --batch-size split over the processes."""
     return max(args.batch_size // runtime.world_size, 1)
+
+
+# the effective batch of scripts/train.sh's recipes, by dataset and --num_segments
+RECIPE_BATCHES = {(dataset, segments): batch
+                  for dataset in ('somethingv1', 'somethingv2', 'kinetics')
+                  for segments, batch in ((8, 32), (16, 16))}
+RECIPE_GPUS = 4  # the recipes' DataParallel GPUs
+
+
+def batch_layout(args, runtime):
+    """How --batch-size splits over processes, --accumulate micro-batches and DataParallel
+    GPUs, with the effective batch (clips per optimiser step over all processes) and the
+    recipe's; refuses a per-process batch that --accumulate does not divide."""
+    per_process = process_batch_size(args, runtime)
+    if per_process % args.accumulate:
+        raise UserError(f'--accumulate {args.accumulate}: --batch-size {args.batch_size} gives '
+                        f'{per_process} clips per process ({runtime.world_size} process(es)), '
+                        f'not a multiple of {args.accumulate}')
+    micro = per_process // args.accumulate
+    gpus = max(len(runtime.gpu_ids), 1)
+    return {'processes': runtime.world_size, 'dataparallel_gpus': gpus,
+            'accumulate': args.accumulate, 'micro_batch': micro,
+            'per_device': math.ceil(micro / gpus), 'effective': per_process * runtime.world_size,
+            'recipe': args.recipe_batch or RECIPE_BATCHES.get((args.dataset, args.num_segments)),
+            'lr_given': args.lr}
+
+
+def check_batch(args, runtime):
+    """The run's batch layout, logged once and recorded in args (args.json and checkpoints
+    hold it as 'batch_layout'). When the effective batch is not the recipe's, a warning gives
+    the lr of the linear scaling rule; --scale_lr applies it to args.lr."""
+    layout = batch_layout(args, runtime)
+    effective, recipe = layout['effective'], layout['recipe']
+    of_recipe = (f"; the recipe's {recipe} ({recipe / RECIPE_GPUS:g} per GPU on {RECIPE_GPUS} "
+                 f"GPUs)" if recipe else '')
+    logger.info(f"batch: {effective} clips per optimiser step = {layout['processes']} "
+                f"process(es) x {layout['accumulate']} micro-batch(es) of {layout['micro_batch']} "
+                f"clips, {layout['per_device']} per device{of_recipe}")
+    if recipe and effective != recipe:
+        scaled = args.lr * effective / recipe
+        if args.scale_lr:
+            logger.warning(f'--scale_lr: effective batch {effective}, the recipe\'s {recipe}: '
+                           f'--lr {args.lr:g} x {effective}/{recipe} = {scaled:g} (linear '
+                           f'scaling rule)')
+            args.lr = scaled
+        else:
+            logger.warning(f'effective batch {effective} clips, not the recipe\'s {recipe} '
+                           f'(--recipe_batch): the linear scaling rule gives --lr {scaled:g} '
+                           f'(--lr {args.lr:g} x {effective}/{recipe}); --scale_lr applies it')
+    args.batch_layout = layout
+    return layout
 
 
 # ---- model and optimiser ---------------------------------------------------------------------
@@ -428,6 +530,11 @@ class Resume(NamedTuple):
             logger.warning(f"'{self.path}' was saved mid-epoch by {world_then} process(es), not "
                            f"{runtime.world_size}: the rest of epoch {epoch} gets as many clips "
                            f"per process as the interrupted run had left, but other clips")
+        accumulate_then = progress.get('accumulate') or 1
+        if accumulate_then != args.accumulate:
+            logger.warning(f"'{self.path}' was saved mid-epoch with --accumulate "
+                           f"{accumulate_then}, not {args.accumulate}: the rest of epoch {epoch} "
+                           f"gets as many clips, but other clips (micro-batches are other shards)")
         per_process_now = process_batch_size(args, runtime)
         if per_process_now != per_process_then:
             progress['iteration'] = progress['clips'] // per_process_now
@@ -542,7 +649,7 @@ class TrainingRun:
             report_partial_bn(model)
         set_form(args.mas_form, model)
         self.net = compile_model(wrap_model(to_channels_last(model, args.channels_last),
-                                            runtime), args.compile)
+                                            runtime, args.sync_bn), args.compile)
         self.loaders = build_loaders(data, model, args, runtime)
         self.criterion = torch.nn.CrossEntropyLoss().to(runtime.device)
         self.step = TrainStep(self.net, self.criterion, optimizer, scaler, amp=args.amp,
@@ -604,7 +711,7 @@ class TrainingRun:
         loaders.train.dataset.set_epoch(epoch)
         loss, prec1, prec5 = train_one_epoch(self.step, loaders.train, self.runtime, epoch,
                                              self.set_lr, args.print_freq, progress,
-                                             self.between_iterations)
+                                             self.between_iterations, args.accumulate)
         lr = lr_at_epoch(args.lr_type, args.lr, epoch, args.lr_steps, args.epochs, args.warmup)
         logger.info(f'Epoch {epoch} train: Loss {loss:.4f} Prec@1 {prec1:.3f} '
                     f'Prec@5 {prec5:.3f} lr {lr:.6f}')
@@ -625,7 +732,8 @@ class TrainingRun:
             progress = {'iteration': done, 'clips': clips, 'batch_size': self.args.batch_size,
                         'train_list': self.train_list_id, 'meters': totals,
                         'rng': rng_state(self.runtime.device),
-                        'world_size': self.runtime.world_size}
+                        'world_size': self.runtime.world_size,
+                        'accumulate': self.args.accumulate}
             save_checkpoint(self.state(self.epoch, None, progress=progress), self.paths.latest)
         barrier(self.runtime)  # the other processes end once the checkpoint is on disk
         if signame:

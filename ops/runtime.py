@@ -76,8 +76,31 @@ def setup_runtime(gpus=None, timeout=1800):
     return Runtime(torch.device('cuda', gpu_ids[0]), gpu_ids=gpu_ids)
 
 
-def wrap_model(model, runtime):
-    """Move `model` to the runtime's device and wrap it for DDP / DataParallel."""
+class SyncBatchNormUnavailable(UserError):
+    """--sync_bn where SyncBatchNorm cannot run: one process, or CPU processes."""
+
+
+def check_sync_bn(sync_bn, runtime):
+    """Refuse --sync_bn outside a torchrun run on CUDA devices: with one process there is
+    nothing to synchronise (DataParallel's replicas cannot), and SyncBatchNorm's forward
+    needs CUDA tensors (torch 2.13 refuses CPU ones, also with gloo)."""
+    if not sync_bn:
+        return
+    if not runtime.distributed:
+        raise SyncBatchNormUnavailable('--sync_bn synchronises the processes of a torchrun run; '
+                                       'this run has one process: run it under torchrun, or '
+                                       'drop --sync_bn')
+    if runtime.device.type != 'cuda':
+        raise SyncBatchNormUnavailable('--sync_bn: SyncBatchNorm runs on CUDA devices only, this '
+                                       'torchrun run uses the CPU (gloo): drop --sync_bn')
+
+
+def wrap_model(model, runtime, sync_bn=False):
+    """Move `model` to the runtime's device and wrap it for DDP / DataParallel; with `sync_bn`
+    (a torchrun run, check_sync_bn) every BatchNorm, 2-D and 3-D, becomes a SyncBatchNorm
+    first, in place (same parameter and buffer names: checkpoints do not change)."""
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(runtime.device)
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == 'cuda' else None

@@ -483,6 +483,20 @@ def test_a_mid_epoch_resume_continues_at_the_clip_it_reached(caplog):
     assert old.epoch_progress(1, parse_args(['-b', '2']), _Data(), one)['clips'] == 6
 
 
+def test_a_mid_epoch_resume_with_another_accumulation_says_so(caplog):
+    from ops.runtime import setup_runtime
+    from opts import parse_args
+    saved = {'iteration': 2, 'clips': 16, 'batch_size': 8, 'world_size': 1, 'accumulate': 2}
+    with caplog.at_level(logging.INFO, logger='masnet'):
+        same = _mid_epoch(saved).epoch_progress(1, parse_args(['-b', '8', '--accumulate', '2']),
+                                                _Data(), setup_runtime(None))
+        assert same['clips'] == 16 and not caplog.records
+        other = _mid_epoch(saved).epoch_progress(1, parse_args(['-b', '8', '--accumulate', '4']),
+                                                 _Data(), setup_runtime(None))
+    assert (other['iteration'], other['clips']) == (2, 16)
+    assert "with --accumulate 2, not 4: the rest of epoch 1 gets as many clips" in caplog.text
+
+
 def test_a_mid_epoch_resume_after_the_list_changed_restarts_the_epoch(caplog):
     from ops.runtime import setup_runtime
     from opts import parse_args

@@ -8,7 +8,12 @@ recorded and the next step runs):
      channels_last, and compiled, MAS-ResNet-50 against a plain ResNet-50;
   2. a few training steps of MAS-ResNet-50 with DataParallel over the visible GPUs and with
      AMP + GradScaler: the losses must be finite and the scaler's scale must have been updated;
-  3. main.py for one epoch on the synthetic dataset on the GPU, then test.py on its checkpoint.
+  3. main.py for one epoch on the synthetic dataset on the GPU, then test.py on its checkpoint;
+  4. --sync_bn's SyncBatchNorm (CPUs cannot run it): MAS-ResNet-18 training steps in each eager
+     form of the MAS block (fast, readable) with every BatchNorm, MSM's BatchNorm3d included,
+     converted, in a one-process group, against the same model unconverted (the same batch
+     statistics: outputs, gradients and running statistics must agree); with 2 GPUs or more,
+     also main.py --sync_bn under torchrun (2 processes) for one epoch.
 After the benchmark it prints the measured eager MAS / plain time ratios (fp32, AMP fp16, AMP
 bf16) beside those tools/traffic.py predicts for the GPU (by its name; H100 for one it does not
 know): docs/memory_traffic.md. Without CUDA it says so in one line and exits 0 (``--predict
@@ -91,6 +96,59 @@ def train_and_test(workdir):
     return result
 
 
+def sync_bn_steps(workdir, size=112, num_segments=8, clips=4):
+    """--sync_bn on CUDA: converted and plain BatchNorms agree in a one-process group, in
+    every eager form of the MAS block; main.py --sync_bn under torchrun with 2+ GPUs."""
+    import copy
+
+    import torch.distributed as dist
+
+    from ops.MASNet import set_form
+    device = torch.device('cuda', 0)
+    dist.init_process_group('nccl', init_method=f'file://{os.path.join(workdir, "pg")}',
+                            rank=0, world_size=1)
+    result = {}
+    try:
+        torch.manual_seed(0)
+        plain = build_model(10, num_segments, 'MASNet', 'resnet18', pretrain='none',
+                            input_size=size, dropout=0).to(device).train()
+        synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+        result['sync_batchnorms'] = sum(isinstance(m, torch.nn.SyncBatchNorm)
+                                        for m in synced.modules())
+        x = torch.randn(clips, num_segments * 3, size, size, device=device)
+        for form in ('fast', 'readable'):
+            diffs = {}
+            for name, model in (('plain', plain), ('synced', synced)):
+                set_form(form, model)
+                model.zero_grad(set_to_none=True)
+                out = model(x)
+                out.square().mean().backward()
+                diffs[name] = (out.detach(), [p.grad for p in model.parameters()],
+                               [b for n, b in model.named_buffers() if 'running' in n])
+            (o1, g1, b1), (o2, g2, b2) = diffs['plain'], diffs['synced']
+            result[form] = {
+                'output': (o1 - o2).abs().max().item(),
+                'grad': max(((a - b).abs().max() / (a.abs().max() + 1e-12)).item()
+                            for a, b in zip(g1, g2) if a is not None),
+                'running': max((a - b).abs().max().item() for a, b in zip(b1, b2))}
+        agree = all(max(result[form].values()) < 1e-3 for form in ('fast', 'readable'))
+        result['ok'] = result['sync_batchnorms'] > 0 and agree
+    finally:
+        dist.destroy_process_group()
+    if torch.cuda.device_count() >= 2:
+        run = os.path.join(workdir, 'exp')
+        command = [sys.executable, 'tools/torchrun.py', '--nproc_per_node', '2', 'main.py',
+                   '--dataset', 'synthetic', '--dataset_path', os.path.join(workdir, 'data'),
+                   '--arch', 'resnet18', '--input_size', '112', '--pretrain', 'none',
+                   '--epochs', '1', '-b', '8', '--sync_bn', '--store_name', 'sync_bn',
+                   '--root_log', run, '--root_checkpoint', run]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        result['torchrun'] = {'returncode': done.returncode,
+                              'tail': (done.stdout + done.stderr)[-1500:]}
+        result['ok'] = result['ok'] and done.returncode == 0
+    return result
+
+
 # benchmark variant -> the dtype of the prediction
 PREDICTED_VARIANTS = {'fp32': 'fp32', 'amp_fp16': 'fp16', 'amp_bf16': 'bf16'}
 
@@ -130,7 +188,8 @@ def main(argv=None):
     parser.add_argument('--out', default=os.path.join('outputs', 'gpu_check.json'),
                         help='the JSON report')
     parser.add_argument('--repeats', type=int, default=15, help='benchmark rounds')
-    parser.add_argument('--skip', nargs='*', default=[], choices=['bench', 'train', 'test'],
+    parser.add_argument('--skip', nargs='*', default=[],
+                        choices=['bench', 'train', 'test', 'sync_bn'],
                         help='steps to leave out')
     parser.add_argument('--predict', nargs='?', const=DEFAULT_GPU, choices=GPUS,
                         help='without a GPU: print the predicted ratios for this GPU')
@@ -154,6 +213,9 @@ def main(argv=None):
     if 'test' not in args.skip:
         with tempfile.TemporaryDirectory() as workdir:
             run_step(report, 'train_and_test', train_and_test, workdir)
+    if 'sync_bn' not in args.skip:
+        with tempfile.TemporaryDirectory() as workdir:
+            run_step(report, 'sync_bn', sync_bn_steps, workdir)
     with atomic_write(args.out, 'w') as f:
         json.dump(report, f, indent=2)
     failed = [name for name, value in report.items()
