@@ -852,10 +852,9 @@ def _watch_worker_exits():
 
 def _init_worker(board, worker_id):
     """worker_init_fn of make_loader's workers: the stop signals are the main process's,
-    decoders run single-threaded, and the worker notes what it reads on `board`."""
+    the worker notes what it reads on `board` (OpenCV was made single-threaded before the fork)."""
     global _worker_board
     ignore_stop_signals()
-    single_threaded_decoders()
     board.pids[worker_id] = os.getpid()
     _worker_board = (board, worker_id)
 
@@ -873,6 +872,8 @@ class WatchedLoader(DataLoader):
 
     def __init__(self, dataset, *, workers: int, timeout: float, **kwargs):
         self.board = ReadingBoard(workers) if workers else None
+        if workers:
+            single_threaded_decoders()  # before the fork: the workers inherit it (see there)
         super().__init__(dataset, num_workers=workers, timeout=timeout if workers else 0,
                          worker_init_fn=functools.partial(_init_worker, self.board)
                          if workers else None, **kwargs)

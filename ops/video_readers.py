@@ -19,7 +19,7 @@ Backends (``--video_backend``):
 PyAV and decord are optional (requirements-video.txt); asking for one that is not installed is an
 error naming the package. Every reader decodes on one thread (the loader's workers are the
 parallelism), so no decoder or converter thread state is shared across the loader's fork;
-single_threaded_decoders() makes OpenCV's own pool single-threaded too (in each worker).
+single_threaded_decoders() makes OpenCV's own pool single-threaded too (before workers fork).
 
 A frame file counts as unreadable (None) when it is missing, empty, truncated, does not decode,
 or is a JPEG whose decoder reports corrupt data (libjpeg's 'Corrupt JPEG data' / 'Premature end
@@ -78,8 +78,10 @@ def resolve_backend(name: str) -> str:
 
 
 def single_threaded_decoders() -> None:
-    """Make OpenCV decode and convert on the calling process's thread only (a loader worker's:
-    the workers are the parallelism; its thread pool is not one to keep across a fork)."""
+    """Make OpenCV decode and resize on the calling thread only: called in the main process
+    before loader workers fork (the workers are the parallelism). Never in a forked worker:
+    there, once the parent had used OpenCV's thread pool, setNumThreads waits forever for the
+    parent's pool threads, which the fork did not copy (tests/test_loaders.py)."""
     cv2.setNumThreads(1)
 
 

@@ -208,7 +208,7 @@ def test_sync_bn_converts_every_batchnorm_and_the_mas_forms_still_run():
     from ops.models import TemporalModel
     from ops.runtime import wrap_model
     from tests.conftest import randomize_bn
-    model = randomize_bn(TemporalModel(4, 4, 'MASNet', 'resnet10', pretrain='none',
+    model = randomize_bn(TemporalModel(4, 4, 'MASNet', 'resnet10',
                                        input_size=32)).eval()
     kinds = norm_kinds(model)
     assert kinds == {torch.nn.BatchNorm2d, torch.nn.BatchNorm3d}

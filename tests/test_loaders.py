@@ -160,6 +160,35 @@ class Items(torch.utils.data.Dataset):
         return torch.tensor([index, os.getpid()])
 
 
+OPENCV_AFTER_ITS_POOL = """
+import cv2, numpy as np, torch
+from ops import dataset as D
+image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+for _ in range(3):  # the main process uses OpenCV's thread pool (e.g. predict.py's frames)
+    cv2.resize(image, (700, 700))
+
+class Resized(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.from_numpy(cv2.resize(image, (64, 64)))
+
+batches = list(D.make_loader(Resized(), batch_size=2, workers=2, timeout=30))
+print(len(batches), cv2.getNumThreads())
+"""
+
+
+def test_workers_use_opencv_after_the_main_process_used_its_pool():
+    """OpenCV's setNumThreads in a forked worker whose parent had used OpenCV's pool waits
+    forever for the parent's threads: make_loader sets it before the fork (a regression stalls:
+    the watchdog's 30 s end the run, the subprocess timeout ends a hang)."""
+    run = subprocess.run([sys.executable, '-c', OPENCV_AFTER_ITS_POOL], capture_output=True,
+                         text=True, timeout=240, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ['2', '1']
+
+
 def test_loader_workers_ignore_the_jobs_stop_signals():
     loader = D.make_loader(Items(pause=0.05), batch_size=2, workers=2)
     batches = iter(loader)

@@ -599,7 +599,7 @@ def test_torch_writer_failures_without_an_os_error_are_storage_errors(tmp_path):
 def test_a_failed_start_leaves_no_run_folder(tiny_data_root, tmp_path, capsys):
     out = tmp_path / 'out'
     other_backbone = str(tmp_path / 'resnet18.pth.tar')
-    model = TemporalModel(8, 4, 'MASNet', 'resnet18', pretrain='none', input_size=32)
+    model = TemporalModel(8, 4, 'MASNet', 'resnet18', input_size=32)
     save_checkpoint({'state_dict': model.state_dict()}, other_backbone)
     with pytest.raises(SystemExit) as stop:
         train_main.main(train_args(tiny_data_root, str(out), '--tune_from', other_backbone))

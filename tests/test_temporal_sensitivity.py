@@ -115,7 +115,7 @@ def test_average_scores_never_mixes_frame_orders(tmp_path, capsys):
 
 def save_model(path, temporal_type):
     torch.manual_seed(0)
-    model = randomize_bn(TemporalModel(8, T, temporal_type, 'resnet10', pretrain='none',
+    model = randomize_bn(TemporalModel(8, T, temporal_type, 'resnet10',
                                        input_size=SIZE))
     torch.nn.init.normal_(model.new_fc.weight, 0, 0.5)  # logits of a useful size
     save_checkpoint({'epoch': 1, 'arch': 'resnet10', 'type': temporal_type, 'num_segments': T,
