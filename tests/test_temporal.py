@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import logging
 import os
+import re
 import sys
 
 import pytest
@@ -23,7 +24,7 @@ from tests.conftest import ROOT
 def guide_code_blocks():
     """The python code blocks of docs/contributing.md's 'Adding a temporal module', in order."""
     text = open(os.path.join(ROOT, 'docs', 'contributing.md')).read()
-    section = text.split('## Adding a temporal module', 1)[1].split('\n## ', 1)[0]
+    section = re.split(r'\n##+ ', text.split('### Adding a temporal module\n', 1)[1], 1)[0]
     return [block.split('```', 1)[0] for block in section.split('```python\n')[1:]]
 
 
