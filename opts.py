@@ -154,6 +154,12 @@ def add_speed_args(parser):
                              "default: $MASNET_FORM, else fast (docs/fused_block.md)")
 
 
+def sampling_help():
+    """The registered test samplings with their clip counts, for --test_sampling's help."""
+    return ', '.join(f"{name} ({'K' if s.clips is None else s.clips} clip(s)"
+                     f"{', seeded' if s.seeded else ''})" for name, s in TEST_SAMPLINGS.items())
+
+
 def add_view_args(parser):
     """Test-time views of test.py and predict.py, in the group 'test-time views': each flag of
     the group is a parameter of ops.dataset.ViewProtocol.from_flags, which makes the one
@@ -176,9 +182,8 @@ def add_view_args(parser):
                        help='K, clips per video of --dense_sample / --dense_clips (and of every '
                             '--test_sampling without a fixed clip count)')
     views.add_argument('--test_sampling', default=None, choices=sorted(TEST_SAMPLINGS),
-                       help='clips of each video: center (1 clip, the default), twice (2), '
-                            'dense (K), random (K at seeded random offsets); see '
-                            'ops/dataset.py (default: as --twice_sample / --dense_sample say)')
+                       help=f'clips of each video: {sampling_help()}; see ops/dataset.py '
+                            f'(default: center, or as --twice_sample / --dense_sample say)')
     views.add_argument('--test_seed', default=0, type=int_at_least(0),
                        help='seed of a random --test_sampling and of --frame_order shuffled '
                             '(the same clips and order of a video in every run)')

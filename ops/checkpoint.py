@@ -271,8 +271,10 @@ def module_hyperparameters(model):
 
 def hyperparameter_differences(checkpoint, model):
     """Lines such as ``MAM.alpha 0.5 in the checkpoint, 0.8 in the code`` for each module
-    hyper-parameter the checkpoint records with another value than `model` has. Checkpoints
-    that record none (the release's, earlier ones) give []."""
+    hyper-parameter the checkpoint records with another value than `model` has, and ``MAM.
+    direction not recorded in the checkpoint, previous in the code`` for one a module the
+    checkpoint records does not (declared after it was written: its value then is unknown).
+    Checkpoints that record none (the release's, earlier ones) give []."""
     recorded = checkpoint.get('hyperparameters')
     if not isinstance(recorded, dict):
         return []
@@ -280,10 +282,16 @@ def hyperparameter_differences(checkpoint, model):
     for path, name, values in _declared_hyperparameters(model):
         label, trained = (path, recorded[path]) if path in recorded else (name, recorded.get(name))
         for attr, value in values.items():
-            if isinstance(trained, dict) and attr in trained and _plain(trained[attr]) != value:
+            if not isinstance(trained, dict):
+                continue
+            if attr not in trained:
+                line = f'{label}.{attr} not recorded in the checkpoint, {value} in the code'
+            elif _plain(trained[attr]) != value:
                 line = f'{label}.{attr} {trained[attr]} in the checkpoint, {value} in the code'
-                if line not in lines:
-                    lines.append(line)
+            else:
+                continue
+            if line not in lines:
+                lines.append(line)
     return lines
 
 
